@@ -1,0 +1,672 @@
+//! Every tunable and limit of ringcache, with its unit in its name.
+//!
+//! Precedence: command-line flags > TOML file (`--config`) > the defaults
+//! below. Sizes accept `64MiB`, `16KiB`, `1GiB` or plain bytes; durations
+//! accept `500ms`, `30s`, `2m`, `1h`. A bad value fails at start with a
+//! message naming the key. The configuration is parsed and validated once,
+//! then copied into the workers; nothing reads it on the request path.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default traffic listener.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+/// Default admin listener (metrics, health).
+pub const ADMIN_DEFAULT: &str = "127.0.0.1:9180";
+/// Hard ceiling for `limits.headers_count_max`: header arrays are sized by it.
+pub const HEADERS_COUNT_CAP: usize = 256;
+/// Default cap on the cache's memory.
+pub const MEMORY_BYTES_DEFAULT: u64 = 256 << 20;
+/// Smallest cache the store accepts.
+pub const MEMORY_BYTES_MIN: u64 = 1 << 20;
+
+/// Which I/O backend workers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring when the kernel offers every opcode we need, else epoll.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll (mio).
+    Epoll,
+}
+
+impl fmt::Display for IoMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoMode::Auto => "auto",
+            IoMode::Uring => "uring",
+            IoMode::Epoll => "epoll",
+        })
+    }
+}
+
+/// Per-worker and per-request limits. Every buffer, queue and timeout is here.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Client connections one worker holds open at most; more are closed at accept.
+    pub connections_max: usize,
+    /// Request line plus header fields, in bytes (beyond: 431).
+    pub head_bytes_max: usize,
+    /// Header fields in one request or response (beyond: 431 / 502).
+    pub headers_count_max: usize,
+    /// Request body bytes, after de-chunking (beyond: 413).
+    pub body_bytes_max: usize,
+    /// Requests of one connection parsed ahead of their responses.
+    pub pipeline_depth_max: usize,
+    /// Bytes of responses queued for one client before we stop reading its requests.
+    pub client_output_bytes_max: usize,
+    /// Time to receive a complete request head once it has started (beyond: 408, close).
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept open.
+    pub keepalive_timeout: Duration,
+    /// Time to connect to the origin (beyond: 504).
+    pub origin_connect_timeout: Duration,
+    /// Time from sending a request to the origin to its complete response (beyond: 504).
+    pub origin_response_timeout: Duration,
+    /// Origin connections one worker holds at most (busy + idle).
+    pub origin_connections_max: usize,
+    /// Idle keep-alive origin connections one worker keeps.
+    pub origin_idle_max: usize,
+    /// Time an idle origin connection is kept.
+    pub origin_idle_timeout: Duration,
+    /// Requests waiting for a free origin connection on one worker (beyond: 503).
+    pub origin_queue_max: usize,
+    /// Largest origin response (head + body) ringcache relays (beyond: 502).
+    pub origin_response_bytes_max: usize,
+    /// Largest object stored in the cache; larger responses are relayed, not stored.
+    pub object_bytes_max: usize,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Bytes in one provided receive buffer.
+    pub recv_buffer_bytes: usize,
+    /// Provided receive buffers per worker (a power of two).
+    pub recv_buffers_count: u16,
+    /// io_uring submission queue entries per worker (a power of two).
+    pub ring_entries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: 16_384,
+            head_bytes_max: 16 << 10,
+            headers_count_max: 100,
+            body_bytes_max: 8 << 20,
+            pipeline_depth_max: 128,
+            client_output_bytes_max: 4 << 20,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            origin_connect_timeout: Duration::from_secs(2),
+            origin_response_timeout: Duration::from_secs(30),
+            origin_connections_max: 512,
+            origin_idle_max: 128,
+            origin_idle_timeout: Duration::from_secs(30),
+            origin_queue_max: 4096,
+            origin_response_bytes_max: 64 << 20,
+            object_bytes_max: 8 << 20,
+            shutdown_grace: Duration::from_secs(10),
+            recv_buffer_bytes: 16 << 10,
+            recv_buffers_count: 1024,
+            ring_entries: 4096,
+        }
+    }
+}
+
+/// The validated configuration of `ringcache serve`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None`: start the built-in demo origin in-process.
+    pub origin: Option<Origin>,
+    pub admin: SocketAddr,
+    pub workers: usize,
+    pub io: IoMode,
+    pub memory_bytes: u64,
+    pub limits: Limits,
+}
+
+/// Where misses go: a plain-HTTP origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// `host[:port]` as written in the URL; sent as Host when the client sent none.
+    pub authority: String,
+}
+
+impl Origin {
+    /// Parse `http://host[:port][/]` and resolve it once, at start.
+    pub fn parse(url: &str) -> Result<Origin, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("origin {url:?}: only http:// origins are supported"))?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(format!(
+                "origin {url:?}: expected http://host[:port] without a path"
+            ));
+        }
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("origin {url:?}: cannot resolve: {e}"))?
+            .next()
+            .ok_or_else(|| format!("origin {url:?}: resolves to no address"))?;
+        Ok(Origin {
+            addr,
+            authority: authority.to_string(),
+        })
+    }
+}
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Traffic listener [default: 127.0.0.1:8080]
+    #[arg(long, env = "RINGCACHE_LISTEN")]
+    pub listen: Option<String>,
+    /// Origin URL, http://host:port [default: the built-in demo origin]
+    #[arg(long, env = "RINGCACHE_ORIGIN")]
+    pub origin: Option<String>,
+    /// Admin listener for /metrics and /healthz [default: 127.0.0.1:9180]
+    #[arg(long, env = "RINGCACHE_ADMIN")]
+    pub admin: Option<String>,
+    /// Worker threads, one per core [default: the CPUs this process may run on]
+    #[arg(long, env = "RINGCACHE_WORKERS")]
+    pub workers: Option<usize>,
+    /// I/O backend [default: auto]
+    #[arg(long, value_enum, env = "RINGCACHE_IO")]
+    pub io: Option<IoMode>,
+    /// Cache memory cap, e.g. 256MiB [default: 256MiB]
+    #[arg(long, env = "RINGCACHE_MEMORY")]
+    pub memory: Option<String>,
+    /// TOML configuration file; flags override it
+    #[arg(long, env = "RINGCACHE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// The TOML file's shape. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    origin: Option<String>,
+    admin: Option<String>,
+    workers: Option<usize>,
+    io: Option<IoMode>,
+    memory: Option<String>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    connections_max: Option<usize>,
+    head_bytes_max: Option<String>,
+    headers_count_max: Option<usize>,
+    body_bytes_max: Option<String>,
+    pipeline_depth_max: Option<usize>,
+    client_output_bytes_max: Option<String>,
+    header_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+    origin_connect_timeout: Option<String>,
+    origin_response_timeout: Option<String>,
+    origin_connections_max: Option<usize>,
+    origin_idle_max: Option<usize>,
+    origin_idle_timeout: Option<String>,
+    origin_queue_max: Option<usize>,
+    origin_response_bytes_max: Option<String>,
+    object_bytes_max: Option<String>,
+    shutdown_grace: Option<String>,
+    recv_buffer_bytes: Option<String>,
+    recv_buffers_count: Option<u16>,
+    ring_entries: Option<u32>,
+}
+
+impl Config {
+    /// Merge flags over the file over defaults, then validate.
+    pub fn load(args: &ServeArgs) -> Result<Config, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_s = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        let admin_s = args
+            .admin
+            .clone()
+            .or(file.admin)
+            .unwrap_or_else(|| ADMIN_DEFAULT.to_string());
+        let origin = match args.origin.clone().or(file.origin) {
+            Some(url) => Some(Origin::parse(&url)?),
+            None => None,
+        };
+        let workers = match args.workers.or(file.workers) {
+            Some(n) => n,
+            None => available_cpus(),
+        };
+        let memory_bytes = match args.memory.as_deref().or(file.memory.as_deref()) {
+            Some(s) => parse_size(s).map_err(|e| format!("memory: {e}"))?,
+            None => MEMORY_BYTES_DEFAULT,
+        };
+        let config = Config {
+            listen: parse_addr("listen", &listen_s)?,
+            origin,
+            admin: parse_addr("admin", &admin_s)?,
+            workers,
+            io: args.io.or(file.io).unwrap_or(IoMode::Auto),
+            memory_bytes,
+            limits: file.limits.apply(Limits::default())?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the relations between values; each error names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
+        check(
+            (1..=1024).contains(&self.workers),
+            "workers: must be between 1 and 1024",
+        )?;
+        check(
+            self.memory_bytes >= MEMORY_BYTES_MIN,
+            "memory: must be at least 1MiB",
+        )?;
+        check(
+            (1..=1 << 20).contains(&l.connections_max),
+            "limits.connections_max: must be between 1 and 1048576",
+        )?;
+        check(
+            (256..=1 << 20).contains(&l.head_bytes_max),
+            "limits.head_bytes_max: must be between 256 bytes and 1MiB",
+        )?;
+        check(
+            (8..=HEADERS_COUNT_CAP).contains(&l.headers_count_max),
+            "limits.headers_count_max: must be between 8 and 256",
+        )?;
+        check(
+            (1..=4096).contains(&l.pipeline_depth_max),
+            "limits.pipeline_depth_max: must be between 1 and 4096",
+        )?;
+        check(
+            l.client_output_bytes_max >= 4096,
+            "limits.client_output_bytes_max: must be at least 4KiB",
+        )?;
+        check(
+            (1..=65_536).contains(&l.origin_connections_max),
+            "limits.origin_connections_max: must be between 1 and 65536",
+        )?;
+        check(
+            l.origin_idle_max <= l.origin_connections_max,
+            "limits.origin_idle_max: must not exceed limits.origin_connections_max",
+        )?;
+        check(
+            l.object_bytes_max <= l.origin_response_bytes_max,
+            "limits.object_bytes_max: must not exceed limits.origin_response_bytes_max",
+        )?;
+        check(
+            (l.object_bytes_max as u64) < self.memory_bytes,
+            "limits.object_bytes_max: must be below memory",
+        )?;
+        check(
+            (1024..=1 << 20).contains(&l.recv_buffer_bytes),
+            "limits.recv_buffer_bytes: must be between 1KiB and 1MiB",
+        )?;
+        check(
+            l.recv_buffers_count.is_power_of_two() && l.recv_buffers_count <= 32_768,
+            "limits.recv_buffers_count: must be a power of two, at most 32768",
+        )?;
+        check(
+            l.ring_entries.is_power_of_two() && (64..=32_768).contains(&l.ring_entries),
+            "limits.ring_entries: must be a power of two between 64 and 32768",
+        )?;
+        for (name, d) in [
+            ("limits.header_timeout", l.header_timeout),
+            ("limits.keepalive_timeout", l.keepalive_timeout),
+            ("limits.origin_connect_timeout", l.origin_connect_timeout),
+            ("limits.origin_response_timeout", l.origin_response_timeout),
+            ("limits.origin_idle_timeout", l.origin_idle_timeout),
+        ] {
+            check(
+                d >= Duration::from_millis(10),
+                &format!("{name}: must be at least 10ms"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Config {
+    /// The effective configuration, in the TOML file's own syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.limits;
+        writeln!(f, "listen = \"{}\"", self.listen)?;
+        match &self.origin {
+            Some(o) => writeln!(f, "origin = \"http://{}\"", o.authority)?,
+            None => writeln!(f, "# origin: the built-in demo origin")?,
+        }
+        writeln!(f, "admin = \"{}\"", self.admin)?;
+        writeln!(f, "workers = {}", self.workers)?;
+        writeln!(f, "io = \"{}\"", self.io)?;
+        writeln!(f, "memory = \"{}\"", format_size(self.memory_bytes))?;
+        writeln!(f, "\n[limits]")?;
+        writeln!(f, "connections_max = {}", l.connections_max)?;
+        writeln!(
+            f,
+            "head_bytes_max = \"{}\"",
+            format_size(l.head_bytes_max as u64)
+        )?;
+        writeln!(f, "headers_count_max = {}", l.headers_count_max)?;
+        writeln!(
+            f,
+            "body_bytes_max = \"{}\"",
+            format_size(l.body_bytes_max as u64)
+        )?;
+        writeln!(f, "pipeline_depth_max = {}", l.pipeline_depth_max)?;
+        writeln!(
+            f,
+            "client_output_bytes_max = \"{}\"",
+            format_size(l.client_output_bytes_max as u64)
+        )?;
+        writeln!(
+            f,
+            "header_timeout = \"{}\"",
+            format_duration(l.header_timeout)
+        )?;
+        writeln!(
+            f,
+            "keepalive_timeout = \"{}\"",
+            format_duration(l.keepalive_timeout)
+        )?;
+        writeln!(
+            f,
+            "origin_connect_timeout = \"{}\"",
+            format_duration(l.origin_connect_timeout)
+        )?;
+        writeln!(
+            f,
+            "origin_response_timeout = \"{}\"",
+            format_duration(l.origin_response_timeout)
+        )?;
+        writeln!(f, "origin_connections_max = {}", l.origin_connections_max)?;
+        writeln!(f, "origin_idle_max = {}", l.origin_idle_max)?;
+        writeln!(
+            f,
+            "origin_idle_timeout = \"{}\"",
+            format_duration(l.origin_idle_timeout)
+        )?;
+        writeln!(f, "origin_queue_max = {}", l.origin_queue_max)?;
+        writeln!(
+            f,
+            "origin_response_bytes_max = \"{}\"",
+            format_size(l.origin_response_bytes_max as u64)
+        )?;
+        writeln!(
+            f,
+            "object_bytes_max = \"{}\"",
+            format_size(l.object_bytes_max as u64)
+        )?;
+        writeln!(
+            f,
+            "shutdown_grace = \"{}\"",
+            format_duration(l.shutdown_grace)
+        )?;
+        writeln!(
+            f,
+            "recv_buffer_bytes = \"{}\"",
+            format_size(l.recv_buffer_bytes as u64)
+        )?;
+        writeln!(f, "recv_buffers_count = {}", l.recv_buffers_count)?;
+        writeln!(f, "ring_entries = {}", l.ring_entries)
+    }
+}
+
+impl FileLimits {
+    fn apply(self, mut l: Limits) -> Result<Limits, String> {
+        fn size(key: &str, v: Option<String>, into: &mut usize) -> Result<(), String> {
+            if let Some(s) = v {
+                let n = parse_size(&s).map_err(|e| format!("limits.{key}: {e}"))?;
+                *into = usize::try_from(n).map_err(|_| format!("limits.{key}: too large"))?;
+            }
+            Ok(())
+        }
+        fn dur(key: &str, v: Option<String>, into: &mut Duration) -> Result<(), String> {
+            if let Some(s) = v {
+                *into = parse_duration(&s).map_err(|e| format!("limits.{key}: {e}"))?;
+            }
+            Ok(())
+        }
+        fn count<T>(v: Option<T>, into: &mut T) {
+            if let Some(n) = v {
+                *into = n;
+            }
+        }
+        count(self.connections_max, &mut l.connections_max);
+        size("head_bytes_max", self.head_bytes_max, &mut l.head_bytes_max)?;
+        count(self.headers_count_max, &mut l.headers_count_max);
+        size("body_bytes_max", self.body_bytes_max, &mut l.body_bytes_max)?;
+        count(self.pipeline_depth_max, &mut l.pipeline_depth_max);
+        size(
+            "client_output_bytes_max",
+            self.client_output_bytes_max,
+            &mut l.client_output_bytes_max,
+        )?;
+        dur("header_timeout", self.header_timeout, &mut l.header_timeout)?;
+        dur(
+            "keepalive_timeout",
+            self.keepalive_timeout,
+            &mut l.keepalive_timeout,
+        )?;
+        dur(
+            "origin_connect_timeout",
+            self.origin_connect_timeout,
+            &mut l.origin_connect_timeout,
+        )?;
+        dur(
+            "origin_response_timeout",
+            self.origin_response_timeout,
+            &mut l.origin_response_timeout,
+        )?;
+        count(self.origin_connections_max, &mut l.origin_connections_max);
+        count(self.origin_idle_max, &mut l.origin_idle_max);
+        dur(
+            "origin_idle_timeout",
+            self.origin_idle_timeout,
+            &mut l.origin_idle_timeout,
+        )?;
+        count(self.origin_queue_max, &mut l.origin_queue_max);
+        size(
+            "origin_response_bytes_max",
+            self.origin_response_bytes_max,
+            &mut l.origin_response_bytes_max,
+        )?;
+        size(
+            "object_bytes_max",
+            self.object_bytes_max,
+            &mut l.object_bytes_max,
+        )?;
+        dur("shutdown_grace", self.shutdown_grace, &mut l.shutdown_grace)?;
+        size(
+            "recv_buffer_bytes",
+            self.recv_buffer_bytes,
+            &mut l.recv_buffer_bytes,
+        )?;
+        count(self.recv_buffers_count, &mut l.recv_buffers_count);
+        count(self.ring_entries, &mut l.ring_entries);
+        Ok(l)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{key}: {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{key}: {s:?} resolves to no address"))
+}
+
+/// The CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `64MiB`, `16KiB`, `1GiB`, `10MB`, `512` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("{s:?}: unknown size unit {other:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `500ms`, `30s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s)"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "" => Err(format!("{s:?}: a duration needs a unit (ms, s, m, h)")),
+        other => Err(format!("{s:?}: unknown duration unit {other:?}")),
+    }
+}
+
+fn format_size(n: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}")
+}
+
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("16KiB").unwrap(), 16 << 10);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("30").is_err());
+        assert_eq!(format_size(256 << 20), "256MiB");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn origin_urls() {
+        let o = Origin::parse("http://127.0.0.1:8081").unwrap();
+        assert_eq!(o.addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(o.authority, "127.0.0.1:8081");
+        assert_eq!(Origin::parse("http://127.0.0.1/").unwrap().addr.port(), 80);
+        assert!(Origin::parse("https://example.com").is_err());
+        assert!(Origin::parse("http://127.0.0.1:1/api").is_err());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("ringcache-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nworkers = 3\n[limits]\nhead_bytes_max = \"8KiB\"\nheader_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            workers: Some(1),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.limits.head_bytes_max, 8 << 10);
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(2));
+        // The printed configuration parses back to the same values.
+        std::fs::write(&path, c.to_string()).unwrap();
+        let again = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(again.limits, c.limits);
+        assert_eq!(again.workers, 1);
+
+        std::fs::write(&path, "[limits]\nhead_bytes_maxx = 3\n").unwrap();
+        let err = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("head_bytes_maxx"), "{err}");
+
+        std::fs::write(&path, "[limits]\nheader_timeout = \"soon\"\n").unwrap();
+        let err = Config::load(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("limits.header_timeout"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

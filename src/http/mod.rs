@@ -1,0 +1,2 @@
+//! HTTP/1.1 message syntax and caching decisions: pure code, bytes in,
+//! structs out. No I/O, no allocation on the request path.

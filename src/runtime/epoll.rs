@@ -1,0 +1,1 @@
+//! epoll backend on mio (to be written).
