@@ -84,7 +84,7 @@ impl SockAddr {
     }
 
     /// Length in bytes of the address behind [`SockAddr::as_ptr`].
-    pub fn len(&self) -> libc::socklen_t {
+    pub fn byte_len(&self) -> libc::socklen_t {
         self.len
     }
 }
@@ -104,8 +104,8 @@ pub fn tcp_socket(addr: &SocketAddr) -> io::Result<RawFd> {
 /// Start a connect; `Err` carries `EINPROGRESS` for a non-blocking socket
 /// whose handshake is under way.
 pub fn connect(fd: RawFd, addr: &SockAddr) -> io::Result<()> {
-    // SAFETY: `addr` points to `addr.len()` initialised bytes for the call.
-    syscall!(connect(fd, addr.as_ptr(), addr.len())).map(drop)
+    // SAFETY: `addr` points to `addr.byte_len()` initialised bytes for the call.
+    syscall!(connect(fd, addr.as_ptr(), addr.byte_len())).map(drop)
 }
 
 /// Accept one connection as a non-blocking, close-on-exec fd.
@@ -123,13 +123,7 @@ pub fn accept(listener: RawFd) -> io::Result<RawFd> {
 /// `send(2)` with `MSG_NOSIGNAL`; returns the bytes written.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes during the call.
-    syscall!(send(
-        fd,
-        buf.as_ptr().cast(),
-        buf.len(),
-        libc::MSG_NOSIGNAL
-    ))
-    .map(|n| n as usize)
+    syscall!(send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)).map(|n| n as usize)
 }
 
 /// `recv(2)` into `buf`; `Ok(0)` is the peer's orderly close.

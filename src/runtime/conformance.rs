@@ -128,7 +128,10 @@ impl Audit {
         assert!(!self.closed.contains(&token), "event after Closed: {ev:?}");
         match ev {
             Ev::Closed(_) => {
-                assert!(self.closing.contains(&token), "Closed without close: {ev:?}");
+                assert!(
+                    self.closing.contains(&token),
+                    "Closed without close: {ev:?}"
+                );
                 self.closed.insert(token);
             }
             _ if self.closing.contains(&token) => panic!("event after close(): {ev:?}"),
@@ -165,7 +168,11 @@ impl<I: Io> Harness<I> {
             .io
             .poll(timeout, &mut |event| log.push(Ev::from_event(event)))
             .expect("poll");
-        assert_eq!(n, self.log.len() - start, "poll's count != events handed out");
+        assert_eq!(
+            n,
+            self.log.len() - start,
+            "poll's count != events handed out"
+        );
         for ev in &self.log[start..] {
             self.audit.see(ev);
         }
@@ -181,7 +188,11 @@ impl<I: Io> Harness<I> {
                 return ev.clone();
             }
             seen = self.log.len();
-            assert!(Instant::now() < deadline, "timed out; log tail: {:?}", self.tail());
+            assert!(
+                Instant::now() < deadline,
+                "timed out; log tail: {:?}",
+                self.tail()
+            );
             self.poll(Duration::from_millis(50));
         }
     }
@@ -263,7 +274,9 @@ fn client(addr: SocketAddr) -> TcpStream {
 }
 
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(31) ^ seed) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
+        .collect()
 }
 
 /// Echo server state of one connection.
@@ -303,7 +316,11 @@ pub(crate) fn echo_many<I: Io>(make: fn(&IoLimits) -> Option<I>) {
                 let mut echoed = Vec::new();
                 stream.read_to_end(&mut echoed).expect("read echo");
                 w.join().unwrap();
-                assert!(echoed == payload, "client {i}: echo differs ({} bytes)", echoed.len());
+                assert!(
+                    echoed == payload,
+                    "client {i}: echo differs ({} bytes)",
+                    echoed.len()
+                );
             })
         })
         .collect();
@@ -488,7 +505,10 @@ pub(crate) fn close_in_flight<I: Io>(make: fn(&IoLimits) -> Option<I>, settle: b
     h.close(t, fd);
     h.until(|ev| *ev == Ev::Closed(t));
     h.idle(Duration::from_millis(150));
-    let after: Vec<&Ev> = h.log[before..].iter().filter(|e| e.token() == Some(t)).collect();
+    let after: Vec<&Ev> = h.log[before..]
+        .iter()
+        .filter(|e| e.token() == Some(t))
+        .collect();
     assert_eq!(after, [&Ev::Closed(t)]);
     drop(payload);
     // The peer sees the connection end.
@@ -530,7 +550,11 @@ pub(crate) fn slot_reuse<I: Io>(make: fn(&IoLimits) -> Option<I>) {
     h.until(|ev| matches!(ev, Ev::Recv(t, _) if *t == new));
     h.idle(Duration::from_millis(100));
     for ev in &h.log[closed_at..] {
-        assert_ne!(ev.token(), Some(old), "old token's event after reuse: {ev:?}");
+        assert_ne!(
+            ev.token(),
+            Some(old),
+            "old token's event after reuse: {ev:?}"
+        );
     }
     assert_eq!(h.received(new), b"new");
     h.close_and_wait(new, fd_b);

@@ -461,7 +461,8 @@ impl Io for EpollIo {
         }
         if let Err(errno) = self.register(index) {
             self.slots[index].recv_ended = true;
-            self.completions.push_back(Completion::RecvEnd(token, errno));
+            self.completions
+                .push_back(Completion::RecvEnd(token, errno));
             return;
         }
         let slot = &mut self.slots[index];

@@ -113,7 +113,11 @@ fn user_data(op: Op, token: Token, index: usize) -> u64 {
 #[inline]
 fn decode(user_data: u64) -> (Option<Op>, u64, usize) {
     let op = Op::from_bits((user_data >> 56) as u8);
-    (op, (user_data >> 32) & TAG_MASK, (user_data & 0xFFFF_FFFF) as usize)
+    (
+        op,
+        (user_data >> 32) & TAG_MASK,
+        (user_data & 0xFFFF_FFFF) as usize,
+    )
 }
 
 /// State of one token slot.
@@ -287,7 +291,9 @@ impl RecvBuffers {
         // SAFETY: bid < count so the range is inside `data`; the caller
         // guarantees the bytes were written and are not handed out again
         // before the slice's last use (within one callback).
-        unsafe { std::slice::from_raw_parts(self.data.add(usize::from(bid) * self.buffer_bytes), len) }
+        unsafe {
+            std::slice::from_raw_parts(self.data.add(usize::from(bid) * self.buffer_bytes), len)
+        }
     }
 }
 
@@ -450,7 +456,10 @@ impl UringIo {
                 return;
             }
         }
-        debug_assert!(self.backlog.len() < self.backlog_max, "SQE backlog over its bound");
+        debug_assert!(
+            self.backlog.len() < self.backlog_max,
+            "SQE backlog over its bound"
+        );
         self.backlog.push_back(entry);
     }
 
@@ -649,7 +658,10 @@ impl UringIo {
         let more = cqueue::more(flags);
         let slot = &mut self.slots[index];
         if !more {
-            debug_assert!(slot.inflight > 0, "CQE for slot {index} with nothing in flight");
+            debug_assert!(
+                slot.inflight > 0,
+                "CQE for slot {index} with nothing in flight"
+            );
             slot.inflight = slot.inflight.saturating_sub(1);
         }
         let live = !slot.closing && !self.draining && tag_of(slot.token) == tag;
@@ -887,7 +899,7 @@ impl Io for UringIo {
         let entry = opcode::Connect::new(
             types::Fd(fd),
             slot.connect_addr.as_ptr(),
-            slot.connect_addr.len(),
+            slot.connect_addr.byte_len(),
         )
         .build()
         .user_data(user_data(Op::Connect, token, index));
