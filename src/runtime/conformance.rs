@@ -33,12 +33,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// (`fn(&IoLimits) -> Option<B>`).
 macro_rules! conformance_suite {
     ($make:ident) => {
-        mod conformance {
+        mod suite {
             use crate::runtime::conformance as c;
 
             #[test]
             fn echo_many_connections() {
-                c::echo_many(super::$make);
+                c::echo(super::$make, &c::LIMITS, 48);
             }
             #[test]
             fn large_send_to_slow_reader() {
@@ -152,8 +152,12 @@ struct Harness<I: Io> {
 
 impl<I: Io> Harness<I> {
     fn new(make: fn(&IoLimits) -> Option<I>) -> Option<Harness<I>> {
+        Harness::with_limits(make, &LIMITS)
+    }
+
+    fn with_limits(make: fn(&IoLimits) -> Option<I>, limits: &IoLimits) -> Option<Harness<I>> {
         Some(Harness {
-            io: make(&LIMITS)?,
+            io: make(limits)?,
             log: Vec::new(),
             audit: Audit::default(),
             accept_cursor: 0,
@@ -291,15 +295,19 @@ struct EchoConn {
     closing: bool,
 }
 
-pub(crate) fn echo_many<I: Io>(make: fn(&IoLimits) -> Option<I>) {
-    let Some(mut h) = Harness::new(make) else {
-        return;
-    };
+/// Echo server for `clients` concurrent clients: the first sends 1 MiB, the
+/// others a few receive buffers' worth. Returns the backend for its counters.
+pub(crate) fn echo<I: Io>(
+    make: fn(&IoLimits) -> Option<I>,
+    limits: &IoLimits,
+    clients: usize,
+) -> Option<I> {
+    let mut h = Harness::with_limits(make, limits)?;
     let (listener, addr) = listener();
     h.io.add_listener(listener.as_raw_fd()).unwrap();
 
-    const CLIENTS: usize = 48;
-    let clients: Vec<_> = (0..CLIENTS)
+    let count = clients;
+    let clients: Vec<_> = (0..count)
         .map(|i| {
             // One payload of 1 MiB, the rest a few buffers long.
             let len = if i == 0 { 1 << 20 } else { 3 * 4096 + i * 997 };
@@ -328,7 +336,7 @@ pub(crate) fn echo_many<I: Io>(make: fn(&IoLimits) -> Option<I>) {
     let mut conns: Vec<EchoConn> = Vec::new();
     let mut closed = 0;
     let deadline = Instant::now() + WAIT;
-    while closed < CLIENTS {
+    while closed < count {
         assert!(Instant::now() < deadline, "echo timed out, {closed} closed");
         let start = h.poll(Duration::from_millis(50));
         let events: Vec<Ev> = h.log[start..].to_vec();
@@ -380,16 +388,16 @@ pub(crate) fn echo_many<I: Io>(make: fn(&IoLimits) -> Option<I>) {
     for c in clients {
         c.join().expect("client");
     }
-    assert_eq!(h.count(|e| matches!(e, Ev::RecvEnd(..))), CLIENTS);
+    assert_eq!(h.count(|e| matches!(e, Ev::RecvEnd(..))), count);
+    Some(h.io)
 }
 
-pub(crate) fn large_send_slow_reader<I: Io>(make: fn(&IoLimits) -> Option<I>) {
-    let Some(mut h) = Harness::new(make) else {
-        return;
-    };
+/// Returns the backend for its counters.
+pub(crate) fn large_send_slow_reader<I: Io>(make: fn(&IoLimits) -> Option<I>) -> Option<I> {
+    let mut h = Harness::new(make)?;
     let (listener, addr) = listener();
     h.io.add_listener(listener.as_raw_fd()).unwrap();
-    const LEN: usize = 8 << 20;
+    const LEN: usize = 16 << 20;
     let reader = thread::spawn(move || {
         let mut stream = client(addr);
         // Let the socket buffers fill before reading, slowly.
@@ -415,6 +423,7 @@ pub(crate) fn large_send_slow_reader<I: Io>(make: fn(&IoLimits) -> Option<I>) {
     reader.join().expect("reader");
     h.close_and_wait(t, fd);
     assert_eq!(h.count(|e| matches!(e, Ev::Sent(..))), 1);
+    Some(h.io)
 }
 
 pub(crate) fn peer_close_recv_end_once<I: Io>(make: fn(&IoLimits) -> Option<I>) {

@@ -119,6 +119,17 @@ struct Ready {
     out: bool,
 }
 
+/// Counters of the backend's internal work, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpollStats {
+    /// Connections that used up their reads for one poll with data left.
+    pub read_yields: u64,
+    /// Sends that hit EAGAIN and waited for writability.
+    pub send_waits: u64,
+    /// Listeners that used up their accepts for one poll.
+    pub accept_yields: u64,
+}
+
 /// The epoll backend of one worker.
 pub struct EpollIo {
     poll: Poll,
@@ -130,6 +141,7 @@ pub struct EpollIo {
     read_queue: VecDeque<usize>,
     /// The one receive buffer every read goes through.
     buf: Box<[u8]>,
+    stats: EpollStats,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -155,8 +167,14 @@ impl EpollIo {
             completions: VecDeque::with_capacity(4 * limits.slots_max),
             read_queue: VecDeque::with_capacity(limits.slots_max),
             buf: vec![0u8; limits.recv_buffer_bytes].into_boxed_slice(),
+            stats: EpollStats::default(),
             _not_send: PhantomData,
         })
+    }
+
+    /// Counters since construction.
+    pub fn stats(&self) -> EpollStats {
+        self.stats
     }
 
     /// The slot of `token`, set up for it; `None` if it is closing.
@@ -232,6 +250,7 @@ impl EpollIo {
                 Ok(n) => slot.send_done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     slot.writable = false;
+                    self.stats.send_waits += 1;
                     return None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -280,6 +299,7 @@ impl EpollIo {
             }
         }
         // Budget spent with data possibly left: continue next poll.
+        self.stats.read_yields += 1;
         self.queue_read(index);
         delivered
     }
@@ -304,6 +324,7 @@ impl EpollIo {
             }
         }
         self.listeners[index].queued = true;
+        self.stats.accept_yields += 1;
         ACCEPTS_PER_TURN_MAX
     }
 
@@ -590,10 +611,24 @@ impl Io for EpollIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::conformance;
 
     fn make(limits: &IoLimits) -> Option<EpollIo> {
         Some(EpollIo::new(limits).expect("EpollIo::new"))
     }
 
     crate::runtime::conformance::conformance_suite!(make);
+
+    /// A 1 MiB upload through 4 KiB reads exceeds one poll's read budget.
+    #[test]
+    fn busy_connection_yields() {
+        let io = conformance::echo(make, &conformance::LIMITS, 2).unwrap();
+        assert!(io.stats().read_yields > 0, "{:?}", io.stats());
+    }
+
+    #[test]
+    fn blocked_sends_wait_for_writable() {
+        let io = conformance::large_send_slow_reader(make).unwrap();
+        assert!(io.stats().send_waits > 0, "{:?}", io.stats());
+    }
 }

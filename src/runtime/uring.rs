@@ -325,6 +325,19 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .or_else(|_| IoUring::builder().setup_cqsize(cq_entries).build(entries))
 }
 
+/// Counters of the backend's internal work, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UringStats {
+    /// Multishot recvs re-armed after the ring ran out of buffers.
+    pub recv_rearms_enobufs: u64,
+    /// Multishot recvs re-armed after ending without an error.
+    pub recv_rearms_ended: u64,
+    /// Short writes continued with another send.
+    pub send_continuations: u64,
+    /// Submits made early because the SQ was full.
+    pub sq_full_submits: u64,
+}
+
 /// The io_uring backend of one worker.
 pub struct UringIo {
     // Field order matters: the ring is dropped before the buffers it used.
@@ -340,6 +353,7 @@ pub struct UringIo {
     cqes: Vec<(u64, i32, u32)>,
     /// Set by `Drop`: nothing is re-armed or delivered any more.
     draining: bool,
+    stats: UringStats,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -401,6 +415,7 @@ impl UringIo {
             backlog_max,
             cqes: Vec::with_capacity(CQE_BATCH),
             draining: false,
+            stats: UringStats::default(),
             _not_send: PhantomData,
         })
     }
@@ -439,6 +454,11 @@ impl UringIo {
         probe_multishot_recv(ring)
     }
 
+    /// Counters since construction.
+    pub fn stats(&self) -> UringStats {
+        self.stats
+    }
+
     /// Queue an SQE for the next submit; submits early if the SQ is full.
     ///
     /// # Safety
@@ -450,6 +470,7 @@ impl UringIo {
                 return;
             }
             // The SQ is full: hand what it holds to the kernel to make room.
+            self.stats.sq_full_submits += 1;
             let _ = self.ring.submit();
             // SAFETY: as above.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
@@ -687,6 +708,7 @@ impl UringIo {
                     }
                     if live && !more {
                         // The multishot ended without an error: keep receiving.
+                        self.stats.recv_rearms_ended += 1;
                         self.arm_recv(index);
                     }
                 } else {
@@ -702,6 +724,7 @@ impl UringIo {
                     } else if -result == libc::ENOBUFS {
                         // Out of buffers is not an end (rule 1).
                         if live && !more {
+                            self.stats.recv_rearms_enobufs += 1;
                             self.arm_recv(index);
                         }
                     } else if live && !more {
@@ -741,6 +764,7 @@ impl UringIo {
                             delivered = 1;
                         } else {
                             // Short write: continue with the rest.
+                            self.stats.send_continuations += 1;
                             self.push_send(index);
                         }
                     }
@@ -990,12 +1014,20 @@ impl Drop for UringIo {
             }
             self.reap(&mut ignore);
         }
+        // Sockets the worker closed are its no longer: close what is left.
+        for slot in &mut self.slots {
+            if slot.closing && slot.inflight == 0 && slot.fd >= 0 {
+                sys::close(slot.fd);
+                slot.fd = -1;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::conformance;
 
     fn make(limits: &IoLimits) -> Option<UringIo> {
         if let Err(reason) = UringIo::probe() {
@@ -1023,4 +1055,26 @@ mod tests {
     }
 
     crate::runtime::conformance::conformance_suite!(make);
+
+    /// Rule 1: with a single receive buffer the ring runs dry all the time;
+    /// every stream must still arrive whole with one RecvEnd.
+    #[test]
+    fn running_out_of_buffers_is_not_an_end() {
+        let limits = IoLimits {
+            recv_buffers_count: 1,
+            ..conformance::LIMITS
+        };
+        let Some(io) = conformance::echo(make, &limits, 4) else {
+            return;
+        };
+        assert!(io.stats().recv_rearms_enobufs > 0, "{:?}", io.stats());
+    }
+
+    #[test]
+    fn short_writes_are_continued() {
+        let Some(io) = conformance::large_send_slow_reader(make) else {
+            return;
+        };
+        assert!(io.stats().send_continuations > 0, "{:?}", io.stats());
+    }
 }
