@@ -308,14 +308,20 @@ impl Drop for RecvBuffers {
     }
 }
 
-/// Build a ring with the best setup flags this kernel accepts.
-fn build_ring(entries: u32) -> io::Result<IoUring> {
+/// Build a ring with the best setup flags this kernel accepts
+/// (`deferred`: try `SINGLE_ISSUER | DEFER_TASKRUN` first).
+fn build_ring(entries: u32, deferred: bool) -> io::Result<IoUring> {
     let cq_entries = entries.saturating_mul(CQ_PER_SQ);
-    IoUring::builder()
-        .setup_cqsize(cq_entries)
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(entries)
+    let unsupported = || io::Error::from_raw_os_error(libc::EINVAL);
+    deferred
+        .then(|| {
+            IoUring::builder()
+                .setup_cqsize(cq_entries)
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(entries)
+        })
+        .unwrap_or_else(|| Err(unsupported()))
         .or_else(|_| {
             IoUring::builder()
                 .setup_cqsize(cq_entries)
@@ -362,6 +368,10 @@ impl UringIo {
     ///
     /// Must be called on the thread that will use the backend.
     pub fn new(limits: &IoLimits) -> io::Result<UringIo> {
+        UringIo::with_setup(limits, true)
+    }
+
+    fn with_setup(limits: &IoLimits, deferred: bool) -> io::Result<UringIo> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
         if limits.slots_max == 0 || limits.slots_max > u32::MAX as usize {
             return Err(invalid("slots_max must be in 1..=u32::MAX"));
@@ -369,7 +379,7 @@ impl UringIo {
         if !limits.ring_entries.is_power_of_two() {
             return Err(invalid("ring_entries must be a power of two"));
         }
-        let ring = build_ring(limits.ring_entries).map_err(|e| {
+        let ring = build_ring(limits.ring_entries, deferred).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -1035,6 +1045,21 @@ mod tests {
             return None;
         }
         Some(UringIo::new(limits).expect("UringIo::new"))
+    }
+
+    /// The fallback ring (no DEFER_TASKRUN): completions may be posted
+    /// during any system call, not only inside `poll`.
+    fn make_plain(limits: &IoLimits) -> Option<UringIo> {
+        if let Err(reason) = UringIo::probe() {
+            eprintln!("skipping io_uring test: {reason}");
+            return None;
+        }
+        Some(UringIo::with_setup(limits, false).expect("UringIo::with_setup"))
+    }
+
+    mod plain_ring {
+        use super::make_plain;
+        crate::runtime::conformance::conformance_suite!(make_plain);
     }
 
     #[test]
