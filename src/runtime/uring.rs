@@ -312,16 +312,16 @@ impl Drop for RecvBuffers {
 /// (`deferred`: try `SINGLE_ISSUER | DEFER_TASKRUN` first).
 fn build_ring(entries: u32, deferred: bool) -> io::Result<IoUring> {
     let cq_entries = entries.saturating_mul(CQ_PER_SQ);
-    let unsupported = || io::Error::from_raw_os_error(libc::EINVAL);
-    deferred
-        .then(|| {
-            IoUring::builder()
-                .setup_cqsize(cq_entries)
-                .setup_single_issuer()
-                .setup_defer_taskrun()
-                .build(entries)
-        })
-        .unwrap_or_else(|| Err(unsupported()))
+    let first = if deferred {
+        IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    first
         .or_else(|_| {
             IoUring::builder()
                 .setup_cqsize(cq_entries)
