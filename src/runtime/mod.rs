@@ -1,6 +1,8 @@
 //! Thread-per-core runtime: one pinned worker per core, each with its own
 //! listening socket (SO_REUSEPORT) and its own I/O backend.
 
+#[cfg(test)]
+mod conformance;
 pub mod epoll;
 pub mod io;
 pub mod uring;
