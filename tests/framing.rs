@@ -49,6 +49,7 @@ impl Fixture {
     /// connection, and no request at the origin. A valid request on a new
     /// connection afterwards proves the server alive and that exactly one
     /// request (that one) reached the origin.
+    #[track_caller]
     fn assert_rejected(&self, what: &str, raw: &[u8], status: u16) {
         let before = self.origin.requests();
         let mut c = self.server.client();
@@ -62,6 +63,7 @@ impl Fixture {
         self.assert_alive_and_origin_saw(before, what);
     }
 
+    #[track_caller]
     fn assert_alive_and_origin_saw(&self, before: u64, what: &str) {
         let ok = self.server.get("/control");
         assert_eq!(ok.status, 200, "{what}: control request: {}", ok.summary());
@@ -281,6 +283,7 @@ fn valid_then_malformed_pipelined(io: &str) {
 }
 
 /// The peer closed: either end of file/reset with nothing, or after a 408.
+#[track_caller]
 fn assert_timeout_close(c: &mut Client, within: Duration, what: &str) {
     match c.wait_closed(within) {
         Ok(Closed::Eof(extra)) | Ok(Closed::Reset(extra)) => assert!(

@@ -26,6 +26,7 @@ fn with_origin(io: &str, origin: TestOrigin) -> Option<(TestOrigin, Server)> {
     Some((origin, server))
 }
 
+#[track_caller]
 fn assert_miss_stored(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
@@ -39,12 +40,14 @@ fn assert_miss_stored(r: &Response) {
     }
 }
 
+#[track_caller]
 fn assert_hit(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.cache_status(), "ringcache; hit", "{}", r.summary());
     assert!(r.age().is_some(), "a hit carries Age: {}", r.summary());
 }
 
+#[track_caller]
 fn assert_not_stored(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(r.cache_status(), "ringcache; fwd=miss", "{}", r.summary());

@@ -501,6 +501,7 @@ impl Server {
     }
 
     /// `GET path` on a fresh connection.
+    #[track_caller]
     pub fn get(&self, path: &str) -> Response {
         http_get(self.addr, path)
     }
@@ -914,8 +915,12 @@ pub struct Client {
 
 impl Client {
     /// Connect (bounded by [`IO_TIMEOUT`]); panics on failure.
+    #[track_caller]
     pub fn connect(addr: SocketAddr) -> Client {
-        Client::try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+        match Client::try_connect(addr) {
+            Ok(c) => c,
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
     }
 
     pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
@@ -930,10 +935,11 @@ impl Client {
     }
 
     /// Write all of `bytes`; panics on failure.
+    #[track_caller]
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("send {} bytes: {e}", bytes.len()));
+        if let Err(e) = self.stream.write_all(bytes) {
+            panic!("send {} bytes: {e}", bytes.len());
+        }
     }
 
     /// Write all of `bytes`, reporting failure.
@@ -942,21 +948,28 @@ impl Client {
     }
 
     /// Send `GET path` (keep-alive) and read the response.
+    #[track_caller]
     pub fn get(&mut self, path: &str) -> Response {
         self.send(get_request(path).as_bytes());
         self.read_response()
     }
 
     /// Read one response whose body is framed by its headers; panics on failure.
+    #[track_caller]
     pub fn read_response(&mut self) -> Response {
-        self.try_read_response()
-            .unwrap_or_else(|e| panic!("reading a response: {e}"))
+        match self.try_read_response() {
+            Ok(r) => r,
+            Err(e) => panic!("reading a response: {e}"),
+        }
     }
 
     /// Read the response to a HEAD request (headers only).
+    #[track_caller]
     pub fn read_head_response(&mut self) -> Response {
-        self.try_read(false)
-            .unwrap_or_else(|e| panic!("reading a HEAD response: {e}"))
+        match self.try_read(false) {
+            Ok(r) => r,
+            Err(e) => panic!("reading a HEAD response: {e}"),
+        }
     }
 
     pub fn try_read_response(&mut self) -> io::Result<Response> {
@@ -1136,6 +1149,7 @@ impl Client {
 
     /// Panic unless the peer closes the connection within `within` with no
     /// further bytes.
+    #[track_caller]
     pub fn assert_closed(&mut self, within: Duration, what: &str) {
         match self.wait_closed(within) {
             Ok(Closed::Eof(extra)) | Ok(Closed::Reset(extra)) => assert!(
@@ -1162,6 +1176,7 @@ pub fn get_request(path: &str) -> String {
 }
 
 /// `GET path` on a fresh connection.
+#[track_caller]
 pub fn http_get(addr: SocketAddr, path: &str) -> Response {
     let mut c = Client::connect(addr);
     c.get(path)
