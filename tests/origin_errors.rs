@@ -1,0 +1,171 @@
+//! Origin failures as ringcache's clients see them: refused connections,
+//! silent origins, slow origins, and pooled origin connections that die
+//! between requests. Each scenario runs on both I/O backends.
+
+#[macro_use]
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn errors_total(server: &Server) -> f64 {
+    server.metrics().value("ringcache_errors_total")
+}
+
+fn origin_down_502(io: &str) {
+    let dead = dead_port();
+    let url = format!("http://{dead}");
+    let Some(server) = Server::serve(io, Some(&url), 2, &[]) else {
+        return;
+    };
+    let before = errors_total(&server);
+    let mut c = server.client();
+    for _ in 0..2 {
+        // Errors are not cached: the second request fails the same way.
+        let r = c.get("/api/items/1");
+        assert_eq!(r.status, 502, "{}", r.summary());
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "Cache-Status on a failed fetch: {}",
+            r.summary()
+        );
+        assert!(!r.is_hit(), "{}", r.summary());
+        if r.connection_has("close") {
+            c = server.client();
+        }
+    }
+    let moved = wait_until(Duration::from_secs(2), || {
+        errors_total(&server) >= before + 2.0
+    });
+    assert!(
+        moved,
+        "ringcache_errors_total did not count the failures:\n{}",
+        server.metrics().text
+    );
+}
+
+fn origin_closes_without_answer_502(io: &str) {
+    let origin = TestOrigin::start(|_| Reply::Drop);
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let r = server.get("/api/items/1");
+    assert_eq!(r.status, 502, "{}", r.summary());
+    assert!(r.cache_status().contains("fwd=miss"), "{}", r.summary());
+    // One try plus at most one retry.
+    let n = origin.requests();
+    assert!((1..=2).contains(&n), "origin saw {n} requests");
+}
+
+fn origin_silent_504(io: &str) {
+    let origin = TestOrigin::start(|req| match req.path() {
+        "/hang" => Reply::Hang,
+        "/slow" => Reply::After(
+            Duration::from_millis(300),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "no-store")],
+                b"late but in time",
+            ))),
+        ),
+        _ => Reply::Send(response(200, &[("Cache-Control", "no-store")], b"ok")),
+    });
+    let (_dir, cfg) = config_file("[limits]\norigin_response_timeout = \"1s\"\n");
+    let Some(server) = Server::serve(
+        io,
+        Some(&origin.url()),
+        2,
+        &["--config", cfg.to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let mut c = server.client();
+    let t = Instant::now();
+    let r = c.get("/hang");
+    assert_eq!(r.status, 504, "{}", r.summary());
+    eprintln!("504 after {:?} (origin_response_timeout 1s)", t.elapsed());
+    assert!(origin.requests() >= 1, "the request reached the origin");
+
+    // A slow origin within the timeout is fine, and the server still serves.
+    let r = server.get("/slow");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body_str(), "late but in time");
+}
+
+/// A keep-alive looking response; the origin closes its socket right after it.
+fn closing_origin() -> TestOrigin {
+    TestOrigin::start(|req| {
+        let body = format!("answer to {}", req.path());
+        Reply::SendClose(response(
+            200,
+            &[("Cache-Control", "no-store")],
+            body.as_bytes(),
+        ))
+    })
+}
+
+fn pooled_connection_closed_after_response(io: &str) {
+    let origin = closing_origin();
+    // One worker: every request uses the same origin connection pool.
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    let mut c = server.client();
+    for (i, path) in ["/a", "/b", "/c"].iter().enumerate() {
+        let r = c.get(path);
+        assert_eq!(r.status, 200, "request {i} {path}: {}", r.summary());
+        assert_eq!(r.body_str(), format!("answer to {path}"));
+        // Give the origin's close time to reach ringcache's idle socket.
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(origin.requests(), 3);
+    assert_eq!(origin.connections(), 3, "one origin connection per request");
+}
+
+fn pooled_connection_dropped_on_reuse(io: &str) {
+    // Every connection answers its first request; a second request on the same
+    // connection is met with a close, as when an origin times out an idle
+    // connection just as ringcache reuses it. GETs are retried once on a new
+    // connection.
+    let origin = TestOrigin::start(|req| {
+        if req.seq_on_conn == 0 {
+            let body = format!("answer to {}", req.path());
+            Reply::Send(response(
+                200,
+                &[("Cache-Control", "no-store")],
+                body.as_bytes(),
+            ))
+        } else {
+            Reply::Drop
+        }
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    let mut c = server.client();
+    for path in ["/a", "/b", "/c"] {
+        let r = c.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.summary());
+        assert_eq!(r.body_str(), format!("answer to {path}"));
+    }
+    let answered = origin
+        .all_requests()
+        .iter()
+        .filter(|r| r.seq_on_conn == 0)
+        .count();
+    assert_eq!(
+        answered, 3,
+        "each GET answered on a fresh origin connection"
+    );
+    assert!(origin.connections() >= 3);
+}
+
+both_io!(
+    origin_down_502,
+    origin_closes_without_answer_502,
+    origin_silent_504,
+    pooled_connection_closed_after_response,
+    pooled_connection_dropped_on_reuse,
+);
