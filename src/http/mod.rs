@@ -17,5 +17,6 @@ pub mod request;
 pub mod response;
 
 pub use error::ParseError;
+pub use response::{parse_response, ResponseFraming, ResponseHead};
 
 pub use request::{parse_request, BodyFraming, Method, Parsed, RequestHead, RequestLimits};
