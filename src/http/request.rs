@@ -235,9 +235,17 @@ fn classify_request_line_error(
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(window.len());
     let rest = &window[start..];
-    let (line, complete) = match rest.iter().position(|&b| b == b'\n') {
-        Some(i) => (rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]), true),
-        None => (rest, false),
+    // Where the line stands: ended by CRLF, or cut off (maybe right after
+    // its CR, in which case the LF may still come).
+    let (line, progress) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (
+            rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]),
+            Line::Ended,
+        ),
+        None => match rest.strip_suffix(b"\r") {
+            Some(line) => (line, Line::AtCr),
+            None => (rest, Line::Open),
+        },
     };
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
@@ -246,22 +254,33 @@ fn classify_request_line_error(
     if method.is_empty() || !method.iter().all(|&b| framing::is_tchar(b)) || target.is_empty() {
         return malformed;
     }
+    let wait = if out_of_room {
+        Err(ParseError::HeadTooLarge)
+    } else {
+        Ok(Parsed::Partial)
+    };
     match (parts.next(), parts.next()) {
-        (None, None) if complete && e == httparse::Error::Token => {
-            Err(ParseError::VersionNotSupported)
-        }
+        (None, None) if e == httparse::Error::Token => match progress {
+            Line::Ended => Err(ParseError::VersionNotSupported),
+            Line::AtCr => wait,
+            Line::Open => malformed,
+        },
         (Some(version), None) if e == httparse::Error::Version => {
-            match (version_shape(version), complete) {
-                (Shape::Full, true) => Err(ParseError::VersionNotSupported),
-                (Shape::Full | Shape::Prefix, false) if out_of_room => {
-                    Err(ParseError::HeadTooLarge)
-                }
-                (Shape::Full | Shape::Prefix, false) => Ok(Parsed::Partial),
+            match (version_shape(version), progress) {
+                (Shape::Full, Line::Ended) => Err(ParseError::VersionNotSupported),
+                (Shape::Full, Line::AtCr) | (Shape::Full | Shape::Prefix, Line::Open) => wait,
                 _ => malformed,
             }
         }
         _ => malformed,
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    Ended,
+    AtCr,
+    Open,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -645,6 +664,7 @@ mod tests {
         }
         // Incomplete but still possibly a well-formed version: wait for more.
         assert_eq!(parse(b"GET / HTTP/2"), Ok(None));
+        assert_eq!(parse(b"GET /\r"), Ok(None));
         assert_eq!(parse(b"GET / HTTP/2.0"), Ok(None));
         for line in [
             &b"GET / HTTP/1.10\r\n\r\n"[..],
@@ -665,6 +685,28 @@ mod tests {
                 String::from_utf8_lossy(line),
                 parse(line)
             );
+        }
+    }
+
+    #[test]
+    fn prefixes_never_disagree_with_the_whole() {
+        for whole in [
+            &b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/0.9\r\n\r\n",
+            b"GET /\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let expected = parse(whole);
+            for end in 0..whole.len() {
+                let got = parse(&whole[..end]);
+                assert!(
+                    got == Ok(None) || got == expected,
+                    "{:?} at {end}: {got:?} vs {expected:?}",
+                    String::from_utf8_lossy(whole)
+                );
+            }
         }
     }
 
