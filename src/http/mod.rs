@@ -1,2 +1,29 @@
 //! HTTP/1.1 message syntax and caching decisions: pure code, bytes in,
 //! structs out. No I/O, no allocation on the request path.
+//!
+//! - [`request`], [`response`]: strict heads and their body framing
+//!   (RFC 9112); slices borrow the receive buffer, fields land in a
+//!   caller-owned scratch array
+//! - [`chunked`]: incremental chunked-body decoder with bounded lines
+//! - [`headers`], [`framing`]: field lookups, `Content-Length`,
+//!   `Transfer-Encoding` and `Connection`
+//! - [`cache_control`], [`date`], [`freshness`]: RFC 9111 decisions
+//! - [`error`]: [`ParseError`], one status code per variant
+
+pub mod cache_control;
+pub mod chunked;
+pub mod date;
+pub mod error;
+pub mod framing;
+pub mod freshness;
+pub mod headers;
+pub mod request;
+pub mod response;
+
+pub use cache_control::CacheControl;
+pub use chunked::{ChunkedDecoder, ChunkedError};
+pub use date::{format_http_date, parse_http_date};
+pub use error::ParseError;
+pub use freshness::{storable, Storable};
+pub use request::{parse_request, BodyFraming, Method, Parsed, RequestHead, RequestLimits};
+pub use response::{parse_response, ResponseFraming, ResponseHead};
