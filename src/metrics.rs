@@ -1,1 +1,305 @@
-//! (to be written)
+//! Per-core counters, summed on scrape.
+//!
+//! Each worker owns one cache-line-padded block of counters and is its only
+//! writer, so an increment is a relaxed load and store (no locked
+//! instruction, no shared cache line). The admin thread reads every block
+//! and sums; a scrape may see a worker's counters a few increments old,
+//! never torn.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+/// Every counter a worker keeps. The discriminant is the index in the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Requests parsed (including those answered with an error).
+    Requests,
+    /// Requests answered from the cache.
+    Hits,
+    /// Cacheable lookups that found nothing usable.
+    Misses,
+    /// Requests that bypass the cache (unsafe methods and the like).
+    Passes,
+    /// Requests sent to the origin (including retries).
+    OriginFetches,
+    /// Responses written into the store.
+    Stored,
+    /// Client connections accepted.
+    ConnectionsAccepted,
+    /// Client connections closed.
+    ConnectionsClosed,
+    /// Client connections refused at accept (limits.connections_max).
+    ConnectionsRejected,
+    /// Origin connections opened.
+    OriginConnections,
+    /// Requests retried once on a fresh origin connection.
+    OriginRetries,
+    /// Responses written to clients.
+    Responses,
+    /// Errors, by kind; see [`ERROR_KINDS`].
+    ErrBadRequest,
+    ErrHeadTooLarge,
+    ErrBodyTooLarge,
+    ErrVersion,
+    ErrNotImplemented,
+    ErrMethod,
+    ErrClientTimeout,
+    ErrClientOverflow,
+    ErrOriginConnect,
+    ErrOriginTimeout,
+    ErrOriginResponse,
+    ErrOriginClosed,
+    ErrOriginBusy,
+}
+
+/// Number of counters in a block.
+pub const COUNTERS_COUNT: usize = Counter::ErrOriginBusy as usize + 1;
+
+/// The error counters and their `kind` label.
+pub const ERROR_KINDS: [(Counter, &str); 13] = [
+    (Counter::ErrBadRequest, "bad_request"),
+    (Counter::ErrHeadTooLarge, "head_too_large"),
+    (Counter::ErrBodyTooLarge, "body_too_large"),
+    (Counter::ErrVersion, "version"),
+    (Counter::ErrNotImplemented, "not_implemented"),
+    (Counter::ErrMethod, "method"),
+    (Counter::ErrClientTimeout, "client_timeout"),
+    (Counter::ErrClientOverflow, "client_overflow"),
+    (Counter::ErrOriginConnect, "origin_connect"),
+    (Counter::ErrOriginTimeout, "origin_timeout"),
+    (Counter::ErrOriginResponse, "origin_response"),
+    (Counter::ErrOriginClosed, "origin_closed"),
+    (Counter::ErrOriginBusy, "origin_busy"),
+];
+
+/// One worker's counters.
+pub struct WorkerCounters {
+    values: [AtomicU64; COUNTERS_COUNT],
+}
+
+impl WorkerCounters {
+    fn new() -> Self {
+        WorkerCounters {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Add one. Only the owning worker calls this.
+    #[inline]
+    pub fn incr(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    /// Add `n`. Only the owning worker calls this.
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        let v = &self.values[c as usize];
+        // Relaxed: single writer; readers only need a value that was current
+        // at some point, and a plain load+store avoids a locked instruction.
+        v.store(v.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self, c: Counter) -> u64 {
+        // Relaxed: a monotonic counter read for reporting.
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Gauges that are not per-core counters, read on scrape.
+pub struct StoreGauges {
+    pub bytes_used: u64,
+    pub bytes_max: u64,
+    pub items: u64,
+    pub evictions: u64,
+}
+
+/// All workers' counters.
+pub struct Metrics {
+    workers: Box<[CachePadded<WorkerCounters>]>,
+}
+
+impl Metrics {
+    pub fn new(workers_count: usize) -> Self {
+        Metrics {
+            workers: (0..workers_count)
+                .map(|_| CachePadded::new(WorkerCounters::new()))
+                .collect(),
+        }
+    }
+
+    /// The block worker `index` writes.
+    pub fn worker(&self, index: usize) -> &WorkerCounters {
+        &self.workers[index]
+    }
+
+    /// Sum of one counter over every worker.
+    pub fn total(&self, c: Counter) -> u64 {
+        self.workers.iter().map(|w| w.get(c)).sum()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, store: &StoreGauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let counters: [(&str, Counter, &str); 11] = [
+            (
+                "ringcache_requests_total",
+                Counter::Requests,
+                "Requests parsed.",
+            ),
+            (
+                "ringcache_responses_total",
+                Counter::Responses,
+                "Responses written to clients.",
+            ),
+            (
+                "ringcache_cache_hits_total",
+                Counter::Hits,
+                "Requests answered from the cache.",
+            ),
+            (
+                "ringcache_cache_misses_total",
+                Counter::Misses,
+                "Cacheable lookups that missed.",
+            ),
+            (
+                "ringcache_cache_passes_total",
+                Counter::Passes,
+                "Requests that bypass the cache.",
+            ),
+            (
+                "ringcache_cache_stored_total",
+                Counter::Stored,
+                "Responses stored.",
+            ),
+            (
+                "ringcache_origin_fetches_total",
+                Counter::OriginFetches,
+                "Requests sent to the origin.",
+            ),
+            (
+                "ringcache_origin_connections_total",
+                Counter::OriginConnections,
+                "Origin connections opened.",
+            ),
+            (
+                "ringcache_origin_retries_total",
+                Counter::OriginRetries,
+                "Requests retried on a fresh origin connection.",
+            ),
+            (
+                "ringcache_connections_accepted_total",
+                Counter::ConnectionsAccepted,
+                "Client connections accepted.",
+            ),
+            (
+                "ringcache_connections_rejected_total",
+                Counter::ConnectionsRejected,
+                "Client connections refused at the connection limit.",
+            ),
+        ];
+        for (name, c, help) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", self.total(c));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_errors_total Errors by kind.\n# TYPE ringcache_errors_total counter"
+        );
+        for (c, kind) in ERROR_KINDS {
+            let _ = writeln!(
+                out,
+                "ringcache_errors_total{{kind=\"{kind}\"}} {}",
+                self.total(c)
+            );
+        }
+        let open = self
+            .total(Counter::ConnectionsAccepted)
+            .saturating_sub(self.total(Counter::ConnectionsClosed));
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_connections_open Client connections open now.\n# TYPE ringcache_connections_open gauge\nringcache_connections_open {open}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_worker_requests_total Requests parsed, per worker.\n# TYPE ringcache_worker_requests_total counter"
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ringcache_worker_requests_total{{worker=\"{i}\"}} {}",
+                w.get(Counter::Requests)
+            );
+        }
+        let gauges: [(&str, u64, &str, &str); 4] = [
+            (
+                "ringcache_store_bytes_used",
+                store.bytes_used,
+                "gauge",
+                "Bytes the store holds.",
+            ),
+            (
+                "ringcache_store_bytes_max",
+                store.bytes_max,
+                "gauge",
+                "The store's byte cap.",
+            ),
+            (
+                "ringcache_store_items",
+                store.items,
+                "gauge",
+                "Objects in the store.",
+            ),
+            (
+                "ringcache_store_evictions_total",
+                store.evictions,
+                "counter",
+                "Objects evicted to make room.",
+            ),
+        ];
+        for (name, v, kind, help) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_over_workers() {
+        let m = Metrics::new(3);
+        m.worker(0).incr(Counter::Hits);
+        m.worker(2).add(Counter::Hits, 4);
+        m.worker(1).incr(Counter::ErrOriginTimeout);
+        assert_eq!(m.total(Counter::Hits), 5);
+        let text = m.render(&StoreGauges {
+            bytes_used: 1,
+            bytes_max: 2,
+            items: 3,
+            evictions: 0,
+        });
+        assert!(text.contains("ringcache_cache_hits_total 5\n"), "{text}");
+        assert!(text.contains("ringcache_errors_total{kind=\"origin_timeout\"} 1\n"));
+        assert!(text.contains("ringcache_store_items 3\n"));
+    }
+
+    #[test]
+    fn error_kinds_cover_every_error_counter() {
+        assert_eq!(
+            ERROR_KINDS.len(),
+            COUNTERS_COUNT - Counter::ErrBadRequest as usize
+        );
+        for (i, (c, _)) in ERROR_KINDS.iter().enumerate() {
+            assert_eq!(*c as usize, Counter::ErrBadRequest as usize + i);
+        }
+    }
+}

@@ -170,3 +170,190 @@ pub fn page_size() -> usize {
         4096
     }
 }
+
+/// Backlog of each listening socket.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed alongside.
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const i32).cast(),
+        std::mem::size_of::<i32>() as libc::socklen_t,
+    ))
+    .map(drop)
+}
+
+/// A non-blocking listening socket with SO_REUSEPORT, so that every worker
+/// owns one bound to the same address and the kernel spreads connections.
+pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
+    let fd = tcp_socket(addr)?;
+    let setup = || -> io::Result<()> {
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        let sa = SockAddr::new(addr);
+        // SAFETY: `sa` holds a valid address of `byte_len` bytes for the call.
+        syscall!(bind(fd, sa.as_ptr(), sa.byte_len()))?;
+        // SAFETY: plain integer arguments.
+        syscall!(listen(fd, LISTEN_BACKLOG))?;
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and
+            // sockaddr_storage is large and aligned enough for it.
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Which end of a socket [`socket_addr`] asks for.
+#[derive(Clone, Copy)]
+enum End {
+    Local,
+    Peer,
+}
+
+fn socket_addr(fd: RawFd, end: End) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let ptr = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    match end {
+        // SAFETY: `storage` has room for `len` bytes; the kernel writes at most that.
+        End::Local => syscall!(getsockname(fd, ptr, &mut len))?,
+        // SAFETY: as above.
+        End::Peer => syscall!(getpeername(fd, ptr, &mut len))?,
+    };
+    from_storage(&storage).ok_or_else(|| io::Error::other("unknown address family"))
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    socket_addr(fd, End::Local)
+}
+
+/// The IP address of a connected socket's peer (for X-Forwarded-For).
+pub fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    socket_addr(fd, End::Peer).ok().map(|a| a.ip())
+}
+
+/// A fresh non-blocking TCP socket for an origin connection, Nagle off.
+pub fn stream_socket(addr: &SocketAddr) -> io::Result<RawFd> {
+    let fd = tcp_socket(addr)?;
+    set_nodelay(fd);
+    Ok(fd)
+}
+
+/// Disable Nagle: responses are written whole, latency matters more.
+pub fn set_nodelay(fd: RawFd) {
+    let _ = set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+}
+
+fn shutdown_sigset() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signals to it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+        set.assume_init()
+    }
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in the calling thread and every thread
+/// it spawns afterwards, so that only [`wait_signal`] sees them. SIGPIPE is
+/// ignored process-wide (sends carry MSG_NOSIGNAL as well).
+pub fn block_signals() -> io::Result<()> {
+    let set = shutdown_sigset();
+    // SAFETY: `set` is initialised; the old mask is not wanted (null).
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(())
+}
+
+/// Wait for one of the signals blocked by [`block_signals`]; returns its number.
+pub fn wait_signal() -> i32 {
+    let set = shutdown_sigset();
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: `set` is initialised; `sig` is a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}
+
+/// Name of a signal number, for the shutdown log line.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// Pin the calling thread to the `index`-th CPU this process may run on.
+/// Returns the CPU id, or `None` when pinning is not possible.
+pub fn pin_to_core(index: usize) -> Option<usize> {
+    let cores = core_affinity::get_core_ids()?;
+    if cores.is_empty() {
+        return None;
+    }
+    let core = cores[index % cores.len()];
+    core_affinity::set_for_current(core).then_some(core.id)
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_listeners_share_a_port() {
+        let a = reuseport_listener(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = local_addr(a).unwrap();
+        assert_ne!(addr.port(), 0);
+        let b = reuseport_listener(&addr).unwrap();
+        assert_eq!(local_addr(b).unwrap(), addr);
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(client.peer_addr().unwrap(), addr);
+        close(a);
+        close(b);
+    }
+}

@@ -136,13 +136,16 @@ pub fn spawn(listen: SocketAddr, threads: usize) -> io::Result<DemoOrigin> {
             .recv()
             .map_err(|_| io::Error::other("demo origin thread exited at start"))??;
     }
-    log::info!("demo origin listening on {addr} with {threads} thread(s)");
     Ok(DemoOrigin { addr })
 }
 
 /// [`spawn`], then blocks forever.
 pub fn run(listen: SocketAddr, threads: usize) -> io::Result<()> {
-    let _origin = spawn(listen, threads)?;
+    let origin = spawn(listen, threads)?;
+    log::info!(
+        "demo origin listening on http://{} with {threads} thread(s)",
+        origin.addr()
+    );
     loop {
         std::thread::park();
     }

@@ -19,3 +19,166 @@ pub struct IoLimits {
     /// Submission queue entries (a power of two).
     pub ring_entries: u32,
 }
+
+pub mod worker;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, IoMode};
+use crate::metrics::Metrics;
+use crate::proxy::OriginTarget;
+use crate::store::Store;
+use worker::{Backend, WorkerSpec};
+
+/// Time every worker gets to start accepting.
+pub const WORKERS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads of the in-process demo origin.
+pub const DEMO_ORIGIN_THREADS: usize = 1;
+
+/// Pick the backend: `auto` probes io_uring for every opcode ringcache needs.
+pub fn choose_backend(mode: IoMode) -> Result<Backend, String> {
+    match mode {
+        IoMode::Epoll => Ok(Backend::Epoll),
+        IoMode::Uring => uring::UringIo::probe()
+            .map(|()| Backend::Uring)
+            .map_err(|why| format!("--io uring: io_uring is unavailable: {why}")),
+        IoMode::Auto => match uring::UringIo::probe() {
+            Ok(()) => Ok(Backend::Uring),
+            Err(why) => {
+                log::warn!("io_uring is unavailable ({why}); falling back to epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
+
+/// `ringcache serve`: start everything, run until SIGTERM/SIGINT, drain, return.
+pub fn serve(config: Config) -> Result<(), String> {
+    // Before any thread exists, so that every thread inherits the mask and
+    // only the main thread's sigwait sees shutdown signals.
+    crate::sys::block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let origin = match &config.origin {
+        Some(o) => OriginTarget {
+            addr: o.addr,
+            authority: o.authority.clone(),
+        },
+        None => {
+            let demo = crate::demo_origin::spawn(
+                "127.0.0.1:0".parse().expect("literal address"),
+                DEMO_ORIGIN_THREADS,
+            )
+            .map_err(|e| format!("cannot start the built-in demo origin: {e}"))?;
+            log::info!(
+                "no --origin given: started the built-in demo origin on http://{} (try GET /api/items/1)",
+                demo.addr()
+            );
+            OriginTarget {
+                addr: demo.addr(),
+                authority: demo.addr().to_string(),
+            }
+        }
+    };
+    let backend = choose_backend(config.io)?;
+
+    let mut listeners = Vec::with_capacity(config.workers);
+    let mut listen_addr = config.listen;
+    for i in 0..config.workers {
+        let fd = crate::sys::reuseport_listener(&listen_addr)
+            .map_err(|e| format!("listen {listen_addr}: {e}"))?;
+        if i == 0 {
+            listen_addr = crate::sys::local_addr(fd).map_err(|e| format!("listen: {e}"))?;
+        }
+        listeners.push(fd);
+    }
+    let admin =
+        TcpListener::bind(config.admin).map_err(|e| format!("admin {}: {e}", config.admin))?;
+    let admin_addr = admin.local_addr().map_err(|e| format!("admin: {e}"))?;
+
+    let store = Arc::new(Store::new(config.memory_bytes));
+    let metrics = Arc::new(Metrics::new(config.workers));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
+    crate::admin::spawn(
+        admin,
+        crate::admin::AdminState {
+            metrics: Arc::clone(&metrics),
+            store: Arc::clone(&store),
+            ready: Arc::clone(&ready),
+            draining: Arc::clone(&draining),
+        },
+    )
+    .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+
+    let (ready_tx, ready_rx) = mpsc::sync_channel(config.workers);
+    let mut handles = Vec::with_capacity(config.workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let spec = WorkerSpec {
+            index,
+            listener,
+            backend,
+            limits: config.limits,
+            origin: origin.clone(),
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            shutdown: Arc::clone(&shutdown),
+            ready: ready_tx.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("ringcache-w{index}"))
+            .spawn(move || worker::run(spec))
+            .map_err(|e| format!("cannot start worker {index}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let deadline = Instant::now() + WORKERS_READY_TIMEOUT;
+    let mut cpus = Vec::with_capacity(config.workers);
+    for _ in 0..config.workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(Ok(cpu)) => cpus.push(cpu),
+            Ok(Err(why)) => return Err(why),
+            Err(_) => return Err("workers did not start in time".to_string()),
+        }
+    }
+    // Release pairs with the Acquire loads in admin.
+    ready.store(true, Ordering::Release);
+    let pinned = if cpus.iter().all(Option::is_some) {
+        "pinned"
+    } else {
+        "not pinned"
+    };
+    log::info!(
+        "ready: listen={listen_addr} admin={admin_addr} origin=http://{} workers={} io={} memory={} ({pinned})",
+        origin.authority,
+        config.workers,
+        backend.name(),
+        config.memory_bytes
+    );
+
+    loop {
+        let sig = crate::sys::wait_signal();
+        if sig == libc::SIGHUP {
+            log::info!("SIGHUP: nothing to reload in this version; send SIGTERM to restart");
+            continue;
+        }
+        log::info!(
+            "{}: draining (no new connections, in-flight requests get {:?})",
+            crate::sys::signal_name(sig),
+            config.limits.shutdown_grace
+        );
+        break;
+    }
+    // Release pairs with the Acquire loads in the workers and admin.
+    draining.store(true, Ordering::Release);
+    shutdown.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+    log::info!("stopped");
+    Ok(())
+}

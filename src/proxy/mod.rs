@@ -1,0 +1,1125 @@
+//! One worker's proxy: client connections, the request state machine, the
+//! origin pool. Single-threaded by construction (`!Send` via `Rc`-free
+//! ownership: it lives inside its worker thread and is never shared).
+//!
+//! The proxy never calls the kernel. It reacts to [`Event`]s and queues
+//! [`Op`]s, which the worker hands to its I/O backend after each poll.
+//!
+//! ```text
+//!  client bytes ─▶ parse head ─▶ GET/HEAD? ─▶ lookup ─▶ fresh hit ─▶ respond now
+//!                      │                         └─ miss/stale ─┐
+//!                      └─ other methods (pass) ─────────────────┴▶ Fetch ─▶ origin pool
+//!  origin bytes ─▶ parse head ─▶ body (length | chunked | close) ─▶ store? ─▶ respond
+//! ```
+//!
+//! Responses leave strictly in request order: each connection keeps a queue
+//! of exchanges; a response waits in its exchange until every earlier one
+//! has been written.
+//!
+//! Buffers lent to the kernel: a send hands out a pointer into a `Vec` that
+//! is not touched again until the `Sent` or `Closed` event for its token
+//! (`Client::inflight`, `Fetch::req`). A socket's slot is freed only on
+//! `Closed`, so those buffers outlive every operation that uses them.
+
+mod compose;
+mod origin;
+
+use std::collections::VecDeque;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use slab::Slab;
+
+use crate::config::{Limits, HEADERS_COUNT_CAP};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::date::format_http_date;
+use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, RequestLimits};
+use crate::http::{headers, ParseError, Parsed};
+use crate::metrics::{Counter, Metrics, WorkerCounters};
+use crate::runtime::io::{token_slot, Event, Token};
+use crate::store::{key_hash, Item, Store};
+
+use compose::{put_error, put_field, put_field_u64, VIA};
+pub use origin::OriginTarget;
+use origin::{Fetch, OriginConn, Pool};
+
+/// Spare buffers a worker keeps for reuse.
+pub const SPARE_BUFFERS_MAX: usize = 256;
+/// Initial capacity of a connection's input and output buffers.
+pub const CONN_BUFFER_BYTES: usize = 16 << 10;
+/// Client error log lines one worker writes per second at most.
+pub const CLIENT_ERROR_LOGS_PER_SEC_MAX: u32 = 10;
+
+/// An operation for the I/O backend, queued while events are handled.
+#[derive(Debug)]
+pub enum Op {
+    StartRecv {
+        token: Token,
+        fd: RawFd,
+    },
+    /// `ptr..ptr+len` stays untouched until `Sent`/`Closed` for `token`.
+    Send {
+        token: Token,
+        fd: RawFd,
+        ptr: *const u8,
+        len: usize,
+    },
+    Connect {
+        token: Token,
+        fd: RawFd,
+        addr: SocketAddr,
+    },
+    Close {
+        token: Token,
+        fd: RawFd,
+    },
+}
+
+/// Seconds and the formatted `Date` value, refreshed once per tick.
+struct Clock {
+    now: Instant,
+    unix_secs: u64,
+    date: [u8; 29],
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let unix_secs = unix_now();
+        Clock {
+            now: Instant::now(),
+            unix_secs,
+            date: format_http_date(unix_secs),
+        }
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        self.now = now;
+        let secs = unix_now();
+        if secs != self.unix_secs {
+            self.unix_secs = secs;
+            self.date = format_http_date(secs);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+enum Socket {
+    Client(Client),
+    Origin(OriginConn),
+}
+
+/// One response slot in a connection's ordered queue.
+struct Exchange {
+    seq: u64,
+    /// `None` while the origin is being asked.
+    response: Option<Vec<u8>>,
+    /// The connection closes once this response is written.
+    close: bool,
+}
+
+enum ReadState {
+    Head,
+    /// Reading the body of request `seq`; the fetch is dispatched once whole.
+    Body {
+        fetch: Box<Fetch>,
+        framing: BodyRead,
+    },
+}
+
+enum BodyRead {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+struct Client {
+    fd: RawFd,
+    peer: Option<IpAddr>,
+    inbuf: Vec<u8>,
+    read: ReadState,
+    queue: VecDeque<Exchange>,
+    next_seq: u64,
+    /// Bytes waiting to be sent.
+    out: Vec<u8>,
+    /// Bytes the kernel is sending now.
+    inflight: Vec<u8>,
+    sending: bool,
+    /// A request that ends the connection was parsed: read no further.
+    stop_reading: bool,
+    /// The last response is in `out`/`inflight`: close once they are sent.
+    close_after_flush: bool,
+    /// The peer has closed its sending side.
+    read_closed: bool,
+    closing: bool,
+    /// The first byte of a request head not yet complete arrived at this time.
+    head_started: Option<Instant>,
+    /// Last time the connection went idle (nothing pending).
+    idle_since: Instant,
+}
+
+/// What a worker needs to build its proxy.
+pub struct ProxyConfig {
+    pub worker_index: usize,
+    pub limits: Limits,
+    pub origin: OriginTarget,
+}
+
+/// One worker's proxy state.
+pub struct Proxy {
+    /// Operations queued for the backend; the worker drains this after each poll.
+    pub ops: Vec<Op>,
+    slots: Slab<Socket>,
+    /// Generation per slot, bumped when a slot is freed.
+    generations: Vec<u32>,
+    /// Client tokens with bytes to flush at the end of this loop turn.
+    dirty: Vec<Token>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    worker_index: usize,
+    limits: Limits,
+    clock: Clock,
+    pool: Pool,
+    clients_count: usize,
+    draining: bool,
+    spare: Vec<Vec<u8>>,
+    key: Vec<u8>,
+    error_logs_this_sec: u32,
+    error_logs_sec: u64,
+}
+
+/// Slots a worker needs: every client and every origin connection.
+pub fn slots_max(limits: &Limits) -> usize {
+    limits.connections_max + limits.origin_connections_max
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, store: Arc<Store>, metrics: Arc<Metrics>) -> Proxy {
+        let slots = slots_max(&config.limits);
+        Proxy {
+            ops: Vec::with_capacity(1024),
+            slots: Slab::with_capacity(slots),
+            generations: vec![0; slots],
+            dirty: Vec::with_capacity(1024),
+            store,
+            metrics,
+            worker_index: config.worker_index,
+            pool: Pool::new(config.origin, &config.limits),
+            limits: config.limits,
+            clock: Clock::new(),
+            clients_count: 0,
+            draining: false,
+            spare: Vec::new(),
+            key: Vec::with_capacity(1024),
+            error_logs_this_sec: 0,
+            error_logs_sec: 0,
+        }
+    }
+
+    #[inline]
+    fn counters(&self) -> &WorkerCounters {
+        self.metrics.worker(self.worker_index)
+    }
+
+    /// Client connections open on this worker.
+    pub fn clients_count(&self) -> usize {
+        self.clients_count
+    }
+
+    fn token_for(&self, slot: usize) -> Token {
+        (u64::from(self.generations[slot]) << 32) | slot as u64
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn give_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS_MAX && buf.capacity() <= CONN_BUFFER_BYTES * 4 {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// Rate-limited log line about a client's bad input.
+    fn log_client_error(&mut self, what: &str, peer: Option<IpAddr>) {
+        if self.error_logs_sec != self.clock.unix_secs {
+            self.error_logs_sec = self.clock.unix_secs;
+            self.error_logs_this_sec = 0;
+        }
+        if self.error_logs_this_sec < CLIENT_ERROR_LOGS_PER_SEC_MAX {
+            self.error_logs_this_sec += 1;
+            match peer {
+                Some(ip) => log::warn!("client {ip}: {what}"),
+                None => log::warn!("client: {what}"),
+            }
+        }
+    }
+
+    /// Handle one completion from the backend.
+    pub fn handle(&mut self, event: Event<'_>) {
+        match event {
+            Event::Accepted { fd } => self.accept(fd),
+            Event::Recv { token, data } => match self.socket_mut(token) {
+                Some(Socket::Client(_)) => self.client_recv(token, data),
+                Some(Socket::Origin(_)) => self.origin_recv(token, data),
+                None => {}
+            },
+            Event::RecvEnd { token, errno } => match self.socket_mut(token) {
+                Some(Socket::Client(_)) => self.client_recv_end(token, errno),
+                Some(Socket::Origin(_)) => self.origin_recv_end(token, errno),
+                None => {}
+            },
+            Event::Sent { token, result } => match self.socket_mut(token) {
+                Some(Socket::Client(_)) => self.client_sent(token, result),
+                Some(Socket::Origin(_)) => self.origin_sent(token, result),
+                None => {}
+            },
+            Event::Connected { token, result } => self.origin_connected(token, result),
+            Event::Closed { token } => self.closed(token),
+        }
+    }
+
+    /// The socket of a live token (not closing, generation matching).
+    fn socket_mut(&mut self, token: Token) -> Option<&mut Socket> {
+        let slot = token_slot(token);
+        if self.token_for_checked(slot) != Some(token) {
+            return None;
+        }
+        match self.slots.get_mut(slot)? {
+            Socket::Client(c) if c.closing => None,
+            Socket::Origin(o) if o.closing => None,
+            s => Some(s),
+        }
+    }
+
+    fn token_for_checked(&self, slot: usize) -> Option<Token> {
+        (slot < self.generations.len()).then(|| self.token_for(slot))
+    }
+
+    fn client(&mut self, token: Token) -> Option<&mut Client> {
+        match self.socket_mut(token)? {
+            Socket::Client(c) => Some(c),
+            Socket::Origin(_) => None,
+        }
+    }
+
+    /// Called every loop turn: the time events of the next turn see.
+    pub fn set_now(&mut self, now: Instant) {
+        self.clock.refresh(now);
+    }
+
+    /// Called once per tick: fire the timeouts that are due.
+    pub fn tick(&mut self, now: Instant) {
+        self.clock.refresh(now);
+        let mut expired: Vec<(Token, TimeoutKind)> = Vec::new();
+        for (slot, socket) in self.slots.iter() {
+            let token = self.token_for(slot);
+            match socket {
+                Socket::Client(c) if !c.closing => {
+                    if let Some(t) = c.head_started {
+                        if now.duration_since(t) >= self.limits.header_timeout {
+                            expired.push((token, TimeoutKind::Head));
+                        }
+                    } else if c.queue.is_empty()
+                        && !c.sending
+                        && matches!(c.read, ReadState::Head)
+                        && now.duration_since(c.idle_since) >= self.limits.keepalive_timeout
+                    {
+                        expired.push((token, TimeoutKind::Idle));
+                    }
+                    if let ReadState::Body { .. } = c.read {
+                        if now.duration_since(c.idle_since) >= self.limits.header_timeout {
+                            expired.push((token, TimeoutKind::Head));
+                        }
+                    }
+                }
+                Socket::Origin(o) if !o.closing => {
+                    if let Some(kind) = o.timed_out(now, &self.limits) {
+                        expired.push((token, kind));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (token, kind) in expired {
+            match kind {
+                TimeoutKind::Head => {
+                    self.counters().incr(Counter::ErrClientTimeout);
+                    let peer = self.client(token).and_then(|c| c.peer);
+                    self.log_client_error("request head or body not received in time (408)", peer);
+                    self.client_fail(token, 408, "request-timeout");
+                }
+                TimeoutKind::Idle => self.close_socket(token),
+                TimeoutKind::OriginConnect
+                | TimeoutKind::OriginResponse
+                | TimeoutKind::OriginIdle => self.origin_timeout(token, kind),
+            }
+        }
+    }
+
+    /// Stop taking new work: idle connections close now, busy ones after
+    /// their current responses (sent with `Connection: close`).
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+        let tokens: Vec<Token> = self
+            .slots
+            .iter()
+            .map(|(slot, _)| self.token_for(slot))
+            .collect();
+        for token in tokens {
+            match self.socket_mut(token) {
+                Some(Socket::Client(c)) => {
+                    c.stop_reading = true;
+                    if c.queue.is_empty() && !c.sending && c.out.is_empty() {
+                        self.close_socket(token);
+                    } else if let Some(last) = c.queue.back_mut() {
+                        last.close = true;
+                    } else {
+                        c.close_after_flush = true;
+                    }
+                }
+                Some(Socket::Origin(o)) if o.is_idle() => self.close_socket(token),
+                _ => {}
+            }
+        }
+    }
+
+    /// Bytes queued by this turn's events go out now, one send per connection.
+    pub fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &token in &dirty {
+            self.client_start_send(token);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    // ----- clients ---------------------------------------------------------
+
+    fn accept(&mut self, fd: RawFd) {
+        if self.draining || self.clients_count >= self.limits.connections_max {
+            crate::sys::close(fd);
+            self.counters().incr(Counter::ConnectionsRejected);
+            return;
+        }
+        crate::sys::set_nodelay(fd);
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        let token = (u64::from(self.generations[slot]) << 32) | slot as u64;
+        let inbuf = self.spare.pop().unwrap_or_default();
+        let out = self.spare.pop().unwrap_or_default();
+        let inflight = self.spare.pop().unwrap_or_default();
+        self.slots.insert(Socket::Client(Client {
+            fd,
+            peer: crate::sys::peer_ip(fd),
+            inbuf,
+            read: ReadState::Head,
+            queue: VecDeque::new(),
+            next_seq: 0,
+            out,
+            inflight,
+            sending: false,
+            stop_reading: false,
+            close_after_flush: false,
+            read_closed: false,
+            closing: false,
+            head_started: None,
+            idle_since: self.clock.now,
+        }));
+        self.clients_count += 1;
+        self.counters().incr(Counter::ConnectionsAccepted);
+        self.ops.push(Op::StartRecv { token, fd });
+    }
+
+    fn client_recv(&mut self, token: Token, data: &[u8]) {
+        let limits = self.limits;
+        let now = self.clock.now;
+        let Some(c) = self.client(token) else { return };
+        if c.stop_reading {
+            return; // bytes after a closing request are ignored
+        }
+        let pending = c.inbuf.len();
+        let input_max = limits.head_bytes_max * 2 + limits.recv_buffer_bytes;
+        if pending + data.len() > input_max {
+            // The client keeps sending while its earlier requests wait:
+            // more than one head and a buffer's worth is not a client we serve.
+            let peer = c.peer;
+            self.counters().incr(Counter::ErrClientOverflow);
+            self.log_client_error("input beyond limits while requests are pending", peer);
+            self.client_fail(token, 431, "input-overflow");
+            return;
+        }
+        c.inbuf.extend_from_slice(data);
+        if c.head_started.is_none() && matches!(c.read, ReadState::Head) {
+            c.head_started = Some(now);
+        }
+        self.client_process(token);
+    }
+
+    /// Parse and act on everything buffered, as far as limits allow.
+    fn client_process(&mut self, token: Token) {
+        let limits = self.limits;
+        let now = self.clock.now;
+        let request_limits = RequestLimits {
+            head_bytes_max: limits.head_bytes_max,
+            headers_count_max: limits.headers_count_max,
+            body_bytes_max: limits.body_bytes_max,
+        };
+        let Some(c) = self.client(token) else { return };
+        let mut inbuf = std::mem::take(&mut c.inbuf);
+        let mut consumed = 0;
+        while let Some(c) = self.client(token) {
+            if c.stop_reading {
+                break;
+            }
+            if let ReadState::Body { .. } = c.read {
+                let n = self.client_body(token, &inbuf[consumed..]);
+                consumed += n;
+                let Some(c) = self.client(token) else { break };
+                if let ReadState::Body { .. } = c.read {
+                    break; // need more bytes
+                }
+                continue;
+            }
+            if consumed == inbuf.len() {
+                c.head_started = None;
+                break;
+            }
+            if c.queue.len() >= limits.pipeline_depth_max
+                || c.out.len() >= limits.client_output_bytes_max
+            {
+                // Resumed when responses drain; the earlier requests' own
+                // deadlines bound the wait, so the head timer stops meanwhile.
+                c.head_started = None;
+                break;
+            }
+            let mut fields =
+                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_CAP];
+            let fields = &mut fields[..limits.headers_count_max];
+            match parse_request(&inbuf[consumed..], fields, &request_limits) {
+                Ok(Parsed::Partial) => {
+                    if c.head_started.is_none() {
+                        c.head_started = Some(now);
+                    }
+                    break;
+                }
+                Ok(Parsed::Complete(head)) => {
+                    consumed += head.head_len;
+                    if let Some(c) = self.client(token) {
+                        c.head_started = None;
+                    }
+                    self.counters().incr(Counter::Requests);
+                    self.request(token, &head);
+                }
+                Err(e) => {
+                    self.counters().incr(Counter::Requests);
+                    self.count_parse_error(e);
+                    let peer = self.client(token).and_then(|c| c.peer);
+                    self.log_client_error(e.detail(), peer);
+                    self.client_fail(token, e.status(), e.detail());
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.client(token) {
+            inbuf.drain(..consumed);
+            c.inbuf = inbuf;
+            if c.inbuf.is_empty() && matches!(c.read, ReadState::Head) {
+                c.head_started = None;
+            }
+        }
+    }
+
+    fn count_parse_error(&self, e: ParseError) {
+        let counter = match e {
+            ParseError::HeadTooLarge | ParseError::TooManyHeaders => Counter::ErrHeadTooLarge,
+            ParseError::BodyTooLarge => Counter::ErrBodyTooLarge,
+            ParseError::VersionNotSupported => Counter::ErrVersion,
+            ParseError::NotImplemented(_) => Counter::ErrNotImplemented,
+            ParseError::Malformed(_) => Counter::ErrBadRequest,
+        };
+        self.counters().incr(counter);
+    }
+
+    /// Answer with an error and close the connection once it is written.
+    fn client_fail(&mut self, token: Token, status: u16, detail: &str) {
+        let date = self.clock.date;
+        let Some(c) = self.client(token) else { return };
+        c.stop_reading = true;
+        c.head_started = None;
+        let mut resp = Vec::with_capacity(256);
+        put_error(&mut resp, status, &date, Some(detail), None, true);
+        self.client_respond(token, None, resp, true);
+    }
+
+    /// A parsed request head: answer from the cache or start a fetch.
+    fn request(&mut self, token: Token, head: &RequestHead<'_, '_>) {
+        let keep_alive = head.keep_alive && !self.draining;
+        match head.method {
+            Method::Connect | Method::Trace => {
+                self.counters().incr(Counter::ErrMethod);
+                self.client_reject(
+                    token,
+                    405,
+                    "method-not-allowed",
+                    head.body != BodyFraming::None,
+                );
+                return;
+            }
+            _ => {}
+        }
+        let Some(path) = origin_form(head.target, head.method) else {
+            self.counters().incr(Counter::ErrBadRequest);
+            let peer = self.client(token).and_then(|c| c.peer);
+            self.log_client_error("request target is not origin-form or absolute-form", peer);
+            self.client_fail(token, 400, "bad-target");
+            return;
+        };
+        let authority = std::mem::take(&mut self.pool.target.authority);
+        let host = head
+            .host
+            .or_else(|| absolute_authority(head.target))
+            .unwrap_or(authority.as_bytes());
+        let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
+        let lookup = matches!(head.method, Method::Get | Method::Head) && !has_body;
+        let mut hash = 0;
+        if lookup {
+            self.key.clear();
+            for &b in host {
+                self.key.push(b.to_ascii_lowercase());
+            }
+            self.key.push(0);
+            self.key.extend_from_slice(path);
+            hash = key_hash(&self.key);
+            if let Some(item) = self.store.lookup(hash, &self.key) {
+                if item.is_fresh(self.clock.unix_secs) {
+                    self.counters().incr(Counter::Hits);
+                    self.pool.target.authority = authority;
+                    self.respond_hit(
+                        token,
+                        &item,
+                        head.method == Method::Head,
+                        keep_alive,
+                        head.minor_version,
+                    );
+                    if !keep_alive {
+                        if let Some(c) = self.client(token) {
+                            c.stop_reading = true;
+                        }
+                    }
+                    return;
+                }
+            }
+            self.counters().incr(Counter::Misses);
+        } else {
+            self.counters().incr(Counter::Passes);
+        }
+        // Miss or pass: build the origin request now, while the head is borrowed.
+        let mut req = self.take_buffer();
+        let peer = self.client(token).and_then(|c| c.peer);
+        // A HEAD miss fetches the GET, so the answer can be stored and reused.
+        let origin_method: &[u8] = if head.method == Method::Head {
+            b"GET"
+        } else {
+            head.method_bytes
+        };
+        req.extend_from_slice(origin_method);
+        req.push(b' ');
+        req.extend_from_slice(path);
+        req.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut xff_done = false;
+        let mut host_done = false;
+        for f in head.headers {
+            let name = f.name.as_bytes();
+            if compose::is_dropped_on_forward(head.headers, name)
+                || name.eq_ignore_ascii_case(b"expect")
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                if xff_done {
+                    continue; // all lines were merged into the first
+                }
+                xff_done = true;
+                req.extend_from_slice(b"X-Forwarded-For: ");
+                let mut first = true;
+                for g in head
+                    .headers
+                    .iter()
+                    .filter(|g| g.name.eq_ignore_ascii_case("x-forwarded-for"))
+                {
+                    if !first {
+                        req.extend_from_slice(b", ");
+                    }
+                    first = false;
+                    req.extend_from_slice(headers::trim_ows(g.value));
+                }
+                if let Some(ip) = peer {
+                    req.extend_from_slice(b", ");
+                    put_ip(&mut req, ip);
+                }
+                req.extend_from_slice(b"\r\n");
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"host") {
+                host_done = true;
+            }
+            put_field(&mut req, name, f.value);
+        }
+        if !host_done {
+            put_field(&mut req, b"Host", host);
+        }
+        if !xff_done {
+            if let Some(ip) = peer {
+                req.extend_from_slice(b"X-Forwarded-For: ");
+                put_ip(&mut req, ip);
+                req.extend_from_slice(b"\r\n");
+            }
+        }
+        put_field(&mut req, b"Via", VIA);
+        self.pool.target.authority = authority;
+        let key = if lookup {
+            Some((hash, self.key.clone().into_boxed_slice()))
+        } else {
+            None
+        };
+        let Some(c) = self.client(token) else {
+            self.give_buffer(req);
+            return;
+        };
+        let seq = c.next_seq;
+        c.next_seq += 1;
+        c.queue.push_back(Exchange {
+            seq,
+            response: None,
+            close: !keep_alive,
+        });
+        if !keep_alive {
+            c.stop_reading = true;
+        }
+        let fetch = Box::new(Fetch {
+            client: token,
+            seq,
+            method: head.method,
+            client_head: head.method == Method::Head,
+            client_minor_version: head.minor_version,
+            keep_alive,
+            req,
+            key,
+            lookup,
+            request_time_secs: self.clock.unix_secs,
+            retried: false,
+            body: Vec::new(),
+        });
+        match head.body {
+            BodyFraming::None | BodyFraming::Length(0) => {
+                let mut fetch = fetch;
+                fetch.finish_request();
+                self.dispatch(fetch);
+            }
+            BodyFraming::Length(n) => {
+                let c = self.client(token).expect("client checked above");
+                if head.expect_continue && c.queue.len() == 1 {
+                    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.dirty.push(token);
+                }
+                let now = self.clock.now;
+                let c = self.client(token).expect("client checked above");
+                c.idle_since = now;
+                c.read = ReadState::Body {
+                    fetch,
+                    framing: BodyRead::Length(n),
+                };
+            }
+            BodyFraming::Chunked => {
+                let c = self.client(token).expect("client checked above");
+                if head.expect_continue && c.queue.len() == 1 {
+                    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.dirty.push(token);
+                }
+                let now = self.clock.now;
+                let c = self.client(token).expect("client checked above");
+                c.idle_since = now;
+                c.read = ReadState::Body {
+                    fetch,
+                    framing: BodyRead::Chunked(ChunkedDecoder::new()),
+                };
+            }
+        }
+    }
+
+    /// A request ringcache refuses without asking the origin (405 and the like).
+    fn client_reject(&mut self, token: Token, status: u16, detail: &str, has_body: bool) {
+        if has_body {
+            // The body's framing would have to be skipped; closing is simpler and safe.
+            self.client_fail(token, status, detail);
+            return;
+        }
+        let date = self.clock.date;
+        let mut resp = self.take_buffer();
+        put_error(&mut resp, status, &date, Some(detail), None, false);
+        self.client_respond(token, None, resp, false);
+    }
+
+    /// Consume request body bytes; returns how many of `input` were used.
+    fn client_body(&mut self, token: Token, input: &[u8]) -> usize {
+        let body_max = self.limits.body_bytes_max;
+        let now = self.clock.now;
+        let Some(c) = self.client(token) else {
+            return input.len();
+        };
+        c.idle_since = now;
+        let ReadState::Body { fetch, framing } = &mut c.read else {
+            return 0;
+        };
+        let (used, done) = match framing {
+            BodyRead::Length(remaining) => {
+                let take = (*remaining).min(input.len() as u64) as usize;
+                fetch.body.extend_from_slice(&input[..take]);
+                *remaining -= take as u64;
+                (take, *remaining == 0)
+            }
+            BodyRead::Chunked(decoder) => {
+                let r = decoder.decode(input, &mut fetch.body);
+                let over = fetch.body.len() > body_max;
+                match r {
+                    Ok(_) if over => {
+                        self.counters().incr(Counter::ErrBodyTooLarge);
+                        self.client_fail(token, 413, "body-too-large");
+                        return input.len();
+                    }
+                    Ok((used, done)) => (used, done),
+                    Err(_) => {
+                        self.counters().incr(Counter::ErrBadRequest);
+                        let peer = self.client(token).and_then(|c| c.peer);
+                        self.log_client_error("invalid chunked request body", peer);
+                        self.client_fail(token, 400, "bad-chunked-body");
+                        return input.len();
+                    }
+                }
+            }
+        };
+        if done {
+            let c = self.client(token).expect("client checked above");
+            let ReadState::Body { mut fetch, .. } = std::mem::replace(&mut c.read, ReadState::Head)
+            else {
+                unreachable!("state checked above")
+            };
+            fetch.finish_request();
+            self.dispatch(fetch);
+        }
+        used
+    }
+
+    /// Queue a finished response for exchange `seq` (or a new one when `None`)
+    /// and move every response that is now in order into the output buffer.
+    fn client_respond(&mut self, token: Token, seq: Option<u64>, resp: Vec<u8>, close: bool) {
+        let Some(c) = self.client(token) else {
+            self.give_buffer(resp);
+            return;
+        };
+        match seq {
+            Some(seq) => {
+                let Some(front) = c.queue.front() else { return };
+                let index = (seq - front.seq) as usize;
+                let Some(ex) = c.queue.get_mut(index) else {
+                    return;
+                };
+                ex.response = Some(resp);
+                ex.close |= close;
+            }
+            None => {
+                if c.queue.is_empty() {
+                    c.out.extend_from_slice(&resp);
+                    if close {
+                        c.close_after_flush = true;
+                        c.stop_reading = true;
+                    }
+                    self.give_buffer(resp);
+                    self.mark_dirty(token);
+                    return;
+                }
+                let seq = c.next_seq;
+                c.next_seq += 1;
+                c.queue.push_back(Exchange {
+                    seq,
+                    response: Some(resp),
+                    close,
+                });
+            }
+        }
+        self.client_drain_queue(token);
+    }
+
+    fn client_drain_queue(&mut self, token: Token) {
+        let mut freed = Vec::new();
+        let Some(c) = self.client(token) else { return };
+        while c.queue.front().is_some_and(|e| e.response.is_some()) {
+            let ex = c.queue.pop_front().expect("front checked");
+            let resp = ex.response.expect("checked");
+            if c.out.is_empty() {
+                freed.push(std::mem::replace(&mut c.out, resp));
+            } else {
+                c.out.extend_from_slice(&resp);
+                freed.push(resp);
+            }
+            if ex.close {
+                c.close_after_flush = true;
+                c.stop_reading = true;
+                break;
+            }
+        }
+        for b in freed {
+            self.give_buffer(b);
+        }
+        self.mark_dirty(token);
+    }
+
+    /// Remember to flush this client's output at the end of the loop turn.
+    /// Duplicates are harmless: starting a send is idempotent.
+    fn mark_dirty(&mut self, token: Token) {
+        self.dirty.push(token);
+    }
+
+    /// Write a hit: status line and stored fields, then our fields, then the body.
+    fn respond_hit(
+        &mut self,
+        token: Token,
+        item: &Item,
+        head_only: bool,
+        keep_alive: bool,
+        minor: u8,
+    ) {
+        let age = item.age_secs(self.clock.unix_secs);
+        let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
+        let mut buf = if direct {
+            let c = self.client(token).expect("checked");
+            std::mem::take(&mut c.out)
+        } else {
+            self.take_buffer()
+        };
+        buf.extend_from_slice(&item.head);
+        put_field_u64(&mut buf, b"Content-Length", item.body.len() as u64);
+        put_field_u64(&mut buf, b"Age", age);
+        buf.extend_from_slice(b"Cache-Status: ringcache; hit\r\nVia: 1.1 ringcache\r\n");
+        put_connection(&mut buf, keep_alive, minor);
+        buf.extend_from_slice(b"\r\n");
+        if !head_only {
+            buf.extend_from_slice(&item.body);
+        }
+        if direct {
+            let now = self.clock.now;
+            let c = self.client(token).expect("checked");
+            c.out = buf;
+            if !keep_alive {
+                c.close_after_flush = true;
+            }
+            c.idle_since = now;
+            self.mark_dirty(token);
+        } else {
+            self.client_respond(token, None, buf, !keep_alive);
+        }
+    }
+
+    fn client_start_send(&mut self, token: Token) {
+        let Some(c) = self.client(token) else { return };
+        if c.sending {
+            return;
+        }
+        if c.out.is_empty() {
+            if c.close_after_flush || (c.read_closed && c.queue.is_empty()) {
+                self.close_socket(token);
+            }
+            return;
+        }
+        std::mem::swap(&mut c.out, &mut c.inflight);
+        c.sending = true;
+        let (fd, ptr, len) = (c.fd, c.inflight.as_ptr(), c.inflight.len());
+        self.counters().incr(Counter::Responses);
+        self.ops.push(Op::Send {
+            token,
+            fd,
+            ptr,
+            len,
+        });
+    }
+
+    fn client_sent(&mut self, token: Token, result: Result<(), i32>) {
+        let now = self.clock.now;
+        let Some(c) = self.client(token) else { return };
+        c.sending = false;
+        c.inflight.clear();
+        if result.is_err() {
+            self.close_socket(token);
+            return;
+        }
+        if c.queue.is_empty() && c.out.is_empty() {
+            c.idle_since = now;
+        }
+        let more_input = !c.inbuf.is_empty();
+        if !c.out.is_empty() {
+            self.mark_dirty(token);
+        } else if c.close_after_flush || (c.read_closed && c.queue.is_empty()) {
+            self.close_socket(token);
+            return;
+        }
+        // Output drained: requests held back by the output limit can go on.
+        if more_input {
+            self.client_process(token);
+        }
+    }
+
+    fn client_recv_end(&mut self, token: Token, errno: Option<i32>) {
+        let Some(c) = self.client(token) else { return };
+        c.read_closed = true;
+        if errno.is_some() || (c.queue.is_empty() && !c.sending && c.out.is_empty()) {
+            self.close_socket(token);
+            return;
+        }
+        // Half-closed: answer what was asked, then close.
+        c.stop_reading = true;
+        if let ReadState::Body { .. } = c.read {
+            self.close_socket(token);
+        }
+    }
+
+    fn close_socket(&mut self, token: Token) {
+        let slot = token_slot(token);
+        if self.token_for_checked(slot) != Some(token) {
+            return;
+        }
+        let (fd, idle_origin) = match self.slots.get_mut(slot) {
+            Some(Socket::Client(c)) if !c.closing => {
+                c.closing = true;
+                (c.fd, false)
+            }
+            Some(Socket::Origin(o)) if !o.closing => {
+                o.closing = true;
+                (o.fd, o.is_idle())
+            }
+            _ => return,
+        };
+        if idle_origin {
+            self.pool.idle.retain(|&t| t != token);
+        }
+        self.ops.push(Op::Close { token, fd });
+    }
+
+    fn closed(&mut self, token: Token) {
+        let slot = token_slot(token);
+        if self.token_for_checked(slot) != Some(token) || !self.slots.contains(slot) {
+            return;
+        }
+        let socket = self.slots.remove(slot);
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        match socket {
+            Socket::Client(c) => {
+                self.clients_count -= 1;
+                self.counters().incr(Counter::ConnectionsClosed);
+                self.give_buffer(c.inbuf);
+                self.give_buffer(c.out);
+                self.give_buffer(c.inflight);
+                for ex in c.queue {
+                    if let Some(r) = ex.response {
+                        self.give_buffer(r);
+                    }
+                }
+            }
+            Socket::Origin(o) => {
+                self.pool.conns_count -= 1;
+                self.pool.idle.retain(|&t| t != token);
+                if let Some(f) = o.fetch {
+                    self.give_buffer(f.req);
+                }
+                self.give_buffer(o.inbuf);
+                self.pool_next();
+            }
+        }
+    }
+
+    /// Duration since the proxy started draining is the caller's business;
+    /// this says whether any client remains.
+    pub fn is_drained(&self) -> bool {
+        self.clients_count == 0
+    }
+}
+
+/// How often timeouts are checked; the resolution of every timeout.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeoutKind {
+    Head,
+    Idle,
+    OriginConnect,
+    OriginResponse,
+    OriginIdle,
+}
+
+/// `Connection` field for a response, when one is needed.
+fn put_connection(buf: &mut Vec<u8>, keep_alive: bool, minor: u8) {
+    if !keep_alive {
+        buf.extend_from_slice(b"Connection: close\r\n");
+    } else if minor == 0 {
+        buf.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
+fn put_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    use std::io::Write;
+    let _ = write!(buf, "{ip}");
+}
+
+/// The origin-form (path and query) of a request target: origin-form as is,
+/// absolute-form without scheme and authority, `*` for OPTIONS.
+fn origin_form(target: &[u8], method: Method) -> Option<&[u8]> {
+    if target.first() == Some(&b'/') {
+        return Some(target);
+    }
+    if target == b"*" && method == Method::Options {
+        return Some(target);
+    }
+    let rest = strip_prefix_ci(target, b"http://")?;
+    match rest.iter().position(|&b| b == b'/' || b == b'?') {
+        Some(i) if rest[i] == b'/' => Some(&rest[i..]),
+        Some(_) => None,
+        None => Some(b"/"),
+    }
+}
+
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let rest = strip_prefix_ci(target, b"http://")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_targets() {
+        assert_eq!(origin_form(b"/a?b", Method::Get), Some(&b"/a?b"[..]));
+        assert_eq!(origin_form(b"http://h:1/x", Method::Get), Some(&b"/x"[..]));
+        assert_eq!(origin_form(b"HTTP://h", Method::Get), Some(&b"/"[..]));
+        assert_eq!(origin_form(b"*", Method::Options), Some(&b"*"[..]));
+        assert_eq!(origin_form(b"*", Method::Get), None);
+        assert_eq!(origin_form(b"h:80", Method::Get), None);
+        assert_eq!(absolute_authority(b"http://h:1/x"), Some(&b"h:1"[..]));
+    }
+}

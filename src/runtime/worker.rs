@@ -1,0 +1,171 @@
+//! One worker: a pinned thread, its listener, its I/O backend and its proxy.
+//!
+//! A loop turn: wait for completions (at most one tick), hand each to the
+//! proxy, let the proxy queue its sends, hand every queued operation to the
+//! backend, which submits them all with the next wait. Timeouts are checked
+//! once per tick by a scan of the worker's sockets.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::proxy::{slots_max, Op, OriginTarget, Proxy, ProxyConfig, TICK_INTERVAL};
+use crate::store::Store;
+
+use super::epoll::EpollIo;
+use super::io::Io;
+use super::uring::UringIo;
+use super::IoLimits;
+
+/// Which backend a worker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Everything a worker thread is started with.
+pub struct WorkerSpec {
+    pub index: usize,
+    pub listener: RawFd,
+    pub backend: Backend,
+    pub limits: Limits,
+    pub origin: OriginTarget,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Arc<AtomicBool>,
+    /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
+    pub ready: SyncSender<Result<Option<usize>, String>>,
+}
+
+/// The backend sizes for a worker with these limits.
+pub fn io_limits(limits: &Limits) -> IoLimits {
+    IoLimits {
+        slots_max: slots_max(limits),
+        recv_buffer_bytes: limits.recv_buffer_bytes,
+        recv_buffers_count: limits.recv_buffers_count,
+        ring_entries: limits.ring_entries,
+    }
+}
+
+/// Thread body: pin, build the backend, run until drained.
+pub fn run(spec: WorkerSpec) {
+    let cpu = crate::sys::pin_to_core(spec.index);
+    let io_limits = io_limits(&spec.limits);
+    match spec.backend {
+        Backend::Uring => match UringIo::new(&io_limits) {
+            Ok(io) => event_loop(io, spec, cpu),
+            Err(e) => {
+                let _ = spec.ready.send(Err(format!(
+                    "worker {}: cannot set up io_uring: {e} (check `ulimit -l` / LimitMEMLOCK, or use --io epoll)",
+                    spec.index
+                )));
+            }
+        },
+        Backend::Epoll => match EpollIo::new(&io_limits) {
+            Ok(io) => event_loop(io, spec, cpu),
+            Err(e) => {
+                let _ = spec.ready.send(Err(format!(
+                    "worker {}: cannot set up epoll: {e}",
+                    spec.index
+                )));
+            }
+        },
+    }
+}
+
+fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
+    if let Err(e) = io.add_listener(spec.listener) {
+        let _ = spec.ready.send(Err(format!(
+            "worker {}: cannot accept on the listener: {e}",
+            spec.index
+        )));
+        return;
+    }
+    let grace = spec.limits.shutdown_grace;
+    let mut proxy = Proxy::new(
+        ProxyConfig {
+            worker_index: spec.index,
+            limits: spec.limits,
+            origin: spec.origin,
+        },
+        spec.store,
+        spec.metrics,
+    );
+    let _ = spec.ready.send(Ok(cpu));
+    let mut next_tick = Instant::now() + TICK_INTERVAL;
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        if let Err(e) = io.poll(TICK_INTERVAL, &mut |event| proxy.handle(event)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                log::error!("worker {}: {} poll failed: {e}", spec.index, io.name());
+                break;
+            }
+        }
+        let now = Instant::now();
+        proxy.set_now(now);
+        if now >= next_tick {
+            proxy.tick(now);
+            next_tick = now + TICK_INTERVAL;
+        }
+        // Acquire pairs with the Release store in runtime::serve.
+        if draining_since.is_none() && spec.shutdown.load(Ordering::Acquire) {
+            io.remove_listener(spec.listener);
+            proxy.begin_drain();
+            draining_since = Some(now);
+        }
+        proxy.flush();
+        submit(&mut io, &mut proxy.ops);
+        if let Some(since) = draining_since {
+            if proxy.is_drained() {
+                break;
+            }
+            if now.duration_since(since) >= grace {
+                log::warn!(
+                    "worker {}: grace time over with {} connections open; closing them",
+                    spec.index,
+                    proxy.clients_count()
+                );
+                break;
+            }
+        }
+    }
+    crate::sys::close(spec.listener);
+}
+
+/// Hand the proxy's queued operations to the backend, in order.
+fn submit<I: Io>(io: &mut I, ops: &mut Vec<Op>) {
+    for op in ops.drain(..) {
+        match op {
+            Op::StartRecv { token, fd } => io.start_recv(token, fd),
+            Op::Send {
+                token,
+                fd,
+                ptr,
+                len,
+            } => {
+                // SAFETY: the proxy lends `ptr..ptr+len` from a buffer it does
+                // not touch or free until the `Sent` or `Closed` event of this
+                // token (`Client::inflight`, `OriginConn::req_inflight`), and a
+                // socket's slot, which owns that buffer, is freed only on
+                // `Closed`.
+                unsafe { io.send(token, fd, ptr, len) }
+            }
+            Op::Connect { token, fd, addr } => io.connect(token, fd, addr),
+            Op::Close { token, fd } => io.close(token, fd),
+        }
+    }
+}
