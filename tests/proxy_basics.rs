@@ -30,8 +30,8 @@ fn with_origin(io: &str, origin: TestOrigin) -> Option<(TestOrigin, Server)> {
 fn assert_miss_stored(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
-        r.cache_status(),
-        "ringcache; fwd=miss; stored",
+        r.cache_status_params(),
+        ["fwd=miss", "fwd-status=200", "stored"],
         "{}",
         r.summary()
     );
@@ -50,7 +50,12 @@ fn assert_hit(r: &Response) {
 #[track_caller]
 fn assert_not_stored(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
-    assert_eq!(r.cache_status(), "ringcache; fwd=miss", "{}", r.summary());
+    assert_eq!(
+        r.cache_status_params(),
+        ["fwd=miss", "fwd-status=200"],
+        "{}",
+        r.summary()
+    );
 }
 
 fn miss_then_hit(io: &str) {

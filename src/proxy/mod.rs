@@ -322,7 +322,7 @@ impl Proxy {
         for (slot, socket) in self.slots.iter() {
             let token = self.token_for(slot);
             match socket {
-                Socket::Client(c) if !c.closing => {
+                Socket::Client(c) if !c.closing && !c.stop_reading => {
                     if let Some(t) = c.head_started {
                         if now.duration_since(t) >= self.limits.header_timeout {
                             expired.push((token, TimeoutKind::Head));
@@ -554,9 +554,19 @@ impl Proxy {
         let Some(c) = self.client(token) else { return };
         c.stop_reading = true;
         c.head_started = None;
-        let mut resp = Vec::with_capacity(256);
+        // A request whose body is being read already has its exchange in the
+        // queue: the error is its answer.
+        let seq = match std::mem::replace(&mut c.read, ReadState::Head) {
+            ReadState::Body { fetch, .. } => {
+                let seq = fetch.seq;
+                self.give_buffer(fetch.req);
+                Some(seq)
+            }
+            ReadState::Head => None,
+        };
+        let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, true);
-        self.client_respond(token, None, resp, true);
+        self.client_respond(token, seq, resp, true);
     }
 
     /// A parsed request head: answer from the cache or start a fetch.

@@ -844,6 +844,20 @@ impl Response {
     }
 
     /// Whether `Cache-Status` says hit.
+    /// The parameters of ringcache's Cache-Status entry, in order, without
+    /// the cache name: `["fwd=miss", "fwd-status=200", "stored"]`.
+    pub fn cache_status_params(&self) -> Vec<String> {
+        let cs = self.cache_status();
+        let mut parts = cs.split(';').map(|p| p.trim().to_string());
+        assert_eq!(
+            parts.next().as_deref(),
+            Some("ringcache"),
+            "{}",
+            self.summary()
+        );
+        parts.collect()
+    }
+
     pub fn is_hit(&self) -> bool {
         self.cache_status()
             .split(';')
