@@ -65,6 +65,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
+    /// Time one write of queued responses to a client may take (beyond: close).
+    pub send_timeout: Duration,
     /// Time to connect to the origin (beyond: 504).
     pub origin_connect_timeout: Duration,
     /// Time from sending a request to the origin to its complete response (beyond: 504).
@@ -102,6 +104,7 @@ impl Default for Limits {
             client_output_bytes_max: 4 << 20,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             origin_connect_timeout: Duration::from_secs(2),
             origin_response_timeout: Duration::from_secs(30),
             origin_connections_max: 512,
@@ -222,6 +225,7 @@ struct FileLimits {
     client_output_bytes_max: Option<String>,
     header_timeout: Option<String>,
     keepalive_timeout: Option<String>,
+    send_timeout: Option<String>,
     origin_connect_timeout: Option<String>,
     origin_response_timeout: Option<String>,
     origin_connections_max: Option<usize>,
@@ -341,6 +345,7 @@ impl Config {
         for (name, d) in [
             ("limits.header_timeout", l.header_timeout),
             ("limits.keepalive_timeout", l.keepalive_timeout),
+            ("limits.send_timeout", l.send_timeout),
             ("limits.origin_connect_timeout", l.origin_connect_timeout),
             ("limits.origin_response_timeout", l.origin_response_timeout),
             ("limits.origin_idle_timeout", l.origin_idle_timeout),
@@ -396,6 +401,7 @@ impl fmt::Display for Config {
             "keepalive_timeout = \"{}\"",
             format_duration(l.keepalive_timeout)
         )?;
+        writeln!(f, "send_timeout = \"{}\"", format_duration(l.send_timeout))?;
         writeln!(
             f,
             "origin_connect_timeout = \"{}\"",
@@ -475,6 +481,7 @@ impl FileLimits {
             self.keepalive_timeout,
             &mut l.keepalive_timeout,
         )?;
+        dur("send_timeout", self.send_timeout, &mut l.send_timeout)?;
         dur(
             "origin_connect_timeout",
             self.origin_connect_timeout,

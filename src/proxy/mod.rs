@@ -162,6 +162,8 @@ struct Client {
     head_started: Option<Instant>,
     /// Last time the connection went idle (nothing pending).
     idle_since: Instant,
+    /// When the send in flight started.
+    send_started: Instant,
 }
 
 /// What a worker needs to build its proxy.
@@ -322,6 +324,13 @@ impl Proxy {
         for (slot, socket) in self.slots.iter() {
             let token = self.token_for(slot);
             match socket {
+                Socket::Client(c)
+                    if !c.closing
+                        && c.sending
+                        && now.duration_since(c.send_started) >= self.limits.send_timeout =>
+                {
+                    expired.push((token, TimeoutKind::Send));
+                }
                 Socket::Client(c) if !c.closing && !c.stop_reading => {
                     if let Some(t) = c.head_started {
                         if now.duration_since(t) >= self.limits.header_timeout {
@@ -357,6 +366,12 @@ impl Proxy {
                     self.client_fail(token, 408, "request-timeout");
                 }
                 TimeoutKind::Idle => self.close_socket(token),
+                TimeoutKind::Send => {
+                    self.counters().incr(Counter::ErrClientTimeout);
+                    let peer = self.client(token).and_then(|c| c.peer);
+                    self.log_client_error("responses not taken within limits.send_timeout", peer);
+                    self.close_socket(token);
+                }
                 TimeoutKind::OriginConnect
                 | TimeoutKind::OriginResponse
                 | TimeoutKind::OriginIdle => self.origin_timeout(token, kind),
@@ -432,6 +447,7 @@ impl Proxy {
             closing: false,
             head_started: None,
             idle_since: self.clock.now,
+            send_started: self.clock.now,
         }));
         self.clients_count += 1;
         self.counters().incr(Counter::ConnectionsAccepted);
@@ -939,6 +955,7 @@ impl Proxy {
     }
 
     fn client_start_send(&mut self, token: Token) {
+        let now = self.clock.now;
         let Some(c) = self.client(token) else { return };
         if c.sending {
             return;
@@ -951,6 +968,7 @@ impl Proxy {
         }
         std::mem::swap(&mut c.out, &mut c.inflight);
         c.sending = true;
+        c.send_started = now;
         let (fd, ptr, len) = (c.fd, c.inflight.as_ptr(), c.inflight.len());
         self.counters().incr(Counter::Responses);
         self.ops.push(Op::Send {
@@ -1068,6 +1086,7 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 enum TimeoutKind {
     Head,
     Idle,
+    Send,
     OriginConnect,
     OriginResponse,
     OriginIdle,
