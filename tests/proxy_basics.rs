@@ -622,7 +622,27 @@ fn metrics_counters_move(io: &str) {
     );
 }
 
+/// An absolute-form target (RFC 9112 §3.2.2): the origin gets origin-form
+/// and the target's authority as Host, whatever Host the client sent.
+fn absolute_form_target(io: &str) {
+    let Some((origin, server)) = with_origin(io, echo_origin()) else {
+        return;
+    };
+    let mut c = server.client();
+    c.send(b"GET http://api.example:8080/abs?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+    let seen = origin.last_request().unwrap();
+    assert_eq!(seen.target, "/abs?q=1", "{}", seen.head_text());
+    assert_eq!(
+        seen.headers_all("host"),
+        ["api.example:8080"],
+        "{}",
+        seen.head_text()
+    );
+}
+
 both_io!(
+    absolute_form_target,
     miss_then_hit,
     age_grows,
     no_store_not_stored,

@@ -609,10 +609,9 @@ impl Proxy {
             return;
         };
         let authority = std::mem::take(&mut self.pool.target.authority);
-        let host = head
-            .host
-            .or_else(|| absolute_authority(head.target))
-            .unwrap_or(authority.as_bytes());
+        // RFC 9112 §3.2.2: an absolute-form target's authority wins over Host.
+        let absolute = absolute_authority(head.target);
+        let host = absolute.or(head.host).unwrap_or(authority.as_bytes());
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
         let lookup = matches!(head.method, Method::Get | Method::Head) && !has_body;
         let mut hash = 0;
@@ -695,6 +694,9 @@ impl Proxy {
                 continue;
             }
             if name.eq_ignore_ascii_case(b"host") {
+                if absolute.is_some() {
+                    continue; // replaced by the target's authority below
+                }
                 host_done = true;
             }
             put_field(&mut req, name, f.value);
@@ -744,41 +746,27 @@ impl Proxy {
             retried: false,
             body: Vec::new(),
         });
-        match head.body {
+        let framing = match head.body {
             BodyFraming::None | BodyFraming::Length(0) => {
                 let mut fetch = fetch;
                 fetch.finish_request();
                 self.dispatch(fetch);
+                return;
             }
-            BodyFraming::Length(n) => {
-                let c = self.client(token).expect("client checked above");
-                if head.expect_continue && c.queue.len() == 1 {
-                    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.dirty.push(token);
-                }
-                let now = self.clock.now;
-                let c = self.client(token).expect("client checked above");
-                c.idle_since = now;
-                c.read = ReadState::Body {
-                    fetch,
-                    framing: BodyRead::Length(n),
-                };
-            }
-            BodyFraming::Chunked => {
-                let c = self.client(token).expect("client checked above");
-                if head.expect_continue && c.queue.len() == 1 {
-                    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.dirty.push(token);
-                }
-                let now = self.clock.now;
-                let c = self.client(token).expect("client checked above");
-                c.idle_since = now;
-                c.read = ReadState::Body {
-                    fetch,
-                    framing: BodyRead::Chunked(ChunkedDecoder::new()),
-                };
-            }
+            BodyFraming::Length(n) => BodyRead::Length(n),
+            BodyFraming::Chunked => BodyRead::Chunked(ChunkedDecoder::new()),
+        };
+        let now = self.clock.now;
+        let c = self.client(token).expect("client checked above");
+        // 100-continue only when nothing is ahead of it: an interim response
+        // must not overtake an earlier request's answer.
+        if head.expect_continue && c.queue.len() == 1 {
+            c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.dirty.push(token);
         }
+        let c = self.client(token).expect("client checked above");
+        c.idle_since = now;
+        c.read = ReadState::Body { fetch, framing };
     }
 
     /// A request ringcache refuses without asking the origin (405 and the like).
