@@ -83,6 +83,14 @@ pub struct Limits {
     pub origin_response_bytes_max: usize,
     /// Largest object stored in the cache; larger responses are relayed, not stored.
     pub object_bytes_max: usize,
+    /// Requests of one worker waiting for another request's fetch of the same key.
+    pub coalesce_waiters_max: usize,
+    /// Time a request waits for another's fetch before it asks the origin itself.
+    pub coalesce_wait_timeout: Duration,
+    /// Time a key whose answer was not cacheable skips coalescing.
+    pub hit_for_miss_ttl: Duration,
+    /// Hit-for-miss marks one worker keeps.
+    pub hit_for_miss_count_max: usize,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Bytes in one provided receive buffer.
@@ -113,6 +121,10 @@ impl Default for Limits {
             origin_queue_max: 4096,
             origin_response_bytes_max: 64 << 20,
             object_bytes_max: 8 << 20,
+            coalesce_waiters_max: 4096,
+            coalesce_wait_timeout: Duration::from_secs(10),
+            hit_for_miss_ttl: Duration::from_secs(30),
+            hit_for_miss_count_max: 65_536,
             shutdown_grace: Duration::from_secs(10),
             recv_buffer_bytes: 16 << 10,
             recv_buffers_count: 1024,
@@ -234,6 +246,10 @@ struct FileLimits {
     origin_queue_max: Option<usize>,
     origin_response_bytes_max: Option<String>,
     object_bytes_max: Option<String>,
+    coalesce_waiters_max: Option<usize>,
+    coalesce_wait_timeout: Option<String>,
+    hit_for_miss_ttl: Option<String>,
+    hit_for_miss_count_max: Option<usize>,
     shutdown_grace: Option<String>,
     recv_buffer_bytes: Option<String>,
     recv_buffers_count: Option<u16>,
@@ -349,6 +365,8 @@ impl Config {
             ("limits.origin_connect_timeout", l.origin_connect_timeout),
             ("limits.origin_response_timeout", l.origin_response_timeout),
             ("limits.origin_idle_timeout", l.origin_idle_timeout),
+            ("limits.coalesce_wait_timeout", l.coalesce_wait_timeout),
+            ("limits.hit_for_miss_ttl", l.hit_for_miss_ttl),
         ] {
             check(
                 d >= Duration::from_millis(10),
@@ -430,6 +448,18 @@ impl fmt::Display for Config {
             "object_bytes_max = \"{}\"",
             format_size(l.object_bytes_max as u64)
         )?;
+        writeln!(f, "coalesce_waiters_max = {}", l.coalesce_waiters_max)?;
+        writeln!(
+            f,
+            "coalesce_wait_timeout = \"{}\"",
+            format_duration(l.coalesce_wait_timeout)
+        )?;
+        writeln!(
+            f,
+            "hit_for_miss_ttl = \"{}\"",
+            format_duration(l.hit_for_miss_ttl)
+        )?;
+        writeln!(f, "hit_for_miss_count_max = {}", l.hit_for_miss_count_max)?;
         writeln!(
             f,
             "shutdown_grace = \"{}\"",
@@ -510,6 +540,18 @@ impl FileLimits {
             self.object_bytes_max,
             &mut l.object_bytes_max,
         )?;
+        count(self.coalesce_waiters_max, &mut l.coalesce_waiters_max);
+        dur(
+            "coalesce_wait_timeout",
+            self.coalesce_wait_timeout,
+            &mut l.coalesce_wait_timeout,
+        )?;
+        dur(
+            "hit_for_miss_ttl",
+            self.hit_for_miss_ttl,
+            &mut l.hit_for_miss_ttl,
+        )?;
+        count(self.hit_for_miss_count_max, &mut l.hit_for_miss_count_max);
         dur("shutdown_grace", self.shutdown_grace, &mut l.shutdown_grace)?;
         size(
             "recv_buffer_bytes",

@@ -39,6 +39,12 @@ pub enum Counter {
     OriginRetries,
     /// Responses written to clients.
     Responses,
+    /// Requests that waited for another request's fetch of the same key.
+    Coalesced,
+    /// Waiting requests released to fetch alone after the wait limit.
+    CoalesceTimeouts,
+    /// Keys marked hit-for-miss (answer not cacheable: no waiting next time).
+    HitForMiss,
     /// Errors, by kind; see [`ERROR_KINDS`].
     ErrBadRequest,
     ErrHeadTooLarge,
@@ -144,7 +150,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, store: &StoreGauges) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, Counter, &str); 11] = [
+        let counters: [(&str, Counter, &str); 14] = [
             (
                 "ringcache_requests_total",
                 Counter::Requests,
@@ -189,6 +195,21 @@ impl Metrics {
                 "ringcache_origin_retries_total",
                 Counter::OriginRetries,
                 "Requests retried on a fresh origin connection.",
+            ),
+            (
+                "ringcache_coalesced_total",
+                Counter::Coalesced,
+                "Requests that waited for another request's fetch of the same key.",
+            ),
+            (
+                "ringcache_coalesce_timeouts_total",
+                Counter::CoalesceTimeouts,
+                "Waiting requests released to fetch alone after the wait limit.",
+            ),
+            (
+                "ringcache_hit_for_miss_total",
+                Counter::HitForMiss,
+                "Keys marked hit-for-miss (their answer could not be shared).",
             ),
             (
                 "ringcache_connections_accepted_total",

@@ -21,6 +21,7 @@
 //! (`Client::inflight`, `Fetch::req`). A socket's slot is freed only on
 //! `Closed`, so those buffers outlive every operation that uses them.
 
+mod coalesce;
 mod compose;
 mod origin;
 
@@ -42,6 +43,7 @@ use crate::metrics::{Counter, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
 use crate::store::{key_hash, Item, Store};
 
+use coalesce::Fills;
 use compose::{put_error, put_field, put_field_u64, VIA};
 pub use origin::OriginTarget;
 use origin::{Fetch, OriginConn, Pool};
@@ -188,6 +190,7 @@ pub struct Proxy {
     limits: Limits,
     clock: Clock,
     pool: Pool,
+    fills: Fills,
     clients_count: usize,
     draining: bool,
     spare: Vec<Vec<u8>>,
@@ -213,6 +216,7 @@ impl Proxy {
             metrics,
             worker_index: config.worker_index,
             pool: Pool::new(config.origin, &config.limits),
+            fills: Fills::new(&config.limits),
             limits: config.limits,
             clock: Clock::new(),
             clients_count: 0,
@@ -357,6 +361,7 @@ impl Proxy {
                 _ => {}
             }
         }
+        self.coalesce_tick(now);
         for (token, kind) in expired {
             match kind {
                 TimeoutKind::Head => {
@@ -744,13 +749,18 @@ impl Proxy {
             lookup,
             request_time_secs: self.clock.unix_secs,
             retried: false,
+            fill_id: None,
             body: Vec::new(),
         });
         let framing = match head.body {
             BodyFraming::None | BodyFraming::Length(0) => {
                 let mut fetch = fetch;
                 fetch.finish_request();
-                self.dispatch(fetch);
+                if lookup {
+                    self.fetch_or_wait(fetch);
+                } else {
+                    self.dispatch(fetch);
+                }
                 return;
             }
             BodyFraming::Length(n) => BodyRead::Length(n),
@@ -1052,7 +1062,9 @@ impl Proxy {
                 self.pool.conns_count -= 1;
                 self.pool.idle.retain(|&t| t != token);
                 if let Some(f) = o.fetch {
-                    self.give_buffer(f.req);
+                    // Every path that closes a busy connection answers its
+                    // fetch first; this is the last line of defence.
+                    self.fail_fetch(f, 502, "origin-closed");
                 }
                 self.give_buffer(o.inbuf);
                 self.pool_next();

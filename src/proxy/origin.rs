@@ -22,6 +22,7 @@ use crate::metrics::Counter;
 use crate::runtime::io::Token;
 use crate::store::Item;
 
+use super::coalesce::Outcome;
 use super::compose::{
     is_dropped_on_forward, put_error, put_field, put_field_u64, put_status_line, VIA,
 };
@@ -52,6 +53,8 @@ pub(super) struct Fetch {
     pub lookup: bool,
     pub request_time_secs: u64,
     pub retried: bool,
+    /// This fetch leads the fill with this id (see `coalesce`).
+    pub fill_id: Option<u64>,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
 }
@@ -402,7 +405,11 @@ impl Proxy {
                         }
                         put_field(&mut head, name, f.value);
                     }
-                    let decision = fetch.key.as_ref().and_then(|_| {
+                    // Until secondary keys (issue 5) exist, a response that
+                    // varies is relayed, never stored or shared.
+                    let varies = headers::values(h.headers, b"vary")
+                        .any(|v| !headers::trim_ows(v).is_empty());
+                    let decision = fetch.key.as_ref().filter(|_| !varies).and_then(|_| {
                         storable(
                             fetch.origin_method(),
                             req.headers,
@@ -632,6 +639,28 @@ impl Proxy {
         } else {
             self.close_socket(token);
         }
+        let resp = self.compose_response(&fetch, &p, stored, false);
+        let shareable = p.storable.is_some() && p.status == 200;
+        let outcome = if shareable || p.status >= 500 {
+            Outcome::Share
+        } else {
+            Outcome::Release
+        };
+        self.fill_complete(&fetch, outcome, |proxy, waiter| {
+            proxy.compose_response(waiter, &p, false, true)
+        });
+        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        self.give_buffer(fetch.req);
+    }
+
+    /// A response from the origin as `fetch`'s client gets it.
+    fn compose_response(
+        &mut self,
+        fetch: &Fetch,
+        p: &Progress,
+        stored: bool,
+        collapsed: bool,
+    ) -> Vec<u8> {
         let mut resp = self.take_buffer();
         resp.extend_from_slice(&p.head);
         let bodiless = (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
@@ -642,11 +671,14 @@ impl Proxy {
             put_field_u64(&mut resp, b"Age", age);
         }
         resp.extend_from_slice(b"Cache-Status: ringcache; fwd=");
-        resp.extend_from_slice(fwd_reason(&fetch));
+        resp.extend_from_slice(fwd_reason(fetch));
         resp.extend_from_slice(b"; fwd-status=");
         super::compose::put_u64(&mut resp, u64::from(p.status));
         if stored {
             resp.extend_from_slice(b"; stored");
+        }
+        if collapsed {
+            resp.extend_from_slice(b"; collapsed");
         }
         resp.extend_from_slice(b"\r\n");
         put_field(&mut resp, b"Via", VIA);
@@ -655,12 +687,12 @@ impl Proxy {
         if !fetch.client_head && !bodiless {
             resp.extend_from_slice(&p.body);
         }
-        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
-        self.give_buffer(fetch.req);
+        resp
     }
 
     /// Answer a fetch's client with an error ringcache generates.
     pub(super) fn fail_fetch(&mut self, fetch: Box<Fetch>, status: u16, detail: &str) {
+        self.fill_failed(&fetch, status, detail);
         let date = self.clock.date;
         let mut resp = self.take_buffer();
         put_error(

@@ -1,0 +1,202 @@
+//! Request coalescing on one worker: one origin fetch per key at a time.
+//!
+//! The first miss for a key becomes the *filler*: its fetch goes to the
+//! origin and a [`Fill`] records it. Later misses for the same key on this
+//! worker park on the fill as waiters (their origin request is built but not
+//! sent). When the filler's response is complete, one of three outcomes
+//! applies to every waiter at once:
+//!
+//! ```text
+//!   cacheable response ──▶ every waiter answered from it   (Cache-Status: collapsed)
+//!   origin error (5xx)  ──▶ every waiter gets the same answer
+//!   not cacheable       ──▶ waiters released to fetch in parallel, and the key
+//!                           is remembered as hit-for-miss so that later
+//!                           requests do not queue behind a fetch they cannot share
+//! ```
+//!
+//! A filler that fails (502/504) fails its waiters with the same status. A
+//! fill older than `limits.coalesce_wait_timeout` releases its waiters, each
+//! to fetch for itself; the list of waiters is bounded by
+//! `limits.coalesce_waiters_max` (beyond it a request fetches on its own).
+//! Fills are per worker: across workers each may have one fetch in flight
+//! for the same key, until the store's shared fill lease exists.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::config::Limits;
+use crate::metrics::Counter;
+
+use super::origin::Fetch;
+use super::Proxy;
+
+/// One fetch in flight for a key, and the requests waiting for it.
+pub(super) struct Fill {
+    id: u64,
+    key: Box<[u8]>,
+    started: Instant,
+    waiters: Vec<Box<Fetch>>,
+}
+
+/// One worker's fills and hit-for-miss marks.
+pub(super) struct Fills {
+    by_hash: HashMap<u64, Fill>,
+    next_id: u64,
+    /// Keys whose last answer was not cacheable: hash → (key, until unix secs).
+    hit_for_miss: HashMap<u64, (Box<[u8]>, u64)>,
+    waiters_max: usize,
+    hit_for_miss_max: usize,
+    hit_for_miss_secs: u64,
+}
+
+/// What a finished fill means for its waiters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// The response may be shared: answer every waiter with it.
+    Share,
+    /// Not shareable: every waiter asks the origin itself.
+    Release,
+}
+
+impl Fills {
+    pub fn new(limits: &Limits) -> Fills {
+        Fills {
+            by_hash: HashMap::new(),
+            next_id: 1,
+            hit_for_miss: HashMap::new(),
+            waiters_max: limits.coalesce_waiters_max,
+            hit_for_miss_max: limits.hit_for_miss_count_max,
+            hit_for_miss_secs: limits.hit_for_miss_ttl.as_secs().max(1),
+        }
+    }
+}
+
+impl Proxy {
+    /// A cacheable miss: wait for a fill of the same key, or become its filler.
+    pub(super) fn fetch_or_wait(&mut self, mut fetch: Box<Fetch>) {
+        let Some((hash, key)) = fetch.key.as_ref().map(|(h, k)| (*h, k.clone())) else {
+            self.dispatch(fetch);
+            return;
+        };
+        let now_secs = self.clock.unix_secs;
+        if let Some((k, until)) = self.fills.hit_for_miss.get(&hash) {
+            if *k == key && *until > now_secs {
+                self.dispatch(fetch); // known not to be shareable
+                return;
+            }
+        }
+        let waiters_max = self.fills.waiters_max;
+        if let Some(fill) = self.fills.by_hash.get_mut(&hash) {
+            if fill.key == key && fill.waiters.len() < waiters_max {
+                fill.waiters.push(fetch);
+                self.counters().incr(Counter::Coalesced);
+                return;
+            }
+            // Another key with the same hash, or the list is full: fetch alone.
+            self.dispatch(fetch);
+            return;
+        }
+        let id = self.fills.next_id;
+        self.fills.next_id += 1;
+        self.fills.by_hash.insert(
+            hash,
+            Fill {
+                id,
+                key,
+                started: self.clock.now,
+                waiters: Vec::new(),
+            },
+        );
+        fetch.fill_id = Some(id);
+        self.dispatch(fetch);
+    }
+
+    /// Take the waiters of the fill `fetch` led, if it is still the current one.
+    fn take_fill(&mut self, fetch: &Fetch) -> Option<Vec<Box<Fetch>>> {
+        let id = fetch.fill_id?;
+        let (hash, _) = fetch.key.as_ref()?;
+        match self.fills.by_hash.get(hash) {
+            Some(fill) if fill.id == id => self.fills.by_hash.remove(hash).map(|f| f.waiters),
+            _ => None,
+        }
+    }
+
+    /// The filler's response is complete. `share` says whether waiters may be
+    /// answered with it; `answer` composes a waiter's response.
+    pub(super) fn fill_complete(
+        &mut self,
+        fetch: &Fetch,
+        outcome: Outcome,
+        mut answer: impl FnMut(&mut Proxy, &Fetch) -> Vec<u8>,
+    ) {
+        let Some(waiters) = self.take_fill(fetch) else {
+            return;
+        };
+        if outcome == Outcome::Release {
+            self.mark_hit_for_miss(fetch);
+        }
+        for waiter in waiters {
+            match outcome {
+                Outcome::Share => {
+                    let resp = answer(self, &waiter);
+                    self.client_respond(waiter.client, Some(waiter.seq), resp, !waiter.keep_alive);
+                    self.give_buffer(waiter.req);
+                }
+                Outcome::Release => self.dispatch(waiter),
+            }
+        }
+    }
+
+    /// The filler failed with `status`: its waiters get the same answer.
+    pub(super) fn fill_failed(&mut self, fetch: &Fetch, status: u16, detail: &str) {
+        let Some(waiters) = self.take_fill(fetch) else {
+            return;
+        };
+        for waiter in waiters {
+            self.fail_fetch(waiter, status, detail);
+        }
+    }
+
+    fn mark_hit_for_miss(&mut self, fetch: &Fetch) {
+        let Some((hash, key)) = fetch.key.as_ref() else {
+            return;
+        };
+        let until = self.clock.unix_secs + self.fills.hit_for_miss_secs;
+        let now_secs = self.clock.unix_secs;
+        let hfm = &mut self.fills.hit_for_miss;
+        if hfm.len() >= self.fills.hit_for_miss_max {
+            hfm.retain(|_, (_, t)| *t > now_secs);
+            if hfm.len() >= self.fills.hit_for_miss_max {
+                return; // full of live marks: coalescing stays on for this key
+            }
+        }
+        hfm.insert(*hash, (key.clone(), until));
+        self.counters().incr(Counter::HitForMiss);
+    }
+
+    /// Per tick: fills older than the wait limit release their waiters.
+    pub(super) fn coalesce_tick(&mut self, now: Instant) {
+        let timeout = self.limits.coalesce_wait_timeout;
+        if self.fills.by_hash.is_empty() {
+            return;
+        }
+        let overdue: Vec<u64> = self
+            .fills
+            .by_hash
+            .iter()
+            .filter(|(_, f)| !f.waiters.is_empty() && now.duration_since(f.started) >= timeout)
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in overdue {
+            let waiters = match self.fills.by_hash.get_mut(&hash) {
+                Some(fill) => std::mem::take(&mut fill.waiters),
+                None => continue,
+            };
+            self.counters()
+                .add(Counter::CoalesceTimeouts, waiters.len() as u64);
+            for waiter in waiters {
+                self.dispatch(waiter);
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Request coalescing on one worker: concurrent misses for one key reach the
+//! origin once; the outcome of that fetch decides what the waiters get.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Clients sending the same GET at once, each on its own connection; every
+/// request is written before any answer is read.
+const CLIENTS: usize = 64;
+
+/// Open `CLIENTS` connections, send `path` on each, read every answer.
+fn herd(server: &Server, path: &str) -> Vec<Response> {
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(20);
+            c
+        })
+        .collect();
+    for c in clients.iter_mut() {
+        c.send(get_request(path).as_bytes());
+    }
+    clients.iter_mut().map(|c| c.read_response()).collect()
+}
+
+fn slow_origin(delay: Duration, status: u16, cc: &'static str) -> TestOrigin {
+    TestOrigin::start(move |req| {
+        let body = format!("body of {}", req.path());
+        Reply::After(
+            delay,
+            Box::new(Reply::Send(response(
+                status,
+                &[("Cache-Control", cc), ("Content-Type", "text/plain")],
+                body.as_bytes(),
+            ))),
+        )
+    })
+}
+
+/// A cold cacheable key under a herd: one origin fetch, everybody gets the
+/// body, the waiters are marked `collapsed`, and the next request is a hit.
+fn herd_on_cold_key_fetches_once(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 200, "max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    let answers = herd(&server, "/herd");
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /herd", "{}", r.summary());
+    }
+    let collapsed = answers
+        .iter()
+        .filter(|r| r.cache_status_params().iter().any(|p| p == "collapsed"))
+        .count();
+    assert_eq!(origin.requests(), 1, "the origin was asked more than once");
+    assert_eq!(collapsed, CLIENTS - 1, "every waiter is marked collapsed");
+    assert!(server.get("/herd").is_hit());
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_coalesced_total"), (CLIENTS - 1) as f64);
+}
+
+/// An uncacheable answer does not serialize the waiters: they are released
+/// to fetch in parallel, and later requests skip waiting (hit-for-miss).
+fn uncacheable_answer_releases_waiters(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 200, "no-store");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    for r in herd(&server, "/private") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /private");
+        assert!(!r.cache_status_params().iter().any(|p| p == "collapsed"));
+    }
+    // The filler plus every released waiter.
+    assert_eq!(origin.requests(), CLIENTS as u64);
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_hit_for_miss_total"), 1.0);
+    // Marked hit-for-miss: a second herd does not wait at all.
+    let before = m.value("ringcache_coalesced_total");
+    for r in herd(&server, "/private") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), 2 * CLIENTS as u64);
+    assert_eq!(server.metrics().value("ringcache_coalesced_total"), before);
+}
+
+/// An origin error is shared: one fetch, every client gets the 503.
+fn origin_error_is_shared(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 503, "no-store");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    for r in herd(&server, "/down") {
+        assert_eq!(r.status, 503, "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), 1);
+}
+
+/// A fill that outlives `coalesce_wait_timeout` releases its waiters, each
+/// to ask the origin itself.
+fn wait_limit_releases_waiters(io: &str) {
+    let origin = slow_origin(Duration::from_millis(2500), 200, "max-age=60");
+    let (_dir, cfg) = config_file("[limits]\ncoalesce_wait_timeout = \"500ms\"\n");
+    let Some(server) = Server::serve(
+        io,
+        Some(&origin.url()),
+        1,
+        &["--config", cfg.to_str().unwrap()],
+    ) else {
+        return;
+    };
+    for r in herd(&server, "/slow") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), CLIENTS as u64);
+    let m = server.metrics();
+    assert_eq!(
+        m.value("ringcache_coalesce_timeouts_total"),
+        (CLIENTS - 1) as f64
+    );
+}
+
+/// The filler's origin connection dies without an answer: the filler and
+/// every waiter get a clean 502, and the next request fetches anew.
+fn filler_failure_fails_waiters_cleanly(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        if req.path() == "/broken" && req.seq == 0 {
+            Reply::After(Duration::from_millis(300), Box::new(Reply::Drop))
+        } else {
+            Reply::Send(response(200, &[("Cache-Control", "max-age=60")], b"ok"))
+        }
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    for r in herd(&server, "/broken") {
+        assert_eq!(r.status, 502, "{}", r.summary());
+        assert!(r.cache_status().contains("fwd=miss"), "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), 1);
+    let r = server.get("/broken");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body, b"ok");
+}
+
+both_io!(
+    herd_on_cold_key_fetches_once,
+    uncacheable_answer_releases_waiters,
+    origin_error_is_shared,
+    wait_limit_releases_waiters,
+    filler_failure_fails_waiters_cleanly,
+);
