@@ -31,6 +31,8 @@ use super::origin::Fetch;
 use super::Proxy;
 
 /// One fetch in flight for a key, and the requests waiting for it.
+/// Waiters stay boxed: a released waiter goes to `dispatch` as the same box.
+#[allow(clippy::vec_box)]
 pub(super) struct Fill {
     id: u64,
     key: Box<[u8]>,
@@ -112,6 +114,7 @@ impl Proxy {
     }
 
     /// Take the waiters of the fill `fetch` led, if it is still the current one.
+    #[allow(clippy::vec_box)]
     fn take_fill(&mut self, fetch: &Fetch) -> Option<Vec<Box<Fetch>>> {
         let id = fetch.fill_id?;
         let (hash, _) = fetch.key.as_ref()?;
