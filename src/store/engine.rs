@@ -958,6 +958,13 @@ impl<P: Policy> Store<P> {
                 m[c as usize / 64] &= !(1 << (c % 64));
             }
         };
+        // The index in the file is not trusted: rebuilt from the items.
+        for shard in 0..SHARDS_COUNT {
+            for e in 0..self.layout.shard_slots() {
+                // Relaxed: single-threaded.
+                self.slot(shard, e).store(0, Ordering::Relaxed);
+            }
+        }
         let (mut recovered, mut dropped) = (0u64, 0u64);
         let mut seq_max: Option<u32> = None;
         for c0 in 0..count {
