@@ -39,6 +39,8 @@ pub mod metrics;
 pub mod proxy;
 #[allow(unsafe_code)]
 pub mod runtime;
+#[allow(unsafe_code)]
 pub mod store;
+pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;

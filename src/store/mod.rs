@@ -10,6 +10,17 @@
 //! reads). Accounting charges each item its key, header block, body and a
 //! fixed overhead, so the cap holds metadata included.
 
+#[cfg(not(loom))]
+pub mod engine;
+pub mod epoch;
+pub mod item;
+pub mod layout;
+#[cfg(not(loom))]
+pub mod policy;
+#[cfg(not(loom))]
+pub mod region;
+pub mod slab;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

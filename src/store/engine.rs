@@ -1,0 +1,1141 @@
+//! The segment store: index, items in chunk chains, grace periods, eviction.
+//!
+//! Index slot (u64, in the region, see `layout`):
+//! ```text
+//!  63  62        48 47        32 31                 0
+//! ┌───┬────────────┬────────────┬────────────────────┐
+//! │REF│  zero      │ tag (16 b) │ first chunk id + 1 │   0 in the low half = empty
+//! └───┴────────────┴────────────┴────────────────────┘
+//! ```
+//! `hash & 63` picks the shard, the next bits the bucket (one cache line of
+//! 8 slots), the top 16 bits are the tag. Entry `e` of a shard's policy is
+//! `bucket × 8 + way`. REF marks a slot whose hit is queued for the policy.
+//!
+//! Read protocol (`Reader::lookup`, no lock, no allocation):
+//! 1. pin the reader's epoch slot;
+//! 2. load the slot (Acquire), and on a tag match read the item header and
+//!    compare the key from the chunks;
+//! 3. copy head and body into the caller's buffer (and check the crc32c
+//!    when `verify_reads`);
+//! 4. unpin.
+//!
+//! Why a read cannot tear: an item's chunks are written completely by the
+//! inserting thread before the Release store that publishes its slot, and
+//! never written again while reachable. Replacing, removing or evicting an
+//! item only swaps the slot and retires the chain; retired chunks return to
+//! the free list only after a grace period (`epoch`), so every byte a pinned
+//! reader copies belongs to the one item whose slot value it loaded. A
+//! reader that loads the new slot value sees the new item whole (Acquire
+//! pairs with the publishing Release); one that loaded the old value copies
+//! the old item whole. There is no third case.
+//!
+//! Writers (insert, remove, eviction) take the shard's mutex for the index
+//! update and the policy only: item bytes are copied into freshly allocated
+//! chunks before the lock. Allocation is lock-free (`slab`); when it finds
+//! no chunk it first lets grace periods end, then evicts (expired items in
+//! a bounded sweep first, then the policy's victims), moving to the next
+//! shard when one has nothing to give.
+
+use super::epoch::Epochs;
+use super::item::{
+    seq_newer, Hit, ItemHeader, ItemMeta, HEAD_BYTES_MAX, ITEM_HEADER_BYTES, KEY_BYTES_MAX,
+};
+use super::layout::{
+    FileHeader, Layout, LayoutError, BUCKET_SLOTS, CHUNK_BYTES_DEFAULT, FORMAT_VERSION,
+    HEADER_BYTES, HEADER_FIELDS_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT, SHARDS_COUNT, SLOT_BYTES,
+};
+use super::policy::{Clock, Policy};
+use super::region::Region;
+use super::slab::{
+    link_kind, link_next, link_word, Links, Slab, KIND_CONT, KIND_FREE, KIND_HEAD, KIND_RETIRED,
+    NONE,
+};
+use crate::sync::mapped;
+use crate::sync::{spin_hint, Arc, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
+use crossbeam_utils::CachePadded;
+use std::cell::Cell;
+use std::fmt;
+use std::fs::File;
+use std::marker::PhantomData;
+use std::path::Path;
+
+/// Touches queued per shard between two writers.
+pub const TOUCH_BUFFER_COUNT: usize = 32;
+/// Tries to find chunks for one insert before giving up.
+pub const ALLOC_ATTEMPTS_MAX: usize = 512;
+/// Slots the expiry sweep looks at per eviction.
+pub const SWEEP_SLOTS_MAX: u32 = 16;
+/// Largest item, as a fraction of the chunks: 1 / this.
+pub const ITEM_CHUNKS_FRACTION: u32 = 8;
+
+const REF_BIT: u64 = 1 << 63;
+const LOW_MASK: u64 = 0xffff_ffff;
+
+#[inline]
+fn slot_word(tag: u16, chunk: u32) -> u64 {
+    u64::from(tag) << 32 | (u64::from(chunk) + 1)
+}
+#[inline]
+fn slot_chunk(v: u64) -> Option<u32> {
+    let low = v & LOW_MASK;
+    (low != 0).then(|| (low - 1) as u32)
+}
+#[inline]
+fn slot_tag(v: u64) -> u16 {
+    (v >> 32) as u16
+}
+#[inline]
+fn hash_tag(hash: u64) -> u16 {
+    (hash >> 48) as u16
+}
+
+/// Tunables with defaults; all go into the file header except the last two.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub segment_bytes: usize,
+    pub chunk_bytes: usize,
+    /// Reader handles (one per worker thread).
+    pub readers_max: usize,
+    /// Seconds an item is kept past its freshness before the sweep takes it
+    /// ahead of live items (room for stale-while-revalidate).
+    pub stale_keep_secs: u32,
+    /// Check every hit's crc32c (the grace-period protocol already rules
+    /// out tearing; this is a belt for tests and paranoid deployments).
+    pub verify_reads: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            chunk_bytes: CHUNK_BYTES_DEFAULT,
+            readers_max: 128,
+            stale_keep_secs: 0,
+            verify_reads: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// Why a store could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    Io(std::io::Error),
+    Layout(LayoutError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Io(e) => write!(f, "store file: {e}"),
+            OpenError::Layout(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl From<std::io::Error> for OpenError {
+    fn from(e: std::io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+impl From<LayoutError> for OpenError {
+    fn from(e: LayoutError) -> Self {
+        OpenError::Layout(e)
+    }
+}
+
+/// Figures from the open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The file existed (false: created or anonymous).
+    pub reused: bool,
+    /// Its clean flag was set.
+    pub was_clean: bool,
+    pub items_recovered: u64,
+    /// Items dropped: torn, bad checksum, broken chain, or an older version.
+    pub items_dropped: u64,
+}
+
+/// What `usage` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes in chunks held by items.
+    pub item_bytes: u64,
+    pub items: u64,
+    /// The cap given at open (region + charged heap ≤ this).
+    pub bytes_max: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    /// Chunks waiting for a grace period.
+    pub pending_chunks: u64,
+}
+
+struct ShardState<P> {
+    policy: P,
+    victims: Vec<u32>,
+    sweep_hand: u32,
+}
+
+struct Shard<P> {
+    state: Mutex<ShardState<P>>,
+    touched: [AtomicU32; TOUCH_BUFFER_COUNT],
+    touched_len: AtomicU32,
+}
+
+/// The segment store. Share it in an `Arc`; each worker takes a [`Reader`].
+pub struct Store<P: Policy = Clock> {
+    region: Region,
+    layout: Layout,
+    slab: Slab,
+    epochs: Epochs,
+    shards: Box<[CachePadded<Shard<P>>]>,
+    options: Options,
+    budget_bytes: u64,
+    file: Option<File>,
+    seq: AtomicU32,
+    items: AtomicU64,
+    chunks_used: AtomicU64,
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    recovery: Recovery,
+}
+
+impl<P: Policy> Links for Store<P> {
+    #[inline]
+    fn link(&self, chunk: u32) -> &mapped::AtomicU32 {
+        self.region.atomic_u32(self.layout.chunk_offset(chunk))
+    }
+}
+
+/// Drops the pin on every exit path.
+struct Pin<'a> {
+    epochs: &'a Epochs,
+    slot: usize,
+}
+
+impl<'a> Pin<'a> {
+    fn new(epochs: &'a Epochs, slot: usize) -> Pin<'a> {
+        epochs.pin(slot);
+        Pin { epochs, slot }
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        self.epochs.unpin(self.slot);
+    }
+}
+
+/// A worker's read handle: owns one epoch slot. `!Sync`: one thread at a time.
+pub struct Reader<P: Policy = Clock> {
+    store: Arc<Store<P>>,
+    slot: usize,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl<P: Policy> Drop for Reader<P> {
+    fn drop(&mut self) {
+        self.store.epochs.unregister(self.slot);
+    }
+}
+
+impl<P: Policy> Reader<P> {
+    pub fn store(&self) -> &Arc<Store<P>> {
+        &self.store
+    }
+
+    /// Look `key` up; on a hit, append the head to `out`, call `between`
+    /// (to append fields that go between head and body; it returns whether
+    /// the body is wanted), then append the body. On a miss `out` is as it
+    /// was. Never allocates unless `out` must grow.
+    pub fn lookup(
+        &self,
+        hash: u64,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        between: impl FnOnce(&mut Vec<u8>, &Hit) -> bool,
+    ) -> Option<Hit> {
+        self.store.lookup_pinned(self.slot, hash, key, out, between)
+    }
+
+    /// Look up and append head then body.
+    pub fn lookup_into(&self, hash: u64, key: &[u8], out: &mut Vec<u8>) -> Option<Hit> {
+        self.lookup(hash, key, out, |_, _| true)
+    }
+}
+
+/// A position in an item's logical bytes.
+#[derive(Clone, Copy)]
+struct Cursor {
+    chunk: u32,
+    pos: usize,
+}
+
+impl Store<Clock> {
+    /// A store in anonymous memory with default options.
+    pub fn anonymous(bytes: u64) -> Result<Store<Clock>, OpenError> {
+        Store::anonymous_with(bytes, Options::default())
+    }
+}
+
+impl<P: Policy> Store<P> {
+    /// A store in anonymous memory.
+    pub fn anonymous_with(bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        let layout = Layout::compute(
+            bytes,
+            options.segment_bytes,
+            options.chunk_bytes,
+            P::ENTRY_BYTES,
+        )?;
+        let region = Region::anonymous(layout.region_bytes as usize)?;
+        Store::build(region, layout, bytes, options, None, None)
+    }
+
+    /// A store in the file at `path`: created and sized when missing or
+    /// empty, else checked (magic, version, layout, header checksum) and
+    /// recovered by a scan of every chunk. The clean flag is cleared while
+    /// the store is open; [`Store::close`] sets it.
+    pub fn open(path: &Path, bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        let layout = Layout::compute(
+            bytes,
+            options.segment_bytes,
+            options.chunk_bytes,
+            P::ENTRY_BYTES,
+        )?;
+        let (file, fresh) = Region::create_or_open(path, layout.region_bytes)?;
+        let mut header = None;
+        if !fresh {
+            let mut raw = [0u8; HEADER_FIELDS_BYTES];
+            std::io::Read::read_exact(&mut &file, &mut raw)
+                .map_err(|_| LayoutError::NotAStore("file shorter than a store header".into()))?;
+            header = Some(FileHeader::decode(&raw, &layout)?);
+            let len = file.metadata()?.len();
+            if len != layout.region_bytes {
+                return Err(LayoutError::Mismatch {
+                    field: "file_bytes",
+                    found: len,
+                    expected: layout.region_bytes,
+                }
+                .into());
+            }
+        }
+        let region = Region::file(&file, layout.region_bytes as usize)?;
+        Store::build(region, layout, bytes, options, Some(file), header)
+    }
+
+    fn build(
+        region: Region,
+        layout: Layout,
+        budget_bytes: u64,
+        options: Options,
+        file: Option<File>,
+        header: Option<FileHeader>,
+    ) -> Result<Store<P>, OpenError> {
+        let shard_slots = layout.shard_slots();
+        let shards = (0..SHARDS_COUNT)
+            .map(|_| {
+                CachePadded::new(Shard {
+                    state: Mutex::new(ShardState {
+                        policy: P::with_entries(shard_slots),
+                        victims: Vec::with_capacity(64),
+                        sweep_hand: 0,
+                    }),
+                    touched: std::array::from_fn(|_| AtomicU32::new(0)),
+                    touched_len: AtomicU32::new(0),
+                })
+            })
+            .collect();
+        let reused = header.is_some();
+        let carved = if reused { layout.segment_count } else { 0 };
+        let mut store = Store {
+            region,
+            layout,
+            slab: Slab::new(layout.segment_count, layout.chunks_per_segment(), carved),
+            epochs: Epochs::new(options.readers_max),
+            shards,
+            options,
+            budget_bytes,
+            file,
+            seq: AtomicU32::new(header.map_or(0, |h| h.seq_next)),
+            items: AtomicU64::new(0),
+            chunks_used: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            expirations: AtomicU64::new(0),
+            recovery: Recovery {
+                reused,
+                was_clean: header.is_some_and(|h| h.clean),
+                ..Recovery::default()
+            },
+        };
+        if reused {
+            store.recover();
+        }
+        store.write_header(false)?;
+        Ok(store)
+    }
+
+    /// Figures from the open (recovered and dropped items).
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// A read handle for one worker; None when all `readers_max` are taken.
+    pub fn reader(self: &Arc<Self>) -> Option<Reader<P>> {
+        let slot = self.epochs.register()?;
+        Some(Reader {
+            store: Arc::clone(self),
+            slot,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Flush and mark the file clean. Call once the workers have stopped.
+    pub fn close(&self) -> std::io::Result<()> {
+        if self.file.is_some() {
+            self.region.flush()?;
+            self.write_header(true)?;
+        }
+        Ok(())
+    }
+
+    fn write_header(&self, clean: bool) -> std::io::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        let mut raw = [0u8; HEADER_FIELDS_BYTES];
+        FileHeader {
+            version: FORMAT_VERSION,
+            layout: self.layout,
+            clean,
+            // Relaxed: workers have stopped (close) or not started (open).
+            seq_next: self.seq.load(Ordering::Relaxed),
+        }
+        .encode(&mut raw);
+        // SAFETY: the header page is written only here, by open and close,
+        // which run while no other thread uses the store.
+        unsafe { self.region.write(0, &raw) };
+        self.region.flush()
+    }
+
+    #[inline]
+    fn shard_of(hash: u64) -> usize {
+        (hash as usize) & (SHARDS_COUNT - 1)
+    }
+
+    #[inline]
+    fn bucket_first_entry(&self, hash: u64) -> u32 {
+        let buckets = self.layout.shard_slots() / BUCKET_SLOTS as u32;
+        (((hash >> 6) as u32) & (buckets - 1)) * BUCKET_SLOTS as u32
+    }
+
+    #[inline]
+    fn slot(&self, shard: usize, e: u32) -> &mapped::AtomicU64 {
+        let i = shard * self.layout.shard_slots() as usize + e as usize;
+        self.region.atomic_u64(HEADER_BYTES + i * SLOT_BYTES)
+    }
+
+    /// Visit `len` logical bytes from `cur`, moving it.
+    ///
+    /// # Safety
+    /// The chain is published and cannot be retired meanwhile (caller is
+    /// pinned or holds the shard lock), or is owned by the caller.
+    unsafe fn visit(&self, cur: &mut Cursor, mut len: usize, mut f: impl FnMut(&[u8])) {
+        let payload = self.layout.payload_bytes();
+        while len > 0 {
+            if cur.pos == payload {
+                // Relaxed: the chain was published with the slot (Acquire)
+                // or is ours.
+                cur.chunk = link_next(self.link(cur.chunk).load(Ordering::Relaxed));
+                cur.pos = 0;
+            }
+            let n = len.min(payload - cur.pos);
+            let off = self.layout.chunk_offset(cur.chunk) + LINK_BYTES + cur.pos;
+            // SAFETY: immutable while visited, per this function's contract.
+            f(unsafe { self.region.bytes(off, n) });
+            cur.pos += n;
+            len -= n;
+        }
+    }
+
+    /// Copy `src` at `cur` into chunks the caller owns.
+    ///
+    /// # Safety
+    /// The chain from `cur` is allocated to the caller and unpublished.
+    unsafe fn fill(&self, cur: &mut Cursor, mut src: &[u8]) {
+        let payload = self.layout.payload_bytes();
+        while !src.is_empty() {
+            if cur.pos == payload {
+                // Relaxed: our own chain.
+                cur.chunk = link_next(self.link(cur.chunk).load(Ordering::Relaxed));
+                cur.pos = 0;
+            }
+            let n = src.len().min(payload - cur.pos);
+            let off = self.layout.chunk_offset(cur.chunk) + LINK_BYTES + cur.pos;
+            // SAFETY: exclusive per this function's contract.
+            unsafe { self.region.write(off, &src[..n]) };
+            cur.pos += n;
+            src = &src[n..];
+        }
+    }
+
+    /// The item header at `chunk`.
+    ///
+    /// # Safety
+    /// As for `visit`.
+    unsafe fn header_at(&self, chunk: u32) -> (ItemHeader, Cursor) {
+        let mut raw = [0u8; ITEM_HEADER_BYTES];
+        let mut cur = Cursor { chunk, pos: 0 };
+        let mut at = 0;
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.visit(&mut cur, ITEM_HEADER_BYTES, |b| {
+                raw[at..at + b.len()].copy_from_slice(b);
+                at += b.len();
+            })
+        };
+        (ItemHeader::decode(&raw), cur)
+    }
+
+    /// Does the item at `chunk` hold `key`? Leaves `cur` after the key.
+    ///
+    /// # Safety
+    /// As for `visit`.
+    unsafe fn key_matches(&self, h: &ItemHeader, cur: &mut Cursor, key: &[u8]) -> bool {
+        if h.key_len != key.len() {
+            return false;
+        }
+        let mut at = 0;
+        let mut eq = true;
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.visit(cur, key.len(), |b| {
+                eq &= b == &key[at..at + b.len()];
+                at += b.len();
+            })
+        };
+        eq
+    }
+
+    fn lookup_pinned(
+        &self,
+        reader_slot: usize,
+        hash: u64,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        between: impl FnOnce(&mut Vec<u8>, &Hit) -> bool,
+    ) -> Option<Hit> {
+        let _pin = Pin::new(&self.epochs, reader_slot);
+        let shard = Self::shard_of(hash);
+        let first = self.bucket_first_entry(hash);
+        let tag = hash_tag(hash);
+        for e in first..first + BUCKET_SLOTS as u32 {
+            let slot = self.slot(shard, e);
+            // Acquire: pairs with the Release that published the item, so
+            // its chunks are fully written before we read them.
+            let v = slot.load(Ordering::Acquire);
+            let Some(chunk) = slot_chunk(v) else { continue };
+            if slot_tag(v) != tag {
+                continue;
+            }
+            // SAFETY: we are pinned, and `chunk` was reachable when we loaded
+            // the slot: it is not reused before we unpin (module doc).
+            let (h, mut cur) = unsafe { self.header_at(chunk) };
+            // SAFETY: as above.
+            if !unsafe { self.key_matches(&h, &mut cur, key) } {
+                continue;
+            }
+            let hit = Hit {
+                meta: h.meta,
+                head_len: h.head_len,
+                body_len: h.body_len,
+            };
+            self.touch(shard, e, slot, v);
+            let start = out.len();
+            let verify = self.options.verify_reads;
+            let mut crc = 0;
+            if verify {
+                crc = crc32c::crc32c(&h.encode()[4..]);
+                crc = crc32c::crc32c_append(crc, key);
+            }
+            // SAFETY: as above.
+            unsafe {
+                self.visit(&mut cur, h.head_len, |b| {
+                    out.extend_from_slice(b);
+                    if verify {
+                        crc = crc32c::crc32c_append(crc, b);
+                    }
+                })
+            };
+            let want_body = between(out, &hit);
+            if want_body || verify {
+                // SAFETY: as above.
+                unsafe {
+                    self.visit(&mut cur, h.body_len, |b| {
+                        if want_body {
+                            out.extend_from_slice(b);
+                        }
+                        if verify {
+                            crc = crc32c::crc32c_append(crc, b);
+                        }
+                    })
+                };
+            }
+            if verify && crc != h.crc {
+                debug_assert!(false, "item checksum mismatch on a published item");
+                out.truncate(start);
+                return None;
+            }
+            return Some(hit);
+        }
+        None
+    }
+
+    /// Queue a hit for the policy (no lock: mark the slot, then claim a
+    /// place in the shard's touch buffer).
+    #[inline]
+    fn touch(&self, shard: usize, e: u32, slot: &mapped::AtomicU64, v: u64) {
+        if v & REF_BIT != 0 {
+            return;
+        }
+        // Relaxed: REF is a hint; losing the race only loses a touch.
+        if slot
+            .compare_exchange(v, v | REF_BIT, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let s = &self.shards[shard];
+        // Relaxed: the place is claimed; the entry is published below.
+        let i = s.touched_len.fetch_add(1, Ordering::Relaxed) as usize;
+        if i < TOUCH_BUFFER_COUNT {
+            // Release: read by the draining writer's swap (Acquire).
+            s.touched[i].store(e + 1, Ordering::Release);
+        } else {
+            // Relaxed: undo the mark so a later hit can queue again.
+            slot.fetch_and(!REF_BIT, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState<P>> {
+        // A panic under the lock leaves the shard's policy possibly behind
+        // the index, never the index inconsistent: keep going.
+        self.shards[shard]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hand queued touches to the policy. Under the shard lock.
+    fn drain_touches(&self, shard: usize, st: &mut ShardState<P>) {
+        let s = &self.shards[shard];
+        // Acquire: pairs with nothing in particular; the entries are read
+        // with their own Acquire below.
+        let n = (s.touched_len.swap(0, Ordering::Acquire) as usize).min(TOUCH_BUFFER_COUNT);
+        for t in &s.touched[..n] {
+            // Acquire: pairs with the reader's Release store.
+            let e1 = t.swap(0, Ordering::Acquire);
+            if e1 == 0 {
+                continue; // its reader has not stored yet: next time
+            }
+            let e = e1 - 1;
+            let slot = self.slot(shard, e);
+            // Relaxed: clearing a hint.
+            let v = slot.fetch_and(!REF_BIT, Ordering::Relaxed);
+            if slot_chunk(v).is_some() {
+                st.policy.touch(e);
+            }
+        }
+    }
+
+    /// Unlink entry `e` of `shard` and retire its chain. Under the shard
+    /// lock. The policy is not told (callers know whether it already knows).
+    fn unlink(&self, shard: usize, e: u32) -> bool {
+        // AcqRel: Release orders the unlink before the retire's fence;
+        // Acquire takes a reader's REF mark race into account (no data).
+        let v = self.slot(shard, e).swap(0, Ordering::AcqRel);
+        match slot_chunk(v) {
+            Some(chunk) => {
+                self.retire_chain(chunk);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Mark an unlinked chain retired and hand it to the grace period.
+    fn retire_chain(&self, first: u32) {
+        // Relaxed: link words of an item are written before its publish and
+        // only read here, under the shard lock that orders us after it.
+        let w0 = self.link(first).load(Ordering::Relaxed);
+        self.link(first)
+            .store(link_word(KIND_RETIRED, link_next(w0)), Ordering::Relaxed);
+        let (mut last, mut n) = (first, 1u64);
+        loop {
+            // Relaxed: as above.
+            let next = link_next(self.link(last).load(Ordering::Relaxed));
+            if next == NONE {
+                break;
+            }
+            last = next;
+            n += 1;
+        }
+        let last_kind = if last == first {
+            KIND_RETIRED
+        } else {
+            KIND_CONT
+        };
+        self.epochs.retire(self, first, last, last_kind, n);
+        // Relaxed: statistics.
+        self.items.fetch_sub(1, Ordering::Relaxed);
+        self.chunks_used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Make room: one expired item (bounded sweep) or the policy's victims.
+    /// Under the shard lock.
+    fn evict_one(&self, shard: usize, st: &mut ShardState<P>, now_secs: u64) -> bool {
+        let slots = self.layout.shard_slots();
+        for _ in 0..SWEEP_SLOTS_MAX {
+            let e = st.sweep_hand;
+            st.sweep_hand = (st.sweep_hand + 1) % slots;
+            // Relaxed: under the shard lock, only REF changes concurrently.
+            let Some(chunk) = slot_chunk(self.slot(shard, e).load(Ordering::Relaxed)) else {
+                continue;
+            };
+            // SAFETY: published and in our locked shard: not retired meanwhile.
+            let (h, _) = unsafe { self.header_at(chunk) };
+            if h.meta.expires_secs() + u64::from(self.options.stale_keep_secs) <= now_secs {
+                st.policy.remove(e);
+                self.unlink(shard, e);
+                // Relaxed: a statistic.
+                self.expirations.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        st.victims.clear();
+        st.policy.evict(&mut st.victims);
+        let mut any = false;
+        for i in 0..st.victims.len() {
+            let e = st.victims[i];
+            if self.unlink(shard, e) {
+                any = true;
+                // Relaxed: a statistic.
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        any
+    }
+
+    /// `n` chunks linked as a chain (HEAD, CONT, ...), or None.
+    fn alloc_chain(&self, home: usize, n: usize, now_secs: u64) -> Option<u32> {
+        let (mut first, mut prev, mut got) = (NONE, NONE, 0);
+        let mut victim_shard = home;
+        let mut barren_shards = 0;
+        let mut attempts = 0;
+        while got < n {
+            if let Some(c) = self.slab.alloc(self) {
+                let kind = if got == 0 { KIND_HEAD } else { KIND_CONT };
+                // Relaxed: the chain is ours until published by the slot.
+                self.link(c).store(link_word(kind, NONE), Ordering::Relaxed);
+                if prev == NONE {
+                    first = c;
+                } else {
+                    let pk = if got == 1 { KIND_HEAD } else { KIND_CONT };
+                    // Relaxed: as above.
+                    self.link(prev).store(link_word(pk, c), Ordering::Relaxed);
+                }
+                prev = c;
+                got += 1;
+                continue;
+            }
+            attempts += 1;
+            if attempts > ALLOC_ATTEMPTS_MAX || barren_shards > SHARDS_COUNT {
+                if first != NONE {
+                    self.free_chain(first);
+                }
+                return None;
+            }
+            let pending = self.epochs.pending();
+            if pending > 0
+                && self
+                    .epochs
+                    .try_advance(self, self.slab.free_list())
+                    .is_some()
+            {
+                continue;
+            }
+            if pending >= (n - got) as u64 {
+                spin_hint(); // a reader holds the epoch for a moment
+                continue;
+            }
+            let mut st = self.lock(victim_shard);
+            self.drain_touches(victim_shard, &mut st);
+            if !self.evict_one(victim_shard, &mut st, now_secs) {
+                victim_shard = (victim_shard + 1) % SHARDS_COUNT;
+                barren_shards += 1;
+            }
+        }
+        Some(first)
+    }
+
+    /// Give an unpublished chain straight back to the free list.
+    fn free_chain(&self, first: u32) {
+        let mut c = first;
+        loop {
+            // Relaxed: our own chain.
+            let next = link_next(self.link(c).load(Ordering::Relaxed));
+            if next == NONE {
+                break;
+            }
+            // Relaxed: published by push_chain.
+            self.link(c)
+                .store(link_word(KIND_FREE, next), Ordering::Relaxed);
+            c = next;
+        }
+        self.slab.free_list().push_chain(self, first, c, KIND_FREE);
+    }
+
+    /// Store a response under `key`, replacing any older one. False when
+    /// the item exceeds the limits (key < 4 KiB, head < 1 MiB, 1/8 of the
+    /// chunks) or no room could be made.
+    pub fn insert(&self, hash: u64, key: &[u8], head: &[u8], body: &[u8], meta: ItemMeta) -> bool {
+        if key.len() > KEY_BYTES_MAX
+            || head.len() > HEAD_BYTES_MAX
+            || u32::try_from(body.len()).is_err()
+        {
+            return false;
+        }
+        let mut h = ItemHeader {
+            crc: 0,
+            seq: 0,
+            key_len: key.len(),
+            head_len: head.len(),
+            body_len: body.len(),
+            meta,
+        };
+        let n = h.total_bytes().div_ceil(self.layout.payload_bytes());
+        if n as u64 > u64::from(self.layout.chunk_count() / ITEM_CHUNKS_FRACTION).max(1) {
+            return false;
+        }
+        let shard = Self::shard_of(hash);
+        // The insert's own time stands for "now" in the expiry sweep.
+        let now_secs = u64::from(meta.born_secs);
+        let Some(first) = self.alloc_chain(shard, n, now_secs) else {
+            return false;
+        };
+        // Relaxed: uniqueness is all that matters; order comes from the lock.
+        h.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        h.crc = h.checksum(key, head, body);
+        let mut cur = Cursor {
+            chunk: first,
+            pos: 0,
+        };
+        // SAFETY: the chain was just allocated to us and is unpublished.
+        unsafe {
+            self.fill(&mut cur, &h.encode());
+            self.fill(&mut cur, key);
+            self.fill(&mut cur, head);
+            self.fill(&mut cur, body);
+        }
+        let mut st = self.lock(shard);
+        self.drain_touches(shard, &mut st);
+        let base = self.bucket_first_entry(hash);
+        let tag = hash_tag(hash);
+        let (mut empty, mut same) = (None, None);
+        for e in base..base + BUCKET_SLOTS as u32 {
+            // Relaxed: under the shard lock, only REF changes concurrently.
+            let v = self.slot(shard, e).load(Ordering::Relaxed);
+            let Some(chunk) = slot_chunk(v) else {
+                empty = empty.or(Some(e));
+                continue;
+            };
+            if slot_tag(v) == tag {
+                // SAFETY: published, in our locked shard.
+                let (oh, mut oc) = unsafe { self.header_at(chunk) };
+                // SAFETY: as above.
+                if unsafe { self.key_matches(&oh, &mut oc, key) } {
+                    same = Some(e);
+                    break;
+                }
+            }
+        }
+        let word = slot_word(tag, first);
+        // Relaxed: statistics.
+        self.items.fetch_add(1, Ordering::Relaxed);
+        self.chunks_used.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(e) = same {
+            // AcqRel: Release publishes the new chunks to Acquire readers.
+            let old = self.slot(shard, e).swap(word, Ordering::AcqRel);
+            if let Some(c) = slot_chunk(old) {
+                self.retire_chain(c);
+            }
+            st.policy.touch(e);
+            return true;
+        }
+        let e = match empty {
+            Some(e) => e,
+            None => {
+                // The bucket is full: its slot picked by the hash gives way.
+                let e = base + ((hash >> 40) as u32 % BUCKET_SLOTS as u32);
+                st.policy.remove(e);
+                self.unlink(shard, e);
+                // Relaxed: a statistic.
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                e
+            }
+        };
+        // Release: publishes the chunks written above to Acquire readers.
+        self.slot(shard, e).store(word, Ordering::Release);
+        let ShardState {
+            policy, victims, ..
+        } = &mut *st;
+        victims.clear();
+        policy.admit(e, hash, victims);
+        for i in 0..st.victims.len() {
+            let v = st.victims[i];
+            if v != e && self.unlink(shard, v) {
+                // Relaxed: a statistic.
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Remove the item under `key`. Returns whether there was one.
+    pub fn remove(&self, hash: u64, key: &[u8]) -> bool {
+        let shard = Self::shard_of(hash);
+        let mut st = self.lock(shard);
+        self.drain_touches(shard, &mut st);
+        let base = self.bucket_first_entry(hash);
+        for e in base..base + BUCKET_SLOTS as u32 {
+            // Relaxed: under the shard lock.
+            let v = self.slot(shard, e).load(Ordering::Relaxed);
+            let Some(chunk) = slot_chunk(v) else { continue };
+            if slot_tag(v) != hash_tag(hash) {
+                continue;
+            }
+            // SAFETY: published, in our locked shard.
+            let (h, mut cur) = unsafe { self.header_at(chunk) };
+            // SAFETY: as above.
+            if unsafe { self.key_matches(&h, &mut cur, key) } {
+                st.policy.remove(e);
+                self.unlink(shard, e);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Counters and sizes.
+    pub fn usage(&self) -> Usage {
+        // Relaxed: statistics.
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Usage {
+            item_bytes: r(&self.chunks_used) * u64::from(self.layout.chunk_bytes),
+            items: r(&self.items),
+            bytes_max: self.budget_bytes,
+            evictions: r(&self.evictions),
+            expirations: r(&self.expirations),
+            pending_chunks: self.epochs.pending(),
+        }
+    }
+
+    /// Rebuild the index, the policy and the free list from the chunks.
+    /// Single-threaded, at open. Keeps the newest intact version of a key.
+    fn recover(&mut self) {
+        let count = self.layout.chunk_count();
+        let payload = self.layout.payload_bytes();
+        let mut claimed = vec![0u64; (count as usize).div_ceil(64)];
+        let is_claimed = |m: &[u64], c: u32| m[c as usize / 64] & (1 << (c % 64)) != 0;
+        let set = |m: &mut [u64], c: u32, on: bool| {
+            if on {
+                m[c as usize / 64] |= 1 << (c % 64);
+            } else {
+                m[c as usize / 64] &= !(1 << (c % 64));
+            }
+        };
+        // The index in the file is not trusted: rebuilt from the items.
+        for shard in 0..SHARDS_COUNT {
+            for e in 0..self.layout.shard_slots() {
+                // Relaxed: single-threaded.
+                self.slot(shard, e).store(0, Ordering::Relaxed);
+            }
+        }
+        let (mut recovered, mut dropped) = (0u64, 0u64);
+        let mut seq_max: Option<u32> = None;
+        for c0 in 0..count {
+            // Relaxed: single-threaded.
+            if link_kind(self.link(c0).load(Ordering::Relaxed)) != KIND_HEAD {
+                continue;
+            }
+            // SAFETY: single-threaded; the header lies in c0's payload
+            // (CHUNK_BYTES_MIN leaves room), so no link is followed yet.
+            let (h, _) = unsafe { self.header_at(c0) };
+            let n = h.total_bytes().div_ceil(payload);
+            // Check the chain before reading through it.
+            let mut ok = h.key_len <= KEY_BYTES_MAX && n as u64 <= u64::from(count);
+            let mut c = c0;
+            let mut walked = 1;
+            while ok && walked < n {
+                // Relaxed: single-threaded.
+                let next = link_next(self.link(c).load(Ordering::Relaxed));
+                ok = next < count
+                    && !is_claimed(&claimed, next)
+                    // Relaxed: single-threaded.
+                    && link_kind(self.link(next).load(Ordering::Relaxed)) == KIND_CONT;
+                c = next;
+                walked += 1;
+            }
+            if !ok {
+                dropped += 1;
+                continue;
+            }
+            let mut cur = Cursor {
+                chunk: c0,
+                pos: ITEM_HEADER_BYTES,
+            };
+            let mut crc = crc32c::crc32c(&h.encode()[4..]);
+            let mut key = Vec::with_capacity(h.key_len);
+            // SAFETY: single-threaded; the chain was checked above.
+            unsafe {
+                self.visit(&mut cur, h.key_len, |b| key.extend_from_slice(b));
+                crc = crc32c::crc32c_append(crc, &key);
+                self.visit(&mut cur, h.head_len + h.body_len, |b| {
+                    crc = crc32c::crc32c_append(crc, b)
+                });
+            }
+            if crc != h.crc {
+                dropped += 1;
+                continue;
+            }
+            // Claim the chain.
+            let mut c = c0;
+            for i in 0..n {
+                set(&mut claimed, c, true);
+                if i + 1 < n {
+                    // Relaxed: single-threaded.
+                    c = link_next(self.link(c).load(Ordering::Relaxed));
+                }
+            }
+            // Index it, newest version first.
+            let hash = super::key_hash(&key);
+            let shard = Self::shard_of(hash);
+            let base = self.bucket_first_entry(hash);
+            let tag = hash_tag(hash);
+            let mut place = None;
+            let mut loser = None;
+            for e in base..base + BUCKET_SLOTS as u32 {
+                // Relaxed: single-threaded.
+                let v = self.slot(shard, e).load(Ordering::Relaxed);
+                let Some(oc) = slot_chunk(v) else {
+                    place = place.or(Some((e, false)));
+                    continue;
+                };
+                if slot_tag(v) != tag {
+                    continue;
+                }
+                // SAFETY: single-threaded, chain checked when indexed.
+                let (oh, mut ocur) = unsafe { self.header_at(oc) };
+                // SAFETY: as above.
+                if unsafe { self.key_matches(&oh, &mut ocur, &key) } {
+                    if seq_newer(h.seq, oh.seq) {
+                        place = Some((e, true));
+                        loser = Some(oc);
+                    } else {
+                        loser = Some(c0);
+                        place = None;
+                    }
+                    break;
+                }
+            }
+            seq_max = Some(seq_max.map_or(h.seq, |m| if seq_newer(h.seq, m) { h.seq } else { m }));
+            if let Some(l) = loser {
+                let (lh, _) = {
+                    // SAFETY: single-threaded.
+                    unsafe { self.header_at(l) }
+                };
+                let ln = lh.total_bytes().div_ceil(payload);
+                let mut c = l;
+                for i in 0..ln {
+                    set(&mut claimed, c, false);
+                    if i + 1 < ln {
+                        // Relaxed: single-threaded.
+                        c = link_next(self.link(c).load(Ordering::Relaxed));
+                    }
+                }
+                dropped += 1;
+                if l != c0 {
+                    recovered -= 1;
+                    // Relaxed: single-threaded.
+                    self.chunks_used.fetch_sub(ln as u64, Ordering::Relaxed);
+                    self.items.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            let Some((e, replacing)) = place else {
+                if loser.is_none() {
+                    // Bucket full: drop this one.
+                    let mut c = c0;
+                    for i in 0..n {
+                        set(&mut claimed, c, false);
+                        if i + 1 < n {
+                            // Relaxed: single-threaded.
+                            c = link_next(self.link(c).load(Ordering::Relaxed));
+                        }
+                    }
+                    dropped += 1;
+                }
+                continue;
+            };
+            // Relaxed: single-threaded; published to workers by the Arc.
+            self.slot(shard, e)
+                .store(slot_word(tag, c0), Ordering::Relaxed);
+            if !replacing {
+                let st = self.shards[shard]
+                    .state
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner());
+                let ShardState {
+                    policy, victims, ..
+                } = st;
+                policy.admit(e, hash, victims);
+            }
+            recovered += 1;
+            // Relaxed: single-threaded.
+            self.items.fetch_add(1, Ordering::Relaxed);
+            self.chunks_used.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        // Everything unclaimed is free: one chain, pushed once.
+        let (mut first, mut prev) = (NONE, NONE);
+        for c in 0..count {
+            if is_claimed(&claimed, c) {
+                continue;
+            }
+            if prev == NONE {
+                first = c;
+            } else {
+                // Relaxed: single-threaded; published by push_chain.
+                self.link(prev)
+                    .store(link_word(KIND_FREE, c), Ordering::Relaxed);
+            }
+            prev = c;
+        }
+        if prev != NONE {
+            self.slab
+                .free_list()
+                .push_chain(self, first, prev, KIND_FREE);
+        }
+        if let Some(m) = seq_max {
+            // Relaxed: single-threaded.
+            let s = self.seq.load(Ordering::Relaxed);
+            if !seq_newer(s, m) {
+                self.seq.store(m.wrapping_add(1), Ordering::Relaxed);
+            }
+        }
+        self.recovery.items_recovered = recovered;
+        self.recovery.items_dropped = dropped;
+    }
+}
