@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::{Counter, Metrics, StoreGauges};
-use crate::store::Store;
+use crate::store::SharedStore;
 
 /// Bytes of an admin request head we read at most.
 pub const ADMIN_HEAD_BYTES_MAX: usize = 8 << 10;
@@ -20,7 +20,7 @@ pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the admin thread reads.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub store: Arc<Store>,
+    pub store: Arc<SharedStore>,
     /// Set once every worker accepts; `/healthz` answers 503 before.
     pub ready: Arc<AtomicBool>,
     /// Set when shutdown begins; `/healthz` answers 503 from then on.
@@ -111,13 +111,17 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
     }
 }
 
-fn gauges(store: &Store) -> StoreGauges {
-    let (bytes_used, items, bytes_max, evictions) = store.usage();
+fn gauges(store: &SharedStore) -> StoreGauges {
+    let u = store.usage();
+    let r = store.recovery();
     StoreGauges {
-        bytes_used,
-        bytes_max,
-        items,
-        evictions,
+        bytes_used: u.item_bytes,
+        bytes_max: u.bytes_max,
+        items: u.items,
+        evictions: u.evictions,
+        expirations: u.expirations,
+        recovered: r.items_recovered,
+        dropped: r.items_dropped,
     }
 }
 

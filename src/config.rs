@@ -143,6 +143,8 @@ pub struct Config {
     pub workers: usize,
     pub io: IoMode,
     pub memory_bytes: u64,
+    /// The store file (`None`: anonymous memory, nothing survives a restart).
+    pub store_path: Option<std::path::PathBuf>,
     pub limits: Limits,
 }
 
@@ -207,6 +209,10 @@ pub struct ServeArgs {
     /// Cache memory cap, e.g. 256MiB [default: 256MiB]
     #[arg(long, env = "RINGCACHE_MEMORY")]
     pub memory: Option<String>,
+    /// Store file: created, sized to --memory and reused, so restarts are warm
+    /// [default: anonymous memory]
+    #[arg(long, env = "RINGCACHE_STORE")]
+    pub store: Option<std::path::PathBuf>,
     /// TOML configuration file; flags override it
     #[arg(long, env = "RINGCACHE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -222,6 +228,7 @@ struct FileConfig {
     workers: Option<usize>,
     io: Option<IoMode>,
     memory: Option<String>,
+    store: Option<std::path::PathBuf>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -292,6 +299,7 @@ impl Config {
             workers,
             io: args.io.or(file.io).unwrap_or(IoMode::Auto),
             memory_bytes,
+            store_path: args.store.clone().or(file.store),
             limits: file.limits.apply(Limits::default())?,
         };
         config.validate()?;
@@ -390,6 +398,10 @@ impl fmt::Display for Config {
         writeln!(f, "workers = {}", self.workers)?;
         writeln!(f, "io = \"{}\"", self.io)?;
         writeln!(f, "memory = \"{}\"", format_size(self.memory_bytes))?;
+        match &self.store_path {
+            Some(p) => writeln!(f, "store = {:?}", p.display().to_string())?,
+            None => writeln!(f, "# store: anonymous memory")?,
+        }
         writeln!(f, "\n[limits]")?;
         writeln!(f, "connections_max = {}", l.connections_max)?;
         writeln!(

@@ -30,14 +30,17 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+#[cfg(not(loom))]
 pub mod admin;
 pub mod config;
 pub mod demo_origin;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+#[cfg(not(loom))]
 pub mod proxy;
 #[allow(unsafe_code)]
+#[cfg(not(loom))]
 pub mod runtime;
 #[allow(unsafe_code)]
 pub mod store;

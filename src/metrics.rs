@@ -121,6 +121,11 @@ pub struct StoreGauges {
     pub bytes_max: u64,
     pub items: u64,
     pub evictions: u64,
+    pub expirations: u64,
+    /// Items recovered from the store file at start.
+    pub recovered: u64,
+    /// Items dropped at start (torn, bad checksum, older version).
+    pub dropped: u64,
 }
 
 /// All workers' counters.
@@ -255,7 +260,25 @@ impl Metrics {
                 w.get(Counter::Requests)
             );
         }
-        let gauges: [(&str, u64, &str, &str); 4] = [
+        let gauges: [(&str, u64, &str, &str); 7] = [
+            (
+                "ringcache_store_expirations_total",
+                store.expirations,
+                "counter",
+                "Expired objects reclaimed ahead of live ones.",
+            ),
+            (
+                "ringcache_store_recovered_items",
+                store.recovered,
+                "gauge",
+                "Objects recovered from the store file at start.",
+            ),
+            (
+                "ringcache_store_dropped_items",
+                store.dropped,
+                "gauge",
+                "Objects dropped at start (torn, bad checksum, older version).",
+            ),
             (
                 "ringcache_store_bytes_used",
                 store.bytes_used,
@@ -307,6 +330,9 @@ mod tests {
             bytes_max: 2,
             items: 3,
             evictions: 0,
+            expirations: 0,
+            recovered: 0,
+            dropped: 0,
         });
         assert!(text.contains("ringcache_cache_hits_total 5\n"), "{text}");
         assert!(text.contains("ringcache_errors_total{kind=\"origin_timeout\"} 1\n"));

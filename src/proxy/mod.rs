@@ -41,7 +41,7 @@ use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, Requ
 use crate::http::{headers, ParseError, Parsed};
 use crate::metrics::{Counter, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
-use crate::store::{key_hash, Item, Store};
+use crate::store::{key_hash, Reader, SharedStore};
 
 use coalesce::Fills;
 use compose::{put_error, put_field, put_field_u64, VIA};
@@ -184,7 +184,9 @@ pub struct Proxy {
     generations: Vec<u32>,
     /// Client tokens with bytes to flush at the end of this loop turn.
     dirty: Vec<Token>,
-    store: Arc<Store>,
+    store: Arc<SharedStore>,
+    /// This worker's read handle on the store (its epoch slot).
+    reader: Reader,
     metrics: Arc<Metrics>,
     worker_index: usize,
     limits: Limits,
@@ -205,9 +207,11 @@ pub fn slots_max(limits: &Limits) -> usize {
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig, store: Arc<Store>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(config: ProxyConfig, reader: Reader, metrics: Arc<Metrics>) -> Proxy {
         let slots = slots_max(&config.limits);
+        let store = Arc::clone(reader.store());
         Proxy {
+            reader,
             ops: Vec::with_capacity(1024),
             slots: Slab::with_capacity(slots),
             generations: vec![0; slots],
@@ -628,24 +632,21 @@ impl Proxy {
             self.key.push(0);
             self.key.extend_from_slice(path);
             hash = key_hash(&self.key);
-            if let Some(item) = self.store.lookup(hash, &self.key) {
-                if item.is_fresh(self.clock.unix_secs) {
-                    self.counters().incr(Counter::Hits);
-                    self.pool.target.authority = authority;
-                    self.respond_hit(
-                        token,
-                        &item,
-                        head.method == Method::Head,
-                        keep_alive,
-                        head.minor_version,
-                    );
-                    if !keep_alive {
-                        if let Some(c) = self.client(token) {
-                            c.stop_reading = true;
-                        }
+            if self.respond_hit(
+                token,
+                hash,
+                head.method == Method::Head,
+                keep_alive,
+                head.minor_version,
+            ) {
+                self.counters().incr(Counter::Hits);
+                self.pool.target.authority = authority;
+                if !keep_alive {
+                    if let Some(c) = self.client(token) {
+                        c.stop_reading = true;
                     }
-                    return;
                 }
+                return;
             }
             self.counters().incr(Counter::Misses);
         } else {
@@ -913,15 +914,18 @@ impl Proxy {
     }
 
     /// Write a hit: status line and stored fields, then our fields, then the body.
+    /// Answer from the store when `self.key` holds a fresh item: the stored
+    /// status line and fields, then ours, then the body, copied straight
+    /// into the client's output. Returns false (nothing written) otherwise.
     fn respond_hit(
         &mut self,
         token: Token,
-        item: &Item,
+        hash: u64,
         head_only: bool,
         keep_alive: bool,
         minor: u8,
-    ) {
-        let age = item.age_secs(self.clock.unix_secs);
+    ) -> bool {
+        let now_secs = self.clock.unix_secs;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
         let mut buf = if direct {
             let c = self.client(token).expect("checked");
@@ -929,27 +933,39 @@ impl Proxy {
         } else {
             self.take_buffer()
         };
-        buf.extend_from_slice(&item.head);
-        put_field_u64(&mut buf, b"Content-Length", item.body.len() as u64);
-        put_field_u64(&mut buf, b"Age", age);
-        buf.extend_from_slice(b"Cache-Status: ringcache; hit\r\nVia: 1.1 ringcache\r\n");
-        put_connection(&mut buf, keep_alive, minor);
-        buf.extend_from_slice(b"\r\n");
-        if !head_only {
-            buf.extend_from_slice(&item.body);
+        let start = buf.len();
+        let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
+            if !hit.meta.is_fresh(now_secs) {
+                return false; // rolled back below
+            }
+            put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
+            b.extend_from_slice(b"Cache-Status: ringcache; hit\r\nVia: 1.1 ringcache\r\n");
+            put_connection(b, keep_alive, minor);
+            b.extend_from_slice(b"\r\n");
+            !head_only
+        });
+        let fresh = hit.is_some_and(|h| h.meta.is_fresh(now_secs));
+        if !fresh {
+            buf.truncate(start);
         }
         if direct {
             let now = self.clock.now;
             let c = self.client(token).expect("checked");
             c.out = buf;
-            if !keep_alive {
-                c.close_after_flush = true;
+            if fresh {
+                if !keep_alive {
+                    c.close_after_flush = true;
+                }
+                c.idle_since = now;
+                self.mark_dirty(token);
             }
-            c.idle_since = now;
-            self.mark_dirty(token);
-        } else {
+        } else if fresh {
             self.client_respond(token, None, buf, !keep_alive);
+        } else {
+            self.give_buffer(buf);
         }
+        fresh
     }
 
     fn client_start_send(&mut self, token: Token) {

@@ -20,7 +20,7 @@ use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::{headers, Parsed};
 use crate::metrics::Counter;
 use crate::runtime::io::Token;
-use crate::store::Item;
+use crate::store::ItemMeta;
 
 use super::coalesce::Outcome;
 use super::compose::{
@@ -614,15 +614,8 @@ impl Proxy {
         let mut stored = false;
         if let (Some((hash, key)), Some(s)) = (fetch.key.as_ref(), p.storable.as_ref()) {
             if p.body.len() <= object_max && p.status == 200 {
-                let item = Item::new(
-                    key,
-                    p.head.clone(),
-                    p.body.clone(),
-                    self.clock.unix_secs,
-                    s.initial_age_secs,
-                    s.lifetime_secs,
-                );
-                stored = self.store.insert(*hash, item);
+                let meta = ItemMeta::new(self.clock.unix_secs, s.initial_age_secs, s.lifetime_secs);
+                stored = self.store.insert(*hash, key, &p.head, &p.body, meta);
                 if stored {
                     self.counters().incr(Counter::Stored);
                 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, IoMode};
 use crate::metrics::Metrics;
 use crate::proxy::OriginTarget;
-use crate::store::Store;
+use crate::store::{Options as StoreOptions, SharedStore};
 use worker::{Backend, WorkerSpec};
 
 /// Time every worker gets to start accepting.
@@ -53,6 +53,40 @@ pub fn choose_backend(mode: IoMode) -> Result<Backend, String> {
             }
         },
     }
+}
+
+/// Open (or create) the store file, or map anonymous memory; log what a
+/// reopened file held.
+fn open_store(config: &Config) -> Result<SharedStore, String> {
+    let options = StoreOptions {
+        readers_max: config.workers,
+        ..StoreOptions::default()
+    };
+    let started = Instant::now();
+    let Some(path) = &config.store_path else {
+        return SharedStore::anonymous_with(config.memory_bytes, options)
+            .map_err(|e| format!("store (anonymous, {} bytes): {e}", config.memory_bytes));
+    };
+    let store = SharedStore::open(path, config.memory_bytes, options)
+        .map_err(|e| format!("store {}: {e}", path.display()))?;
+    let r = store.recovery();
+    if r.reused {
+        log::info!(
+            "store {}: reopened after a{} stop: {} items recovered, {} dropped, in {:?}",
+            path.display(),
+            if r.was_clean { " clean" } else { "n unclean" },
+            r.items_recovered,
+            r.items_dropped,
+            started.elapsed()
+        );
+    } else {
+        log::info!(
+            "store {}: created ({} bytes)",
+            path.display(),
+            config.memory_bytes
+        );
+    }
+    Ok(store)
 }
 
 /// `ringcache serve`: start everything, run until SIGTERM/SIGINT, drain, return.
@@ -98,7 +132,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         TcpListener::bind(config.admin).map_err(|e| format!("admin {}: {e}", config.admin))?;
     let admin_addr = admin.local_addr().map_err(|e| format!("admin: {e}"))?;
 
-    let store = Arc::new(Store::new(config.memory_bytes));
+    let store = Arc::new(open_store(&config)?);
     let metrics = Arc::new(Metrics::new(config.workers));
     let shutdown = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -178,6 +212,15 @@ pub fn serve(config: Config) -> Result<(), String> {
     shutdown.store(true, Ordering::Release);
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(path) = &config.store_path {
+        match store.close() {
+            Ok(()) => log::info!("store {}: flushed and marked clean", path.display()),
+            Err(e) => log::error!(
+                "store {}: flush failed, the next start recovers by scan: {e}",
+                path.display()
+            ),
+        }
     }
     log::info!("stopped");
     Ok(())

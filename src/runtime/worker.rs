@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{slots_max, Op, OriginTarget, Proxy, ProxyConfig, TICK_INTERVAL};
-use crate::store::Store;
+use crate::store::SharedStore;
 
 use super::epoll::EpollIo;
 use super::io::Io;
@@ -44,7 +44,7 @@ pub struct WorkerSpec {
     pub backend: Backend,
     pub limits: Limits,
     pub origin: OriginTarget,
-    pub store: Arc<Store>,
+    pub store: Arc<SharedStore>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<AtomicBool>,
     /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
@@ -96,13 +96,20 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
         return;
     }
     let grace = spec.limits.shutdown_grace;
+    let Some(reader) = spec.store.reader() else {
+        let _ = spec.ready.send(Err(format!(
+            "worker {}: the store has no reader slot left",
+            spec.index
+        )));
+        return;
+    };
     let mut proxy = Proxy::new(
         ProxyConfig {
             worker_index: spec.index,
             limits: spec.limits,
             origin: spec.origin,
         },
-        spec.store,
+        reader,
         spec.metrics,
     );
     let _ = spec.ready.send(Ok(cpu));

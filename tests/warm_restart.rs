@@ -1,0 +1,146 @@
+//! Warm restarts with `--store FILE`: after SIGTERM every stored object is a
+//! hit without asking the origin; after SIGKILL every intact object is
+//! recovered byte for byte; a damaged file is refused with a clear message.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Objects filled before the restart.
+const OBJECTS: u64 = 300;
+
+fn item_path(i: u64) -> String {
+    format!("/api/items/{i}?size={}", 200 + (i * 37) % 3000)
+}
+
+fn serve_with_store(io: &str, origin: &DemoOrigin, store: &str) -> Option<Server> {
+    Server::serve(
+        io,
+        Some(&origin.url()),
+        2,
+        &["--store", store, "--memory", "64MiB"],
+    )
+}
+
+/// Fill OBJECTS through the proxy; returns each body as the origin sent it.
+fn fill(server: &Server) -> Vec<Vec<u8>> {
+    let mut c = server.client();
+    (0..OBJECTS)
+        .map(|i| {
+            c.send(get_request(&item_path(i)).as_bytes());
+            let r = c.read_response();
+            assert_eq!(r.status, 200, "{}", r.summary());
+            assert!(
+                r.cache_status_params().iter().any(|p| p == "stored"),
+                "{}",
+                r.summary()
+            );
+            r.body
+        })
+        .collect()
+}
+
+/// Every object is a hit with the same bytes, and the origin is not asked.
+fn assert_all_hits(server: &Server, origin: &DemoOrigin, bodies: &[Vec<u8>]) {
+    let before = origin.stats().total;
+    let mut c = server.client();
+    for (i, body) in bodies.iter().enumerate() {
+        c.send(get_request(&item_path(i as u64)).as_bytes());
+        let r = c.read_response();
+        assert!(r.is_hit(), "object {i} after restart: {}", r.summary());
+        assert_eq!(&r.body, body, "object {i}: body differs after restart");
+    }
+    assert_eq!(origin.stats().total, before, "the origin was asked again");
+}
+
+fn sigterm_restart_is_warm(io: &str) {
+    let origin = DemoOrigin::start();
+    let dir = TempDir::new("warm");
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let Some(server) = serve_with_store(io, &origin, store) else {
+        return;
+    };
+    let bodies = fill(&server);
+    let status = server.stop();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+
+    let server = serve_with_store(io, &origin, store).expect("restart");
+    assert!(
+        server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("reopened after a clean stop")
+                && l.contains(&format!("{OBJECTS} items recovered"))),
+        "no recovery line: {:?}",
+        server.stderr_lines()
+    );
+    assert_all_hits(&server, &origin, &bodies);
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_store_recovered_items"), OBJECTS as f64);
+}
+
+fn sigkill_restart_recovers_intact_items(io: &str) {
+    let origin = DemoOrigin::start();
+    let dir = TempDir::new("kill9");
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let Some(mut server) = serve_with_store(io, &origin, store) else {
+        return;
+    };
+    let bodies = fill(&server);
+    server.proc.signal(libc::SIGKILL);
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+
+    let server = serve_with_store(io, &origin, store).expect("restart");
+    assert!(
+        server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("reopened after an unclean stop")),
+        "no recovery line: {:?}",
+        server.stderr_lines()
+    );
+    // Nothing was being written when the process died: all are intact.
+    assert_all_hits(&server, &origin, &bodies);
+}
+
+fn damaged_store_file_is_refused(io: &str) {
+    let origin = DemoOrigin::start();
+    let dir = TempDir::new("damaged");
+    let store = dir.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let Some(server) = serve_with_store(io, &origin, store_s) else {
+        return;
+    };
+    fill(&server);
+    assert!(server.stop().success());
+    // Flip a byte in the file header.
+    let mut bytes = std::fs::read(&store).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&store, &bytes).unwrap();
+    let args = serve_args(
+        io,
+        Some(&origin.url()),
+        2,
+        &["--store", store_s, "--memory", "64MiB"],
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, lines) = run(&refs, Duration::from_secs(10));
+    assert!(!status.success(), "a damaged store must be refused");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("store") && l.contains(store_s)),
+        "the refusal names the file: {lines:?}"
+    );
+}
+
+both_io!(
+    sigterm_restart_is_warm,
+    sigkill_restart_recovers_intact_items,
+    damaged_store_file_is_refused,
+);
