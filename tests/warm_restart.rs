@@ -139,7 +139,84 @@ fn damaged_store_file_is_refused(io: &str) {
     );
 }
 
+/// Distinct objects the load below touches.
+const LOAD_KEYS: u64 = 20_000;
+
+fn load_path(i: u64) -> String {
+    format!("/api/items/load{i}?size={}", 100 + (i * 7919) % 20_000)
+}
+
+/// SIGKILL while clients are filling the cache: after the restart, every
+/// object served as a hit is byte for byte what the origin sends.
+fn sigkill_under_load_serves_only_origin_bytes(io: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let origin = DemoOrigin::start();
+    let dir = TempDir::new("kill9load");
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let Some(mut server) = serve_with_store(io, &origin, store) else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (addr, stop) = (server.addr, Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = t;
+                // Bounded: at most LOAD_KEYS requests per thread.
+                while !stop.load(Ordering::Relaxed) && i < 4 * LOAD_KEYS {
+                    let Ok(mut c) = Client::try_connect(addr) else {
+                        return;
+                    };
+                    for _ in 0..16 {
+                        let path = load_path(i % LOAD_KEYS);
+                        i += 4;
+                        if c.try_send(get_request(&path).as_bytes()).is_err()
+                            || c.try_read_response().is_err()
+                        {
+                            return; // the server was killed
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let still_loading = loaders.iter().any(|l| !l.is_finished());
+    server.proc.signal(libc::SIGKILL);
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    assert!(server.wait_exit(Duration::from_secs(5)).is_some());
+
+    let server = serve_with_store(io, &origin, store).expect("restart");
+    let mut proxy = server.client();
+    let mut hits = 0;
+    for i in 0..LOAD_KEYS {
+        let path = load_path(i);
+        proxy.send(get_request(&path).as_bytes());
+        let r = proxy.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        if r.is_hit() {
+            hits += 1;
+            let direct = http_get(origin.addr, &path);
+            assert_eq!(
+                r.body, direct.body,
+                "{path}: a recovered body differs from the origin's"
+            );
+        }
+    }
+    eprintln!(
+        "{hits} of {LOAD_KEYS} objects recovered after SIGKILL (load still running: {still_loading})"
+    );
+    assert!(hits > 0, "nothing was recovered");
+}
+
 both_io!(
+    sigkill_under_load_serves_only_origin_bytes,
     sigterm_restart_is_warm,
     sigkill_restart_recovers_intact_items,
     damaged_store_file_is_refused,
