@@ -1,0 +1,64 @@
+//! The memory cap holds: with ten times more distinct bytes than `--memory`
+//! pushed through the cache, the process's peak resident memory stays under
+//! `--memory` plus the fixed buffers (receive buffers, connection buffers,
+//! the program itself).
+
+#[macro_use]
+mod common;
+
+use common::*;
+
+const MEMORY_MIB: u64 = 32;
+/// Distinct bytes pushed through: ten times the cap.
+const OBJECT_BYTES: u64 = 100_000;
+const OBJECTS: u64 = 10 * (MEMORY_MIB << 20) / OBJECT_BYTES + 1;
+/// Fixed allowance beyond `--memory`: one worker's provided receive buffers
+/// (1024 × 16 KiB), connection and response buffers, the binary and its
+/// libraries, thread stacks.
+const FIXED_MIB: u64 = 48;
+
+fn status_kib(pid: i32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn peak_rss_stays_under_the_cap(io: &str) {
+    let origin = DemoOrigin::start();
+    let memory = format!("{MEMORY_MIB}MiB");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &["--memory", &memory]) else {
+        return;
+    };
+    let pid = server.proc.pid();
+    let baseline_kib = status_kib(pid, "VmRSS:");
+    let mut c = server.client();
+    for i in 0..OBJECTS {
+        c.send(get_request(&format!("/api/items/rss{i}?size={OBJECT_BYTES}")).as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body.len() as u64, OBJECT_BYTES);
+    }
+    let peak_kib = status_kib(pid, "VmHWM:");
+    let m = server.metrics();
+    let evictions = m.value("ringcache_store_evictions_total");
+    eprintln!(
+        "pushed {} MiB through a {MEMORY_MIB} MiB cache: RSS at start {} MiB, peak {} MiB, {} objects held, {evictions} evictions",
+        OBJECTS * OBJECT_BYTES >> 20,
+        baseline_kib >> 10,
+        peak_kib >> 10,
+        m.value("ringcache_store_items"),
+    );
+    assert!(
+        evictions > 0.0,
+        "nothing was evicted: the test did not fill the cache"
+    );
+    assert!(
+        peak_kib >> 10 <= MEMORY_MIB + FIXED_MIB,
+        "peak RSS {} MiB is over --memory {MEMORY_MIB} MiB + {FIXED_MIB} MiB of fixed buffers",
+        peak_kib >> 10
+    );
+}
+
+both_io!(peak_rss_stays_under_the_cap);
