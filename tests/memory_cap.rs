@@ -45,7 +45,7 @@ fn peak_rss_stays_under_the_cap(io: &str) {
     let evictions = m.value("ringcache_store_evictions_total");
     eprintln!(
         "pushed {} MiB through a {MEMORY_MIB} MiB cache: RSS at start {} MiB, peak {} MiB, {} objects held, {evictions} evictions",
-        OBJECTS * OBJECT_BYTES >> 20,
+        (OBJECTS * OBJECT_BYTES) >> 20,
         baseline_kib >> 10,
         peak_kib >> 10,
         m.value("ringcache_store_items"),
