@@ -17,8 +17,12 @@ pub mod error;
 pub mod framing;
 pub mod freshness;
 pub mod headers;
+pub mod policy;
 pub mod request;
 pub mod response;
+pub mod sf;
+pub mod sink;
+pub mod targeted;
 
 pub use cache_control::CacheControl;
 pub use chunked::{ChunkedDecoder, ChunkedError};
