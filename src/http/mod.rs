@@ -20,6 +20,7 @@ pub mod headers;
 pub mod policy;
 pub mod request;
 pub mod response;
+pub mod reuse;
 pub mod sf;
 pub mod sink;
 pub mod targeted;
