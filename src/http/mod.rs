@@ -24,6 +24,7 @@ pub mod reuse;
 pub mod sf;
 pub mod sink;
 pub mod targeted;
+pub mod validation;
 
 pub use cache_control::CacheControl;
 pub use chunked::{ChunkedDecoder, ChunkedError};
