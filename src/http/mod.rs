@@ -17,6 +17,7 @@ pub mod error;
 pub mod framing;
 pub mod freshness;
 pub mod headers;
+pub mod invalidation;
 pub mod policy;
 pub mod request;
 pub mod response;
@@ -25,6 +26,7 @@ pub mod sf;
 pub mod sink;
 pub mod targeted;
 pub mod validation;
+pub mod vary;
 
 pub use cache_control::CacheControl;
 pub use chunked::{ChunkedDecoder, ChunkedError};
