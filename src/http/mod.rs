@@ -11,6 +11,7 @@
 //! - [`error`]: [`ParseError`], one status code per variant
 
 pub mod cache_control;
+pub mod cache_status;
 pub mod chunked;
 pub mod date;
 pub mod error;
