@@ -20,6 +20,7 @@ pub mod freshness;
 pub mod headers;
 pub mod invalidation;
 pub mod policy;
+pub mod range;
 pub mod request;
 pub mod response;
 pub mod reuse;

@@ -177,3 +177,17 @@ mod tests {
         assert!(!c.matched());
     }
 }
+
+/// Counts bytes instead of writing them: the length of a composed body
+/// (for `Content-Length`) from the same code that writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub bytes: u64,
+}
+
+impl Out for Count {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Full> {
+        self.bytes = self.bytes.saturating_add(bytes.len() as u64);
+        Ok(())
+    }
+}
