@@ -20,6 +20,8 @@ pub mod freshness;
 pub mod headers;
 pub mod invalidation;
 pub mod policy;
+#[cfg(test)]
+mod proptests;
 pub mod range;
 pub mod request;
 pub mod response;
