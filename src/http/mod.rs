@@ -7,7 +7,17 @@
 //! - [`chunked`]: incremental chunked-body decoder with bounded lines
 //! - [`headers`], [`framing`]: field lookups, `Content-Length`,
 //!   `Transfer-Encoding` and `Connection`
-//! - [`cache_control`], [`date`], [`freshness`]: RFC 9111 decisions
+//! - [`cache_control`], [`date`], [`freshness`]: RFC 9111 decisions;
+//!   [`freshness::decide`] on each origin response head (storable? with
+//!   which [`freshness::Stored`] numbers)
+//! - [`targeted`], [`sf`]: `Ringcache-Cache-Control` / `CDN-Cache-Control`
+//!   (RFC 9213) over a strict RFC 8941 dictionary parser
+//! - [`reuse`]: on a hit, Fresh / stale variants / revalidate / 504
+//! - [`validation`]: conditional requests to the origin, 304 merging,
+//!   client preconditions answered from cache
+//! - [`vary`], [`invalidation`], [`range`], [`cache_status`]: secondary
+//!   keys, invalidation after writes, byte ranges, `Cache-Status`
+//! - [`policy`]: the operator's switches; [`sink`]: where writers write
 //! - [`error`]: [`ParseError`], one status code per variant
 
 pub mod cache_control;
