@@ -24,8 +24,15 @@ pub struct CacheControl {
     pub no_store: bool,
     /// Also set for the qualified form `no-cache="field"`.
     pub no_cache: bool,
+    /// The unqualified `no-cache` was present (RFC 9111 §5.2.2.4): every
+    /// reuse needs validation. `no_cache && !no_cache_whole` means only
+    /// the qualified form: the listed fields are stripped.
+    pub no_cache_whole: bool,
     /// Also set for the qualified form `private="field"`.
     pub private: bool,
+    /// The unqualified `private` was present (RFC 9111 §5.2.2.7): a
+    /// shared cache must not store the response at all.
+    pub private_whole: bool,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
@@ -69,8 +76,10 @@ fn apply(cc: &mut CacheControl, name: &[u8], arg: Option<&[u8]>) {
         cc.no_store = true;
     } else if is(b"no-cache") {
         cc.no_cache = true;
+        cc.no_cache_whole |= !is_qualified(arg);
     } else if is(b"private") {
         cc.private = true;
+        cc.private_whole |= !is_qualified(arg);
     } else if is(b"public") {
         cc.public = true;
     } else if is(b"must-revalidate") {
@@ -108,6 +117,50 @@ fn apply(cc: &mut CacheControl, name: &[u8], arg: Option<&[u8]>) {
             (_, limit) => limit,
         });
     }
+}
+
+/// `private="f"` / `no-cache="f"` name at least one field. An empty or
+/// invalid argument (`private=""`, `private=`) names none: such a
+/// directive is read as unqualified, which serves less from cache.
+fn is_qualified(arg: Option<&[u8]>) -> bool {
+    arg.is_some_and(|a| field_names(a).next().is_some())
+}
+
+/// The field names of a qualified directive's argument: a quoted string
+/// holding a comma list (RFC 9111 §5.2.2.4, §5.2.2.7), or a single token
+/// (accepted as the RFC asks recipients to).
+fn field_names(arg: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let inner = match arg {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => arg,
+    };
+    list_elements(inner).filter(|n| n.iter().all(|&b| super::sf::is_tchar(b)))
+}
+
+/// The fields named by `private="..."` and `no-cache="..."` in these
+/// `Cache-Control` lines: ringcache stores the response without them
+/// (RFC 9111 §5.2.2.4, §5.2.2.7), so they are never served from cache.
+pub fn qualified_fields<'a>(
+    lines: impl IntoIterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = &'a [u8]> {
+    lines
+        .into_iter()
+        .flat_map(list_elements)
+        .filter_map(|element| {
+            let i = element.iter().position(|&b| b == b'=')?;
+            let name = trim_ows(&element[..i]);
+            let qualifies =
+                name.eq_ignore_ascii_case(b"private") || name.eq_ignore_ascii_case(b"no-cache");
+            qualifies.then(|| trim_ows(&element[i + 1..]))
+        })
+        .flat_map(field_names)
+}
+
+/// Is `field` named by a qualified `private` / `no-cache` in the
+/// response's `Cache-Control`? The proxy asks this for each field while it
+/// copies a response head into the store.
+pub fn is_qualified_field(headers: &[Header<'_>], field: &[u8]) -> bool {
+    qualified_fields(values(headers, b"cache-control")).any(|n| n.eq_ignore_ascii_case(field))
 }
 
 /// A repeated directive must repeat its value; otherwise 0.
@@ -254,6 +307,32 @@ mod tests {
         );
         assert_eq!(cc(&[b"max-stale=x"]).max_stale, None);
         assert_eq!(cc(&[b"min-fresh=20"]).min_fresh, Some(20));
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_4_and_5_2_2_7_qualified_forms() {
+        let c = cc(&[b"private=\"Set-Cookie, X-User\", no-cache=x-a"]);
+        assert!(c.private && !c.private_whole && c.no_cache && !c.no_cache_whole);
+        let c = cc(&[b"private=\"x\", private"]);
+        assert!(c.private_whole);
+        let c = cc(&[b"no-cache, no-cache=\"x\""]);
+        assert!(c.no_cache_whole);
+        // An argument naming no field reads as the unqualified directive.
+        assert!(cc(&[b"private=\"\""]).private_whole);
+        assert!(cc(&[b"no-cache="]).no_cache_whole);
+        let lines: [&[u8]; 2] = [
+            b"max-age=5, private=\"Set-Cookie, X-User\"",
+            b"no-cache=\"x-a\", public, no-cache=\"bad name\"",
+        ];
+        let names: Vec<_> = qualified_fields(lines).collect();
+        assert_eq!(names, [&b"Set-Cookie"[..], b"X-User", b"x-a"]);
+        let hs = [Header {
+            name: "Cache-Control",
+            value: lines[0],
+        }];
+        assert!(is_qualified_field(&hs, b"set-cookie"));
+        assert!(is_qualified_field(&hs, b"X-USER"));
+        assert!(!is_qualified_field(&hs, b"x-a"));
     }
 
     #[test]
