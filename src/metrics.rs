@@ -45,6 +45,8 @@ pub enum Counter {
     CoalesceTimeouts,
     /// Keys marked hit-for-miss (answer not cacheable: no waiting next time).
     HitForMiss,
+    /// Stored objects removed because a write answered for them (RFC 9111 §4.4).
+    Invalidated,
     /// Errors, by kind; see [`ERROR_KINDS`].
     ErrBadRequest,
     ErrHeadTooLarge,
@@ -155,7 +157,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, store: &StoreGauges) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, Counter, &str); 14] = [
+        let counters: [(&str, Counter, &str); 15] = [
             (
                 "ringcache_requests_total",
                 Counter::Requests,
@@ -215,6 +217,11 @@ impl Metrics {
                 "ringcache_hit_for_miss_total",
                 Counter::HitForMiss,
                 "Keys marked hit-for-miss (their answer could not be shared).",
+            ),
+            (
+                "ringcache_invalidations_total",
+                Counter::Invalidated,
+                "Stored objects removed because a write to them succeeded.",
             ),
             (
                 "ringcache_connections_accepted_total",

@@ -662,7 +662,53 @@ fn absolute_form_target(io: &str) {
     );
 }
 
+/// RFC 9111 §4.4: a successful unsafe request invalidates its target and a
+/// same-origin Location; a failed one invalidates nothing.
+fn writes_invalidate(io: &str) {
+    let origin = TestOrigin::start(|req| match (req.method.as_str(), req.path()) {
+        ("GET", p) => Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=60")],
+            format!("get {p}").as_bytes(),
+        )),
+        ("POST", "/things") => Reply::Send(response(
+            201,
+            &[("Location", "/things/5"), ("Cache-Control", "no-store")],
+            b"created",
+        )),
+        ("PUT", "/things/7") => Reply::Send(response(500, &[], b"failed")),
+        _ => Reply::Send(response(204, &[], b"")),
+    });
+    let Some((origin, server)) = with_origin(io, origin) else {
+        return;
+    };
+    for p in ["/things", "/things/5", "/things/7"] {
+        assert_eq!(server.get(p).status, 200);
+        assert!(server.get(p).is_hit(), "{p} is stored");
+    }
+    let mut c = server.client();
+    c.send(b"POST /things HTTP/1.1\r\nHost: ringcache.test\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(c.read_response().status, 201);
+    c.send(b"PUT /things/7 HTTP/1.1\r\nHost: ringcache.test\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(c.read_response().status, 500);
+    assert!(
+        !server.get("/things").is_hit(),
+        "the POST target is invalidated"
+    );
+    assert!(
+        !server.get("/things/5").is_hit(),
+        "the Location is invalidated"
+    );
+    assert!(
+        server.get("/things/7").is_hit(),
+        "an error answer invalidates nothing"
+    );
+    assert_eq!(server.metrics().value("ringcache_invalidations_total"), 2.0);
+    assert_eq!(origin.requests(), 3 + 2 + 2);
+}
+
 both_io!(
+    writes_invalidate,
     vary_not_stored,
     absolute_form_target,
     miss_then_hit,

@@ -624,13 +624,13 @@ impl Proxy {
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
         let lookup = matches!(head.method, Method::Get | Method::Head) && !has_body;
         let mut hash = 0;
+        self.key.clear();
+        for &b in host {
+            self.key.push(b.to_ascii_lowercase());
+        }
+        self.key.push(0);
+        self.key.extend_from_slice(path);
         if lookup {
-            self.key.clear();
-            for &b in host {
-                self.key.push(b.to_ascii_lowercase());
-            }
-            self.key.push(0);
-            self.key.extend_from_slice(path);
             hash = key_hash(&self.key);
             if self.respond_hit(
                 token,
@@ -719,6 +719,8 @@ impl Proxy {
         }
         put_field(&mut req, b"Via", VIA);
         self.pool.target.authority = authority;
+        // An unsafe method's answer may invalidate its target (RFC 9111 §4.4).
+        let target_key = (!head.method.is_safe()).then(|| self.key.clone().into_boxed_slice());
         let key = if lookup {
             Some((hash, self.key.clone().into_boxed_slice()))
         } else {
@@ -751,6 +753,7 @@ impl Proxy {
             request_time_secs: self.clock.unix_secs,
             retried: false,
             fill_id: None,
+            target_key,
             body: Vec::new(),
         });
         let framing = match head.body {

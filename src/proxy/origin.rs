@@ -15,12 +15,13 @@ use std::time::Instant;
 use crate::config::{Limits, HEADERS_COUNT_CAP};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::freshness::{storable, Storable};
+use crate::http::invalidation::{for_each_invalidated, Target};
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::{headers, Parsed};
 use crate::metrics::Counter;
 use crate::runtime::io::Token;
-use crate::store::ItemMeta;
+use crate::store::{key_hash, ItemMeta};
 
 use super::coalesce::Outcome;
 use super::compose::{
@@ -55,6 +56,8 @@ pub(super) struct Fetch {
     pub retried: bool,
     /// This fetch leads the fill with this id (see `coalesce`).
     pub fill_id: Option<u64>,
+    /// `host\0path` of an unsafe request: what its answer may invalidate.
+    pub target_key: Option<Box<[u8]>>,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
 }
@@ -99,6 +102,8 @@ struct Progress {
     /// The origin's Age value, passed on to this client only.
     age_secs: Option<u64>,
     storable: Option<Storable>,
+    /// Keys this answer invalidates (RFC 9111 §4.4), removed once it is complete.
+    invalidate: Vec<Box<[u8]>>,
     body: Vec<u8>,
 }
 
@@ -419,6 +424,28 @@ impl Proxy {
                             response_time_secs,
                         )
                     });
+                    let mut invalidate = Vec::new();
+                    if let Some(target) = fetch.target_key.as_deref() {
+                        let split = target.iter().position(|&b| b == 0).unwrap_or(0);
+                        let target = Target {
+                            scheme: b"http",
+                            host: &target[..split],
+                            path: &target[split + 1..],
+                        };
+                        for_each_invalidated(
+                            fetch.method,
+                            h.status,
+                            &target,
+                            h.headers,
+                            |host, path| {
+                                let mut key = Vec::with_capacity(host.len() + 1 + path.len());
+                                key.extend(host.iter().map(u8::to_ascii_lowercase));
+                                key.push(0);
+                                key.extend_from_slice(path);
+                                invalidate.push(key.into_boxed_slice());
+                            },
+                        );
+                    }
                     let framing = match h.body {
                         ResponseFraming::Empty => Framing::Empty,
                         ResponseFraming::Length(0) => Framing::Empty,
@@ -434,6 +461,7 @@ impl Proxy {
                             head,
                             age_secs,
                             storable: decision,
+                            invalidate,
                             body: Vec::new(),
                         },
                         skip + h.head_len,
@@ -611,6 +639,11 @@ impl Proxy {
         };
         o.served += 1;
         let reusable = p.keep_alive && !draining && !o.sending && o.inbuf.is_empty();
+        for key in &p.invalidate {
+            if self.store.remove(key_hash(key), key) {
+                self.counters().incr(Counter::Invalidated);
+            }
+        }
         let mut stored = false;
         if let (Some((hash, key)), Some(s)) = (fetch.key.as_ref(), p.storable.as_ref()) {
             if p.body.len() <= object_max && p.status == 200 {
