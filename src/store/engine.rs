@@ -194,6 +194,9 @@ pub struct Store<P: Policy = Clock> {
     budget_bytes: u64,
     file: Option<File>,
     seq: AtomicU32,
+    /// Latest insert clock seen (Unix seconds): the expiry sweep's "now",
+    /// so one insert carrying a stale clock cannot hold expiry back.
+    clock_secs: AtomicU32,
     items: AtomicU64,
     chunks_used: AtomicU64,
     evictions: AtomicU64,
@@ -358,6 +361,7 @@ impl<P: Policy> Store<P> {
             budget_bytes,
             file,
             seq: AtomicU32::new(header.map_or(0, |h| h.seq_next)),
+            clock_secs: AtomicU32::new(0),
             items: AtomicU64::new(0),
             chunks_used: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -782,6 +786,29 @@ impl<P: Policy> Store<P> {
         Some(first)
     }
 
+    /// Move the store's clock to this insert's time (never backwards) and
+    /// return it. Never earlier than the item's birth: an item cannot be
+    /// inserted before its response was generated.
+    #[inline]
+    fn advance_clock(&self, meta: ItemMeta) -> u64 {
+        let now = meta.now_secs.max(meta.born_secs);
+        // Relaxed: a monotonic hint for the sweep; no data travels with it.
+        // Load first so the common case (same second) only reads the line.
+        let seen = self.clock_secs.load(Ordering::Relaxed);
+        if now <= seen {
+            return u64::from(seen);
+        }
+        // Relaxed: as above.
+        let prev = self.clock_secs.fetch_max(now, Ordering::Relaxed);
+        u64::from(prev.max(now))
+    }
+
+    /// The store's clock: the latest insert time seen (Unix seconds).
+    pub fn clock_secs(&self) -> u64 {
+        // Relaxed: a hint.
+        u64::from(self.clock_secs.load(Ordering::Relaxed))
+    }
+
     /// Give an unpublished chain straight back to the free list.
     fn free_chain(&self, first: u32) {
         let mut c = first;
@@ -822,8 +849,7 @@ impl<P: Policy> Store<P> {
             return false;
         }
         let shard = Self::shard_of(hash);
-        // The insert's own time stands for "now" in the expiry sweep.
-        let now_secs = u64::from(meta.born_secs);
+        let now_secs = self.advance_clock(meta);
         let Some(first) = self.alloc_chain(shard, n, now_secs) else {
             return false;
         };

@@ -28,22 +28,38 @@ pub const ITEM_HEADER_BYTES: usize = 24;
 pub const KEY_BYTES_MAX: usize = (1 << 12) - 1;
 pub const HEAD_BYTES_MAX: usize = (1 << 20) - 1;
 
-/// Response metadata the store keeps beside the bytes.
+/// Response metadata the store keeps beside the bytes, and the clock of
+/// the insert that carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ItemMeta {
     /// `response_time - initial_age` (RFC 9111 §4.2.3), Unix seconds.
     pub born_secs: u32,
     /// Freshness lifetime, seconds.
     pub lifetime_secs: u32,
+    /// Unix seconds at the insert: the "now" its expiry sweep compares
+    /// expiry times against. Not stored in the item (a hit reports
+    /// `born_secs` here); set it again with [`ItemMeta::at`] before
+    /// re-inserting a hit's metadata.
+    pub now_secs: u32,
 }
 
 impl ItemMeta {
-    /// From the interim store's three figures (Unix seconds).
+    /// From the interim store's three figures (Unix seconds). The response
+    /// time is the insert's clock: a response is stored as it arrives.
     pub fn new(response_time_secs: u64, initial_age_secs: u64, lifetime_secs: u64) -> ItemMeta {
         let born = response_time_secs.saturating_sub(initial_age_secs);
         ItemMeta {
             born_secs: u32::try_from(born).unwrap_or(u32::MAX),
             lifetime_secs: u32::try_from(lifetime_secs).unwrap_or(u32::MAX),
+            now_secs: u32::try_from(response_time_secs).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The same response, inserted at `now_secs`.
+    pub fn at(self, now_secs: u64) -> ItemMeta {
+        ItemMeta {
+            now_secs: u32::try_from(now_secs).unwrap_or(u32::MAX),
+            ..self
         }
     }
 
@@ -109,6 +125,7 @@ impl ItemHeader {
             meta: ItemMeta {
                 born_secs: at(16),
                 lifetime_secs: at(20),
+                now_secs: at(16),
             },
         }
     }
@@ -148,7 +165,14 @@ mod tests {
             body_len: 1 << 30,
             meta: ItemMeta::new(1000, 5, 60),
         };
-        assert_eq!(ItemHeader::decode(&h.encode()), h);
+        let d = ItemHeader::decode(&h.encode());
+        assert_eq!(
+            d,
+            ItemHeader {
+                meta: h.meta.at(995),
+                ..h
+            }
+        );
         assert_eq!(h.meta.age_secs(1010), 15);
         assert!(h.meta.is_fresh(1054) && !h.meta.is_fresh(1055));
         assert!(seq_newer(1, u32::MAX) && !seq_newer(u32::MAX, 1));
