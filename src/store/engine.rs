@@ -606,6 +606,13 @@ impl<P: Policy> Store<P> {
         if v & REF_BIT != 0 {
             return;
         }
+        let s = &self.shards[shard];
+        // Relaxed: a hint. A full buffer (no writer drained it yet) drops
+        // the touch here, before three shared-line writes that would only
+        // be undone below.
+        if s.touched_len.load(Ordering::Relaxed) as usize >= TOUCH_BUFFER_COUNT {
+            return;
+        }
         // Relaxed: REF is a hint; losing the race only loses a touch.
         if slot
             .compare_exchange(v, v | REF_BIT, Ordering::Relaxed, Ordering::Relaxed)
@@ -613,7 +620,6 @@ impl<P: Policy> Store<P> {
         {
             return;
         }
-        let s = &self.shards[shard];
         // Relaxed: the place is claimed; the entry is published below.
         let i = s.touched_len.fetch_add(1, Ordering::Relaxed) as usize;
         if i < TOUCH_BUFFER_COUNT {
@@ -993,6 +999,8 @@ impl<P: Policy> Store<P> {
         }
         let (mut recovered, mut dropped) = (0u64, 0u64);
         let mut seq_max: Option<u32> = None;
+        // One buffer for every key (keys are under 4 KiB).
+        let mut key = Vec::with_capacity(KEY_BYTES_MAX);
         for c0 in 0..count {
             // Relaxed: single-threaded.
             if link_kind(self.link(c0).load(Ordering::Relaxed)) != KIND_HEAD {
@@ -1025,7 +1033,7 @@ impl<P: Policy> Store<P> {
                 pos: ITEM_HEADER_BYTES,
             };
             let mut crc = crc32c::crc32c(&h.encode()[4..]);
-            let mut key = Vec::with_capacity(h.key_len);
+            key.clear();
             // SAFETY: single-threaded; the chain was checked above.
             unsafe {
                 self.visit(&mut cur, h.key_len, |b| key.extend_from_slice(b));
