@@ -37,8 +37,7 @@
 //!  40  slots_count      u32      index slots, all shards
 //!  44  clean            u32      1 after a clean close, 0 while open
 //!  48  segments_offset  u64
-//!  56  seq_next         u32      sequence to continue from (clean close)
-//!  60  reserved         [u8; 64] zero
+//!  56  reserved         [u8; 68] zero (version 1 kept a store-wide sequence at 56)
 //! 124  header_crc       u32      crc32c of bytes 0..124
 //! ```
 //! The whole layout is recomputed from (`region_bytes`, `segment_bytes`,
@@ -50,7 +49,7 @@ use std::fmt;
 /// First bytes of a store file.
 pub const MAGIC: [u8; 8] = *b"RINGCSTO";
 /// Bumped whenever any byte layout in the region changes meaning.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The header page.
 pub const HEADER_BYTES: usize = 4096;
 /// Encoded header fields (the rest of the page is zero).
@@ -227,7 +226,6 @@ pub struct FileHeader {
     pub version: u32,
     pub layout: Layout,
     pub clean: bool,
-    pub seq_next: u32,
 }
 
 impl FileHeader {
@@ -246,7 +244,6 @@ impl FileHeader {
         out[40..44].copy_from_slice(&l.slots_count.to_le_bytes());
         out[44..48].copy_from_slice(&u32::from(self.clean).to_le_bytes());
         out[48..56].copy_from_slice(&l.segments_offset.to_le_bytes());
-        out[56..60].copy_from_slice(&self.seq_next.to_le_bytes());
         let crc = crc32c::crc32c(&out[..124]);
         out[124..128].copy_from_slice(&crc.to_le_bytes());
     }
@@ -312,7 +309,6 @@ impl FileHeader {
             version,
             layout: *expected,
             clean: u32_at(44) == 1,
-            seq_next: u32_at(56),
         })
     }
 }
@@ -341,7 +337,6 @@ mod tests {
             version: FORMAT_VERSION,
             layout: l,
             clean: true,
-            seq_next: 77,
         };
         let mut raw = [0u8; HEADER_FIELDS_BYTES];
         h.encode(&mut raw);
