@@ -174,6 +174,8 @@ pub struct Recovery {
     pub items_recovered: u64,
     /// Items dropped: torn, bad checksum, broken chain, or an older version.
     pub items_dropped: u64,
+    /// The file was refused and rebuilt cold ([`Store::open_reset`]).
+    pub was_reset: bool,
 }
 
 /// What `usage` reports.
@@ -215,6 +217,7 @@ pub struct Store<P: Policy = Clock> {
     /// Latest insert clock seen (Unix seconds): the expiry sweep's "now",
     /// so one insert carrying a stale clock cannot hold expiry back.
     clock_secs: AtomicU32,
+    reset_reason: Option<LayoutError>,
     items: AtomicU64,
     chunks_used: AtomicU64,
     evictions: AtomicU64,
@@ -371,6 +374,31 @@ impl<P: Policy> Store<P> {
         Store::build(region, layout, bytes, options, Some(file), header)
     }
 
+    /// [`Store::open`], but a file it would refuse (not a store, a damaged
+    /// header, another format version or layout) is rebuilt cold: emptied
+    /// and created anew, its items lost. `Recovery::was_reset` tells, with
+    /// the refusal in `reset_reason`. I/O errors still fail.
+    pub fn open_reset(path: &Path, bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        match Store::open(path, bytes, options) {
+            Err(OpenError::Layout(refusal)) if !matches!(refusal, LayoutError::Invalid(_)) => {
+                let file = std::fs::OpenOptions::new().write(true).open(path)?;
+                file.set_len(0)?;
+                file.sync_all()?;
+                drop(file);
+                let mut store = Store::open(path, bytes, options)?;
+                store.recovery.was_reset = true;
+                store.reset_reason = Some(refusal);
+                Ok(store)
+            }
+            other => other,
+        }
+    }
+
+    /// Why the file was rebuilt cold by [`Store::open_reset`], if it was.
+    pub fn reset_reason(&self) -> Option<&LayoutError> {
+        self.reset_reason.as_ref()
+    }
+
     fn build(
         region: Region,
         layout: Layout,
@@ -405,6 +433,7 @@ impl<P: Policy> Store<P> {
             budget_bytes,
             file,
             clock_secs: AtomicU32::new(0),
+            reset_reason: None,
             items: AtomicU64::new(0),
             chunks_used: AtomicU64::new(0),
             evictions: AtomicU64::new(0),

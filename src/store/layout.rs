@@ -248,6 +248,56 @@ impl FileHeader {
         out[124..128].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// Decode a header without a budget to compare against: magic, checksum
+    /// and version are checked, and the layout is taken from the file (its
+    /// `heap_bytes` is unknown, 0) after checking it is self-consistent.
+    pub fn decode_any(raw: &[u8; HEADER_FIELDS_BYTES]) -> Result<FileHeader, LayoutError> {
+        let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+        if raw[0..8] != MAGIC {
+            return Err(LayoutError::NotAStore("bad magic".into()));
+        }
+        if crc32c::crc32c(&raw[..124]) != u32_at(124) {
+            return Err(LayoutError::NotAStore("header checksum mismatch".into()));
+        }
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(LayoutError::Version {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let layout = Layout {
+            region_bytes: u64_at(16),
+            segment_bytes: u32_at(24),
+            chunk_bytes: u32_at(28),
+            segment_count: u32_at(32),
+            slots_count: u32_at(40),
+            segments_offset: u64_at(48),
+            heap_bytes: 0,
+        };
+        let consistent = layout.chunk_bytes as usize >= CHUNK_BYTES_MIN
+            && layout.chunk_bytes.is_power_of_two()
+            && layout.segment_bytes.is_power_of_two()
+            && layout.chunk_bytes <= layout.segment_bytes
+            && u64::from(layout.segment_count)
+                * u64::from(layout.segment_bytes / layout.chunk_bytes)
+                <= CHUNKS_MAX
+            && layout.segments_offset
+                >= (HEADER_BYTES as u64 + u64::from(layout.slots_count) * SLOT_BYTES as u64)
+            && layout.region_bytes
+                == layout.segments_offset
+                    + u64::from(layout.segment_count) * u64::from(layout.segment_bytes);
+        if !consistent || u32_at(36) as usize != SHARDS_COUNT {
+            return Err(LayoutError::NotAStore("inconsistent layout fields".into()));
+        }
+        Ok(FileHeader {
+            version,
+            layout,
+            clean: u32_at(44) == 1,
+        })
+    }
+
     /// Decode and check a header against the layout this build computes for
     /// the same budget. Every refusal names what was wrong.
     pub fn decode(
