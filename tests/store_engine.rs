@@ -189,3 +189,46 @@ proptest! {
         }
     }
 }
+
+/// The expiry sweep runs on the insert's clock (the response time), not on
+/// the birth time of the response (response time minus its initial age):
+/// a response that arrives already old must not turn the clock back.
+#[test]
+fn expiry_uses_the_insert_time_not_the_birth_time() {
+    let s = Arc::new(Store::<Clock>::anonymous_with(2 << 20, small()).unwrap());
+    let r = s.reader().unwrap();
+    // Received at 1000, fresh for 10 s: stale from 1010.
+    for i in 0..100 {
+        let k = format!("short/{i}");
+        assert!(s.insert(
+            key_hash(k.as_bytes()),
+            k.as_bytes(),
+            b"",
+            &[1; 300],
+            ItemMeta::new(1000, 0, 10)
+        ));
+    }
+    // Received at 5000 from an upstream cache that says `Age: 4500`: born
+    // at 500. A sweep on the birth time would find the first items fresh
+    // (stale from 1010 > 500); at the insert's clock, 5000, they are stale.
+    let aged = ItemMeta::new(5000, 4500, 86_400);
+    assert_eq!((aged.born_secs, aged.now_secs), (500, 5000));
+    for i in 0..5000 {
+        let k = format!("aged/{i}");
+        assert!(s.insert(key_hash(k.as_bytes()), k.as_bytes(), b"", &[2; 1000], aged));
+    }
+    assert_eq!(s.clock_secs(), 5000);
+    let u = s.usage();
+    assert!(
+        u.expirations >= 50,
+        "expired items went by the policy: {u:?}"
+    );
+    // And a later insert carrying an older clock does not move it back.
+    let k = b"late";
+    assert!(s.insert(key_hash(k), k, b"", b"x", ItemMeta::new(4000, 0, 60)));
+    assert_eq!(s.clock_secs(), 5000);
+    let mut out = Vec::new();
+    let hit = r.lookup_into(key_hash(k), k, &mut out).unwrap();
+    // A hit reports the stored figures; its `now_secs` is its birth.
+    assert_eq!(hit.meta, ItemMeta::new(4000, 0, 60).at(4000));
+}

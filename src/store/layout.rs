@@ -37,8 +37,7 @@
 //!  40  slots_count      u32      index slots, all shards
 //!  44  clean            u32      1 after a clean close, 0 while open
 //!  48  segments_offset  u64
-//!  56  seq_next         u32      sequence to continue from (clean close)
-//!  60  reserved         [u8; 64] zero
+//!  56  reserved         [u8; 68] zero (version 1 kept a store-wide sequence at 56)
 //! 124  header_crc       u32      crc32c of bytes 0..124
 //! ```
 //! The whole layout is recomputed from (`region_bytes`, `segment_bytes`,
@@ -50,7 +49,7 @@ use std::fmt;
 /// First bytes of a store file.
 pub const MAGIC: [u8; 8] = *b"RINGCSTO";
 /// Bumped whenever any byte layout in the region changes meaning.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The header page.
 pub const HEADER_BYTES: usize = 4096;
 /// Encoded header fields (the rest of the page is zero).
@@ -227,7 +226,6 @@ pub struct FileHeader {
     pub version: u32,
     pub layout: Layout,
     pub clean: bool,
-    pub seq_next: u32,
 }
 
 impl FileHeader {
@@ -246,9 +244,58 @@ impl FileHeader {
         out[40..44].copy_from_slice(&l.slots_count.to_le_bytes());
         out[44..48].copy_from_slice(&u32::from(self.clean).to_le_bytes());
         out[48..56].copy_from_slice(&l.segments_offset.to_le_bytes());
-        out[56..60].copy_from_slice(&self.seq_next.to_le_bytes());
         let crc = crc32c::crc32c(&out[..124]);
         out[124..128].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decode a header without a budget to compare against: magic, checksum
+    /// and version are checked, and the layout is taken from the file (its
+    /// `heap_bytes` is unknown, 0) after checking it is self-consistent.
+    pub fn decode_any(raw: &[u8; HEADER_FIELDS_BYTES]) -> Result<FileHeader, LayoutError> {
+        let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+        if raw[0..8] != MAGIC {
+            return Err(LayoutError::NotAStore("bad magic".into()));
+        }
+        if crc32c::crc32c(&raw[..124]) != u32_at(124) {
+            return Err(LayoutError::NotAStore("header checksum mismatch".into()));
+        }
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(LayoutError::Version {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let layout = Layout {
+            region_bytes: u64_at(16),
+            segment_bytes: u32_at(24),
+            chunk_bytes: u32_at(28),
+            segment_count: u32_at(32),
+            slots_count: u32_at(40),
+            segments_offset: u64_at(48),
+            heap_bytes: 0,
+        };
+        let consistent = layout.chunk_bytes as usize >= CHUNK_BYTES_MIN
+            && layout.chunk_bytes.is_power_of_two()
+            && layout.segment_bytes.is_power_of_two()
+            && layout.chunk_bytes <= layout.segment_bytes
+            && u64::from(layout.segment_count)
+                * u64::from(layout.segment_bytes / layout.chunk_bytes)
+                <= CHUNKS_MAX
+            && layout.segments_offset
+                >= (HEADER_BYTES as u64 + u64::from(layout.slots_count) * SLOT_BYTES as u64)
+            && layout.region_bytes
+                == layout.segments_offset
+                    + u64::from(layout.segment_count) * u64::from(layout.segment_bytes);
+        if !consistent || u32_at(36) as usize != SHARDS_COUNT {
+            return Err(LayoutError::NotAStore("inconsistent layout fields".into()));
+        }
+        Ok(FileHeader {
+            version,
+            layout,
+            clean: u32_at(44) == 1,
+        })
     }
 
     /// Decode and check a header against the layout this build computes for
@@ -312,7 +359,6 @@ impl FileHeader {
             version,
             layout: *expected,
             clean: u32_at(44) == 1,
-            seq_next: u32_at(56),
         })
     }
 }
@@ -341,7 +387,6 @@ mod tests {
             version: FORMAT_VERSION,
             layout: l,
             clean: true,
-            seq_next: 77,
         };
         let mut raw = [0u8; HEADER_FIELDS_BYTES];
         h.encode(&mut raw);

@@ -13,6 +13,8 @@
 #[cfg(not(loom))]
 pub mod engine;
 pub mod epoch;
+#[cfg(not(loom))]
+pub mod inspect;
 pub mod item;
 pub mod layout;
 #[cfg(not(loom))]

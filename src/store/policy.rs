@@ -8,6 +8,13 @@
 //! Touches lost when the buffer is full only make the policy a little less
 //! informed, never wrong about residency.
 //!
+//! A policy whose whole per-entry state is one referenced bit (CLOCK) can
+//! keep it in the index slot instead (`SLOT_BIT = true`): a hit then sets
+//! the slot's bit once (no touch buffer), and the engine calls
+//! [`Policy::evict_in`] with a view of the slots. Its heap cost per entry
+//! is zero, which is what brings the store to 32 bytes of metadata per
+//! object.
+//!
 //! Beyond the shape `touch / admit / remove`, a policy constructs itself
 //! from an entry count, states its bytes per entry (charged against the
 //! store's cap) and answers `evict` when the engine needs room in bytes
@@ -28,59 +35,66 @@ pub trait Policy: Send {
     fn remove(&mut self, e: u32);
     /// The engine needs room: push at least one resident entry if any.
     fn evict(&mut self, victims: &mut Vec<u32>);
+
+    /// The policy's referenced bit lives in the index slot: hits set it
+    /// there and never reach `touch`.
+    const SLOT_BIT: bool = false;
+
+    /// `evict`, with the index slots of the shard in view (for `SLOT_BIT`
+    /// policies; others ignore them).
+    fn evict_in(&mut self, slots: &dyn SlotBits, victims: &mut Vec<u32>) {
+        let _ = slots;
+        self.evict(victims);
+    }
 }
 
-const RESIDENT: u8 = 1;
-const REFERENCED: u8 = 2;
+/// A shard's index slots as a `SLOT_BIT` policy sees them. Called under
+/// the shard's lock.
+pub trait SlotBits {
+    /// Entries in the shard.
+    fn entries(&self) -> u32;
+    /// Entry `e` holds an item.
+    fn resident(&self, e: u32) -> bool;
+    /// Clear `e`'s referenced bit; returns whether it was set.
+    fn take_referenced(&self, e: u32) -> bool;
+}
 
-/// Second-chance CLOCK: one byte per entry, one hand.
+/// Second-chance CLOCK with its bit in the index slot: one hand, no
+/// per-entry heap bytes. Residency is the slot's, so `admit`, `remove` and
+/// `touch` have nothing to record.
 pub struct Clock {
-    bits: Vec<u8>,
     hand: u32,
 }
 
 impl Policy for Clock {
-    const ENTRY_BYTES: usize = 1;
+    const ENTRY_BYTES: usize = 0;
+    const SLOT_BIT: bool = true;
 
-    fn with_entries(entries: u32) -> Clock {
-        Clock {
-            bits: vec![0; entries as usize],
-            hand: 0,
-        }
+    fn with_entries(_entries: u32) -> Clock {
+        Clock { hand: 0 }
     }
 
-    fn touch(&mut self, e: u32) {
-        if let Some(b) = self.bits.get_mut(e as usize) {
-            if *b & RESIDENT != 0 {
-                *b |= REFERENCED;
-            }
-        }
-    }
+    fn touch(&mut self, _e: u32) {}
 
-    fn admit(&mut self, e: u32, _key_hash: u64, _victims: &mut Vec<u32>) {
+    fn admit(&mut self, _e: u32, _key_hash: u64, _victims: &mut Vec<u32>) {
         // One entry per index slot: residency never exceeds the entries.
-        self.bits[e as usize] = RESIDENT;
     }
 
-    fn remove(&mut self, e: u32) {
-        self.bits[e as usize] = 0;
+    fn remove(&mut self, _e: u32) {}
+
+    fn evict(&mut self, _victims: &mut Vec<u32>) {
+        debug_assert!(false, "Clock evicts through evict_in");
     }
 
-    fn evict(&mut self, victims: &mut Vec<u32>) {
-        let n = self.bits.len() as u32;
+    fn evict_in(&mut self, slots: &dyn SlotBits, victims: &mut Vec<u32>) {
+        let n = slots.entries();
         // Bounded: each entry is passed over at most once with its bit set.
         for _ in 0..2 * n {
             let e = self.hand;
             self.hand = (self.hand + 1) % n;
-            let b = &mut self.bits[e as usize];
-            if *b & RESIDENT == 0 {
+            if !slots.resident(e) || slots.take_referenced(e) {
                 continue;
             }
-            if *b & REFERENCED != 0 {
-                *b &= !REFERENCED;
-                continue;
-            }
-            *b = 0;
             victims.push(e);
             return;
         }
@@ -91,23 +105,42 @@ impl Policy for Clock {
 mod tests {
     use super::*;
 
+    use std::cell::Cell;
+
+    /// Slots as (resident, referenced) pairs.
+    struct Bits(Vec<(Cell<bool>, Cell<bool>)>);
+    impl SlotBits for Bits {
+        fn entries(&self) -> u32 {
+            self.0.len() as u32
+        }
+        fn resident(&self, e: u32) -> bool {
+            self.0[e as usize].0.get()
+        }
+        fn take_referenced(&self, e: u32) -> bool {
+            self.0[e as usize].1.replace(false)
+        }
+    }
+
     #[test]
     fn clock_gives_a_second_chance() {
         let mut c = Clock::with_entries(4);
+        let bits = Bits(
+            (0..4)
+                .map(|e| (Cell::new(e < 3), Cell::new(false)))
+                .collect(),
+        );
         let mut v = Vec::new();
-        for e in 0..3 {
-            c.admit(e, 0, &mut v);
-        }
-        assert!(v.is_empty());
-        c.touch(0);
-        c.evict(&mut v);
+        bits.0[0].1.set(true); // a hit on entry 0
+        c.evict_in(&bits, &mut v);
         assert_eq!(v, [1]);
-        c.remove(2);
+        bits.0[1].0.set(false); // the engine unlinked 1
+        bits.0[2].0.set(false); // and removed 2
         v.clear();
-        c.evict(&mut v);
+        c.evict_in(&bits, &mut v);
         assert_eq!(v, [0]);
+        bits.0[0].0.set(false);
         v.clear();
-        c.evict(&mut v);
+        c.evict_in(&bits, &mut v);
         assert!(v.is_empty());
     }
 }

@@ -39,7 +39,9 @@ impl Region {
         // SAFETY: the store file is ours alone (a single ringcache process
         // opens it); no other process truncates or writes it while mapped,
         // which is the condition under which a shared file map is sound.
-        let map = unsafe { MmapOptions::new().len(len).map_mut(file)? };
+        // Populate: the recovery scan reads every chunk's link word, so
+        // fault the whole file in at once rather than page by page.
+        let map = unsafe { MmapOptions::new().len(len).populate().map_mut(file)? };
         Ok(Region::from_map(map))
     }
 

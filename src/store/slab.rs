@@ -9,6 +9,7 @@
 //! └────────┴────────────────────────────┘
 //! kind: FREE 0 · HEAD 1 (first chunk of a live item) · CONT 2 (later chunk)
 //!       · RETIRED 3 (first chunk of an item unlinked from the index)
+//!       · FILLING 4 (first chunk of an item being written, not published)
 //! ```
 //! The kind is written by the store only, never taken from payload, so the
 //! recovery scan can tell item starts from bytes an origin sent (a body
@@ -36,6 +37,7 @@ pub const KIND_FREE: u32 = 0;
 pub const KIND_HEAD: u32 = 1;
 pub const KIND_CONT: u32 = 2;
 pub const KIND_RETIRED: u32 = 3;
+pub const KIND_FILLING: u32 = 4;
 /// "No next chunk".
 pub const NONE: u32 = super::layout::CHUNK_NONE;
 const NEXT_MASK: u32 = NONE;

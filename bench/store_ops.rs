@@ -1,0 +1,161 @@
+//! Store hot paths through the public API: lookup hit, lookup miss and
+//! insert (replacing a key), 1 KiB bodies, on one and on two threads.
+//!
+//! Two-thread figures are the wall time each thread takes per operation
+//! while the other runs the same loop (per-thread latency under contention;
+//! aggregate throughput is twice the reciprocal). Keys are drawn from a
+//! seeded xorshift so runs are comparable.
+//!
+//! `cargo bench --bench store_ops`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ringcache::store::engine::{Options, Store};
+use ringcache::store::item::ItemMeta;
+use ringcache::store::key_hash;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// Keys resident during the run: 1 KiB bodies in 256 MiB stay resident.
+const KEYS_COUNT: u64 = 64 * 1024;
+const BODY_BYTES: usize = 1024;
+const BUDGET_BYTES: u64 = 256 << 20;
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n";
+
+fn key(i: u64) -> String {
+    format!("bench.example\0/objects/{i:08}")
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn meta() -> ItemMeta {
+    ItemMeta::new(1_700_000_000, 0, 3600)
+}
+
+/// A store holding every bench key, and the keys with their hashes.
+fn filled() -> (Arc<Store>, Vec<(u64, Vec<u8>)>) {
+    let options = Options {
+        verify_reads: false,
+        ..Options::default()
+    };
+    let s = Arc::new(Store::anonymous_with(BUDGET_BYTES, options).expect("store"));
+    let body = vec![0x5a; BODY_BYTES];
+    let keys: Vec<(u64, Vec<u8>)> = (0..KEYS_COUNT)
+        .map(|i| {
+            let k = key(i).into_bytes();
+            (key_hash(&k), k)
+        })
+        .collect();
+    for (h, k) in &keys {
+        assert!(s.insert(*h, k, HEAD, &body, meta()));
+    }
+    // A full index bucket may have given a slot away: bench only the keys
+    // that are resident, so every "hit" is one.
+    let r = s.reader().expect("reader slot");
+    let mut out = Vec::new();
+    let keys: Vec<(u64, Vec<u8>)> = keys
+        .into_iter()
+        .filter(|(h, k)| r.lookup_into(*h, k, &mut out).is_some())
+        .collect();
+    assert!(keys.len() as u64 > KEYS_COUNT * 99 / 100, "{}", keys.len());
+    (s, keys)
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Hit,
+    Miss,
+    Insert,
+}
+
+/// Run `iters` operations on each of `threads` threads; returns the longest
+/// thread's time.
+fn run(
+    s: &Arc<Store>,
+    keys: &Arc<Vec<(u64, Vec<u8>)>>,
+    op: Op,
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads));
+    let times: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (s, keys, barrier) = (s.clone(), keys.clone(), barrier.clone());
+                scope.spawn(move || {
+                    let r = s.reader().expect("reader slot");
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1));
+                    let mut out = Vec::with_capacity(4096);
+                    let body = vec![t as u8; BODY_BYTES];
+                    let miss: Vec<(u64, Vec<u8>)> = (0..1024)
+                        .map(|i| {
+                            let k = format!("absent.example\0/{t}/{i}").into_bytes();
+                            (key_hash(&k), k)
+                        })
+                        .collect();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let x = rng.next();
+                        match op {
+                            Op::Hit => {
+                                let (h, k) = &keys[(x % keys.len() as u64) as usize];
+                                out.clear();
+                                let hit = r.lookup_into(*h, k, &mut out);
+                                debug_assert!(hit.is_some());
+                                black_box(hit);
+                            }
+                            Op::Miss => {
+                                let (h, k) = &miss[(x % 1024) as usize];
+                                out.clear();
+                                black_box(r.lookup_into(*h, k, &mut out));
+                            }
+                            Op::Insert => {
+                                let (h, k) = &keys[(x % keys.len() as u64) as usize];
+                                black_box(s.insert(*h, k, HEAD, &body, meta()));
+                            }
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    times.into_iter().max().unwrap_or_default()
+}
+
+fn store_ops(c: &mut Criterion) {
+    let (s, keys) = filled();
+    let keys = Arc::new(keys);
+    let mut g = c.benchmark_group("store");
+    g.measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    for threads in [1usize, 2] {
+        for (name, op) in [
+            ("lookup_hit", Op::Hit),
+            ("lookup_miss", Op::Miss),
+            ("insert_replace", Op::Insert),
+        ] {
+            g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &t| {
+                b.iter_custom(|iters| run(&s, &keys, op, t, iters))
+            });
+        }
+    }
+    g.finish();
+    eprintln!("store after the run: {:?}", s.usage());
+}
+
+criterion_group!(benches, store_ops);
+criterion_main!(benches);
