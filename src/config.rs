@@ -145,6 +145,9 @@ pub struct Config {
     pub memory_bytes: u64,
     /// The store file (`None`: anonymous memory, nothing survives a restart).
     pub store_path: Option<std::path::PathBuf>,
+    /// Rebuild a store file that is refused (other version or layout,
+    /// damaged header) cold, instead of failing.
+    pub store_reset: bool,
     pub limits: Limits,
 }
 
@@ -213,6 +216,10 @@ pub struct ServeArgs {
     /// [default: anonymous memory]
     #[arg(long, env = "RINGCACHE_STORE")]
     pub store: Option<std::path::PathBuf>,
+    /// Rebuild a refused store file (other version or layout, damaged
+    /// header) empty instead of failing
+    #[arg(long)]
+    pub store_reset: bool,
     /// TOML configuration file; flags override it
     #[arg(long, env = "RINGCACHE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -300,6 +307,7 @@ impl Config {
             io: args.io.or(file.io).unwrap_or(IoMode::Auto),
             memory_bytes,
             store_path: args.store.clone().or(file.store),
+            store_reset: args.store_reset,
             limits: file.limits.apply(Limits::default())?,
         };
         config.validate()?;

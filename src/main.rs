@@ -27,6 +27,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Describe a store file (format, layout, clean flag, segments, items)
+    /// without starting a server or changing the file.
+    Inspect {
+        /// The store file.
+        #[arg(long)]
+        store: std::path::PathBuf,
+    },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
         /// The TOML file to check.
@@ -42,6 +49,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => Config::load(&args).and_then(ringcache::runtime::serve),
         Command::Origin { listen, threads } => ringcache::demo_origin::run(listen, threads.max(1))
             .map_err(|e| format!("demo origin: {e}")),
+        Command::Inspect { store } => ringcache::store::inspect::inspect(&store)
+            .map(|report| print!("{report}"))
+            .map_err(|e| format!("store {}: {e}", store.display())),
         Command::CheckConfig { config } => {
             let args = ServeArgs {
                 config: Some(config),

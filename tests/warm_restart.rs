@@ -215,7 +215,63 @@ fn sigkill_under_load_serves_only_origin_bytes(io: &str) {
     assert!(hits > 0, "nothing was recovered");
 }
 
+/// `ringcache inspect` reports a closed store without changing it, and
+/// `--store-reset` rebuilds a refused file empty.
+fn inspect_and_reset(io: &str) {
+    let origin = DemoOrigin::start();
+    let dir = TempDir::new("inspect");
+    let store = dir.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let Some(server) = serve_with_store(io, &origin, store_s) else {
+        return;
+    };
+    fill(&server);
+    assert!(server.stop().success());
+    let before = std::fs::read(&store).unwrap();
+    let inspected = std::process::Command::new(bin())
+        .args(["inspect", "--store", store_s])
+        .output()
+        .expect("run ringcache inspect");
+    let out = String::from_utf8_lossy(&inspected.stdout).to_string();
+    assert!(
+        inspected.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    assert!(out.contains("format version"), "{out}");
+    assert!(out.contains("clean (closed and flushed)"), "{out}");
+    assert!(out.contains(&format!("{OBJECTS} intact, 0 torn")), "{out}");
+    assert!(
+        std::fs::read(&store).unwrap() == before,
+        "inspect changed the file"
+    );
+
+    // Damage the header: refused without --store-reset, rebuilt cold with it.
+    let mut bytes = before;
+    bytes[20] ^= 0xff;
+    std::fs::write(&store, &bytes).unwrap();
+    let server = Server::serve(
+        io,
+        Some(&origin.url()),
+        2,
+        &["--store", store_s, "--memory", "64MiB", "--store-reset"],
+    )
+    .expect("start with --store-reset");
+    assert!(
+        server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("rebuilt empty (--store-reset)")),
+        "{:?}",
+        server.stderr_lines()
+    );
+    let r = server.get(&item_path(0));
+    assert_eq!(r.status, 200);
+    assert!(!r.is_hit(), "a rebuilt store starts cold");
+}
+
 both_io!(
+    inspect_and_reset,
     sigkill_under_load_serves_only_origin_bytes,
     sigterm_restart_is_warm,
     sigkill_restart_recovers_intact_items,

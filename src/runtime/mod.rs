@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, IoMode};
 use crate::metrics::Metrics;
 use crate::proxy::OriginTarget;
-use crate::store::{Options as StoreOptions, SharedStore};
+use crate::store::layout::LayoutError;
+use crate::store::{OpenError, Options as StoreOptions, SharedStore};
 use worker::{Backend, WorkerSpec};
 
 /// Time every worker gets to start accepting.
@@ -67,10 +68,26 @@ fn open_store(config: &Config) -> Result<SharedStore, String> {
         return SharedStore::anonymous_with(config.memory_bytes, options)
             .map_err(|e| format!("store (anonymous, {} bytes): {e}", config.memory_bytes));
     };
-    let store = SharedStore::open(path, config.memory_bytes, options)
-        .map_err(|e| format!("store {}: {e}", path.display()))?;
+    let opened = if config.store_reset {
+        SharedStore::open_reset(path, config.memory_bytes, options)
+    } else {
+        SharedStore::open(path, config.memory_bytes, options)
+    };
+    let store = opened.map_err(|e| {
+        let hint = if matches!(e, OpenError::Layout(LayoutError::NotAStore(_))) {
+            "; remove the file or start with --store-reset to rebuild it cold"
+        } else {
+            ""
+        };
+        format!("store {}: {e}{hint}", path.display())
+    })?;
     let r = store.recovery();
-    if r.reused {
+    if let Some(why) = store.reset_reason() {
+        log::warn!(
+            "store {}: rebuilt empty (--store-reset): {why}",
+            path.display()
+        );
+    } else if r.reused {
         log::info!(
             "store {}: reopened after a{} stop: {} items recovered, {} dropped, in {:?}",
             path.display(),
