@@ -14,6 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub mod clockpro;
+
 /// Shards of the index; a power of two.
 pub const SHARDS_COUNT: usize = 64;
 /// Bytes charged per item on top of its key, head and body (map entry,
