@@ -23,6 +23,7 @@ pub mod policy;
 pub mod region;
 pub mod slab;
 
+pub mod clockpro;
 #[cfg(not(loom))]
 pub use engine::{OpenError, Options, Recovery, Usage};
 pub use item::ItemMeta;

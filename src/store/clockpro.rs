@@ -1,0 +1,1061 @@
+//! CLOCK-Pro eviction over entry indices (Jiang, Chen, Zhang, "CLOCK-Pro: An Effective
+//! Improvement of the CLOCK Replacement", USENIX ATC 2005).
+//!
+//! The policy knows entries by index only; it never sees what an entry holds. The store calls
+//! it inside a short critical section. It hands out entry indices in `0..capacity_entries`,
+//! returns the entry that must leave the cache, and never frees anything itself.
+//!
+//! # States
+//! Every entry on the clock is one of:
+//! * **hot**: resident, with a small reuse distance;
+//! * **cold**: resident, on probation. It is *in test* from when it is (re)placed at the list
+//!   head until a hand ends its test period;
+//! * **test**: non-resident (its item is gone). It is kept only while in test, so that a quick
+//!   re-request is recognised by its key hash and admitted as hot.
+//!
+//! # The clock
+//! All three kinds share one circular list, ordered by their last placement. New and moved
+//! entries go to the list head (`newest`). The three hands sweep from the oldest entry towards
+//! the newest and then wrap around:
+//! * A hit only sets the entry's reference bit ([`ClockPro::touch`]); nothing moves.
+//! * **HAND_cold** runs on a miss when the cache is full. It stops at resident cold entries:
+//!   - bit clear: evict it. If it is in test it stays on the clock as a test entry; otherwise
+//!     it leaves the clock.
+//!   - bit set and in test: promote it. The adaptive cold target `m_c` grows, then HAND_hot makes
+//!     room (hot ≤ m − m_c). If HAND_hot ends the candidate's test period on the way, the
+//!     promotion is abandoned and the entry stays cold.
+//!   - bit set, not in test: clear the bit and move the entry to the head with a new test period.
+//!
+//!   The hand repeats until it has evicted one entry.
+//! * **HAND_hot** demotes the oldest hot entry whose bit is clear. It clears the bit of the hot
+//!   entries it passes that have it set, and moves them to the head. It ends the test period of
+//!   every cold entry it passes, dropping the test (non-resident) ones. Demoted entries move to
+//!   the head as cold entries, not in test.
+//! * **HAND_test** runs while there are more than `capacity` test entries. It ends test periods
+//!   until it has dropped one test entry.
+//! * A miss on a key that still has a test entry admits it as hot, and `m_c` grows. HAND_cold
+//!   runs first, and the key is looked up after it. Any other miss admits a cold entry in test.
+//! * Adaptation: `m_c` grows by one when a cold entry proves it was requested during its test
+//!   period. It shrinks by one when a test period ends without a request. It stays within
+//!   `[max(2, m/100), max(2, 99·m/100)]` and starts at its minimum.
+//! * Warm-up: until the cache first fills, new entries are hot while the hot count is below
+//!   `m − m_c_min`.
+//!
+//! Test entries are bounded by the capacity (not by the current resident count). The two are
+//! the same once the cache is full. Expired entries ([`ClockPro::mark_expired`]) are placed
+//! under HAND_cold, so they are the next victims, and they leave no test entry.
+//!
+//! # Layout
+//! ```text
+//! nodes: [Node; 2·capacity + 1]          12 bytes each
+//!   0 .. capacity                        resident entries (the index the store uses)
+//!   capacity .. 2·capacity + 1           test entries (one spare: a test entry is created
+//!                                        before HAND_test drops the oldest)
+//! Node { prev: u32, next: u32, tag: u32 }
+//!   prev == NIL                          node is free (next links the free list)
+//!   tag  = fingerprint (28 bits) | EXPIRED | IN_TEST | REFERENCED | HOT   (low 4 bits)
+//! table: [u32; pow2 ≥ 4/3·(capacity + 1)]  test entries by fingerprint (linear probing,
+//!                                          backward-shift deletion), NIL = empty
+//! ```
+//! Memory: 12 bytes per resident entry, plus 12 bytes and 4–11 bytes of table per possible
+//! test entry: 29 to 35 bytes per unit of capacity in all ([`ClockPro::metadata_bytes`]).
+//! The 28-bit fingerprint can make a new key match an unrelated test entry (probability about
+//! test entries / 2^28 per miss). That key is then admitted as hot; nothing else is affected.
+
+/// No node.
+const NIL: u32 = u32::MAX;
+
+/// Flags in the low bits of [`Node::tag`].
+const HOT: u32 = 1;
+const REFERENCED: u32 = 2;
+const IN_TEST: u32 = 4;
+const EXPIRED: u32 = 8;
+const FLAGS_MASK: u32 = 0xF;
+
+/// Largest supported capacity: node indices (2·capacity + 1 of them) must stay below `NIL`.
+pub const CAPACITY_ENTRIES_MAX: u32 = (u32::MAX - 2) / 2;
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    prev: u32,
+    next: u32,
+    tag: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 12);
+
+const FREE_NODE: Node = Node {
+    prev: NIL,
+    next: NIL,
+    tag: 0,
+};
+
+/// Bytes of policy metadata per node.
+pub const NODE_BYTES: usize = std::mem::size_of::<Node>();
+
+/// The outcome of [`ClockPro::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// The entry the new item goes under.
+    pub entry: u32,
+    /// A resident entry that left the cache: the store frees its item. It may be the same
+    /// index as `entry`, so the store must free the victim before it stores the new item.
+    pub victim: Option<u32>,
+}
+
+/// Counts for metrics and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockProStats {
+    pub hot_count: u32,
+    /// Resident cold entries.
+    pub cold_count: u32,
+    /// Non-resident entries in their test period.
+    pub test_count: u32,
+    /// The adaptive cold target `m_c`, in entries.
+    pub cold_target: u32,
+}
+
+/// CLOCK-Pro over entry indices `0..capacity_entries`. Single-threaded; the store serialises
+/// calls.
+pub struct ClockPro {
+    nodes: Box<[Node]>,
+    table: Box<[u32]>,
+    table_mask: u32,
+    capacity: u32,
+    free_resident: u32,
+    free_test: u32,
+    /// The list head (most recently placed node), `NIL` when the clock is empty.
+    newest: u32,
+    hand_hot: u32,
+    hand_cold: u32,
+    hand_test: u32,
+    hot_count: u32,
+    cold_count: u32,
+    test_count: u32,
+    cold_target: u32,
+    cold_target_min: u32,
+    cold_target_max: u32,
+    /// The cache has been full once (ends the warm-up).
+    filled: bool,
+}
+
+#[inline]
+fn fingerprint_tag(key_hash: u64) -> u32 {
+    ((key_hash >> 32) as u32) & !FLAGS_MASK
+}
+
+impl ClockPro {
+    /// A policy for at most `capacity_entries` resident entries. Allocates everything now.
+    pub fn new(capacity_entries: u32) -> ClockPro {
+        assert!(
+            (1..=CAPACITY_ENTRIES_MAX).contains(&capacity_entries),
+            "CLOCK-Pro capacity {capacity_entries} outside 1..={CAPACITY_ENTRIES_MAX}"
+        );
+        let cap = capacity_entries;
+        let test_max = cap + 1;
+        let node_count = (cap + test_max) as usize;
+        let mut nodes = vec![FREE_NODE; node_count].into_boxed_slice();
+        // Two free lists threaded through `next`: resident nodes, then test nodes.
+        for i in 0..cap {
+            nodes[i as usize].next = if i + 1 < cap { i + 1 } else { NIL };
+        }
+        for i in cap..cap + test_max {
+            nodes[i as usize].next = if i + 1 < cap + test_max { i + 1 } else { NIL };
+        }
+        let table_len = (test_max as usize * 4).div_ceil(3).next_power_of_two();
+        let cold_target_min = (cap / 100).max(2);
+        let cold_target_max = ((u64::from(cap) * 99 / 100) as u32).max(cold_target_min);
+        ClockPro {
+            nodes,
+            table: vec![NIL; table_len].into_boxed_slice(),
+            table_mask: (table_len - 1) as u32,
+            capacity: cap,
+            free_resident: 0,
+            free_test: cap,
+            newest: NIL,
+            hand_hot: NIL,
+            hand_cold: NIL,
+            hand_test: NIL,
+            hot_count: 0,
+            cold_count: 0,
+            test_count: 0,
+            cold_target: cold_target_min,
+            cold_target_min,
+            cold_target_max,
+            filled: false,
+        }
+    }
+
+    pub fn capacity_entries(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Resident entries (hot and cold).
+    pub fn resident_count(&self) -> u32 {
+        self.hot_count + self.cold_count
+    }
+
+    /// Heap bytes held by the policy (fixed at construction).
+    pub fn metadata_bytes(&self) -> usize {
+        self.nodes.len() * NODE_BYTES + self.table.len() * std::mem::size_of::<u32>()
+    }
+
+    pub fn stats(&self) -> ClockProStats {
+        ClockProStats {
+            hot_count: self.hot_count,
+            cold_count: self.cold_count,
+            test_count: self.test_count,
+            cold_target: self.cold_target,
+        }
+    }
+
+    /// A hit on resident `entry`: sets its reference bit. O(1), nothing moves.
+    #[inline]
+    pub fn touch(&mut self, entry: u32) {
+        debug_assert!(self.is_resident_entry(entry), "touch on free entry {entry}");
+        self.nodes[entry as usize].tag |= REFERENCED;
+    }
+
+    /// Admits a missed key. `key_hash` lets a test entry of the same key be recognised. When
+    /// the cache is full, one resident entry leaves first and is returned as the victim.
+    pub fn admit(&mut self, key_hash: u64) -> Admission {
+        let tag = fingerprint_tag(key_hash);
+        let victim = if self.resident_count() == self.capacity {
+            self.run_hand_cold()
+        } else {
+            None
+        };
+        // Looked up after HAND_cold: its sweep may have ended this key's test period.
+        let test_entry = self.table_find(tag);
+        let entry = self.free_resident;
+        debug_assert!(entry != NIL);
+        self.free_resident = self.nodes[entry as usize].next;
+        if test_entry != NIL {
+            self.drop_test(test_entry);
+            self.grow_cold_target();
+            self.place_at_head(entry, tag | HOT);
+            self.hot_count += 1;
+            while self.hot_count > self.hot_target() {
+                self.run_hand_hot(NIL);
+            }
+        } else if !self.filled
+            && self.hot_count < self.capacity.saturating_sub(self.cold_target_min)
+        {
+            self.place_at_head(entry, tag | HOT);
+            self.hot_count += 1;
+        } else {
+            self.place_at_head(entry, tag | IN_TEST);
+            self.cold_count += 1;
+        }
+        if self.resident_count() == self.capacity {
+            self.filled = true;
+        }
+        self.bound_test_entries();
+        Admission { entry, victim }
+    }
+
+    /// Makes one resident entry leave (the store is short of bytes, not of entries). Returns
+    /// it, or `None` when nothing is resident.
+    pub fn evict(&mut self) -> Option<u32> {
+        if self.resident_count() == 0 {
+            return None;
+        }
+        let victim = self.run_hand_cold();
+        self.bound_test_entries();
+        victim
+    }
+
+    /// The store dropped resident `entry` itself (purge, replacement). It leaves the clock
+    /// with no test entry, and its index is free for [`ClockPro::admit`]. To replace an item
+    /// under the same key and keep its history, the store keeps the entry and repoints it.
+    pub fn remove(&mut self, entry: u32) {
+        assert!(
+            self.is_resident_entry(entry),
+            "remove of free entry {entry}"
+        );
+        if self.nodes[entry as usize].tag & HOT != 0 {
+            self.hot_count -= 1;
+        } else {
+            self.cold_count -= 1;
+        }
+        self.unlink(entry);
+        self.free_resident_node(entry);
+    }
+
+    /// Resident `entry` has expired: it becomes the next victim and leaves no test entry.
+    pub fn mark_expired(&mut self, entry: u32) {
+        assert!(
+            self.is_resident_entry(entry),
+            "mark_expired of free entry {entry}"
+        );
+        let tag = self.nodes[entry as usize].tag;
+        if tag & HOT != 0 {
+            self.hot_count -= 1;
+            self.cold_count += 1;
+        }
+        self.unlink(entry);
+        self.nodes[entry as usize].tag = (tag & !FLAGS_MASK) | EXPIRED;
+        if self.newest == NIL {
+            self.insert_at_head(entry);
+        } else {
+            // Just behind HAND_cold's position, with the hand on it.
+            let at = self.hand_cold;
+            let prev = self.nodes[at as usize].prev;
+            self.nodes[entry as usize].prev = prev;
+            self.nodes[entry as usize].next = at;
+            self.nodes[prev as usize].next = entry;
+            self.nodes[at as usize].prev = entry;
+            self.hand_cold = entry;
+        }
+    }
+
+    fn is_resident_entry(&self, entry: u32) -> bool {
+        entry < self.capacity && self.nodes[entry as usize].prev != NIL
+    }
+
+    #[inline]
+    fn is_test_node(&self, i: u32) -> bool {
+        i >= self.capacity
+    }
+
+    fn hot_target(&self) -> u32 {
+        self.capacity.saturating_sub(self.cold_target)
+    }
+
+    fn grow_cold_target(&mut self) {
+        if self.cold_target < self.cold_target_max {
+            self.cold_target += 1;
+        }
+    }
+
+    fn shrink_cold_target(&mut self) {
+        if self.cold_target > self.cold_target_min {
+            self.cold_target -= 1;
+        }
+    }
+
+    fn bound_test_entries(&mut self) {
+        while self.test_count > self.capacity {
+            self.run_hand_test();
+        }
+    }
+
+    // ---- list plumbing ----
+
+    fn place_at_head(&mut self, i: u32, tag: u32) {
+        self.nodes[i as usize].tag = tag;
+        self.insert_at_head(i);
+    }
+
+    fn insert_at_head(&mut self, i: u32) {
+        if self.newest == NIL {
+            self.nodes[i as usize].prev = i;
+            self.nodes[i as usize].next = i;
+            self.newest = i;
+            self.hand_hot = i;
+            self.hand_cold = i;
+            self.hand_test = i;
+            return;
+        }
+        let newest = self.newest;
+        let oldest = self.nodes[newest as usize].next;
+        self.nodes[i as usize].prev = newest;
+        self.nodes[i as usize].next = oldest;
+        self.nodes[oldest as usize].prev = i;
+        self.nodes[newest as usize].next = i;
+        self.newest = i;
+    }
+
+    /// Takes `i` off the clock. A hand on `i` moves on to the next node.
+    fn unlink(&mut self, i: u32) {
+        let Node { prev, next, .. } = self.nodes[i as usize];
+        let alone = next == i;
+        let successor = if alone { NIL } else { next };
+        for hand in [&mut self.hand_hot, &mut self.hand_cold, &mut self.hand_test] {
+            if *hand == i {
+                *hand = successor;
+            }
+        }
+        if self.newest == i {
+            self.newest = if alone { NIL } else { prev };
+        }
+        if !alone {
+            self.nodes[prev as usize].next = next;
+            self.nodes[next as usize].prev = prev;
+        }
+        self.nodes[i as usize].prev = NIL;
+        self.nodes[i as usize].next = NIL;
+    }
+
+    fn move_to_head(&mut self, i: u32) {
+        self.unlink(i);
+        self.insert_at_head(i);
+    }
+
+    fn free_resident_node(&mut self, i: u32) {
+        self.nodes[i as usize] = Node {
+            prev: NIL,
+            next: self.free_resident,
+            tag: 0,
+        };
+        self.free_resident = i;
+    }
+
+    fn free_test_node(&mut self, i: u32) {
+        self.nodes[i as usize] = Node {
+            prev: NIL,
+            next: self.free_test,
+            tag: 0,
+        };
+        self.free_test = i;
+    }
+
+    /// Resident cold entry `r`, in test, leaves the cache: a test node takes its place on the
+    /// clock (hands included) and `r` is freed. Returns the test node.
+    fn replace_with_test(&mut self, r: u32) -> u32 {
+        let g = self.free_test;
+        debug_assert!(g != NIL, "test nodes exhausted");
+        self.free_test = self.nodes[g as usize].next;
+        let Node { prev, next, tag } = self.nodes[r as usize];
+        let tag = (tag & !FLAGS_MASK) | IN_TEST;
+        if next == r {
+            self.nodes[g as usize] = Node {
+                prev: g,
+                next: g,
+                tag,
+            };
+        } else {
+            self.nodes[g as usize] = Node { prev, next, tag };
+            self.nodes[prev as usize].next = g;
+            self.nodes[next as usize].prev = g;
+        }
+        for hand in [&mut self.hand_hot, &mut self.hand_cold, &mut self.hand_test] {
+            if *hand == r {
+                *hand = g;
+            }
+        }
+        if self.newest == r {
+            self.newest = g;
+        }
+        self.free_resident_node(r);
+        self.table_insert(g);
+        self.test_count += 1;
+        g
+    }
+
+    /// Test node `g` leaves the clock and the table.
+    fn drop_test(&mut self, g: u32) {
+        self.table_remove(g);
+        self.unlink(g);
+        self.free_test_node(g);
+        self.test_count -= 1;
+    }
+
+    // ---- hands ----
+
+    /// Evicts one resident entry and returns it.
+    fn run_hand_cold(&mut self) -> Option<u32> {
+        loop {
+            if self.cold_count == 0 {
+                // Promotions (or the store's removals) left no cold entry: demote one. A
+                // full cache never gets here while m_c ≥ 2 < capacity.
+                if self.hot_count == 0 {
+                    return None;
+                }
+                self.run_hand_hot(NIL);
+            }
+            let i = self.hand_cold;
+            let tag = self.nodes[i as usize].tag;
+            if self.is_test_node(i) || tag & HOT != 0 {
+                self.hand_cold = self.nodes[i as usize].next;
+                continue;
+            }
+            if tag & REFERENCED == 0 || tag & EXPIRED != 0 {
+                self.cold_count -= 1;
+                if tag & (IN_TEST | EXPIRED) == IN_TEST {
+                    let g = self.replace_with_test(i);
+                    self.hand_cold = self.nodes[g as usize].next;
+                    self.bound_test_entries();
+                } else {
+                    self.unlink(i);
+                    self.free_resident_node(i);
+                }
+                return Some(i);
+            }
+            if tag & IN_TEST != 0 {
+                self.promote(i);
+            } else {
+                self.nodes[i as usize].tag = (tag & !REFERENCED) | IN_TEST;
+                self.move_to_head(i);
+            }
+        }
+    }
+
+    /// Cold entry `i`, under HAND_cold, was requested during its test period.
+    fn promote(&mut self, i: u32) {
+        self.grow_cold_target();
+        self.nodes[i as usize].tag &= !REFERENCED;
+        self.hand_cold = self.nodes[i as usize].next;
+        // Make room while the candidate stays where it is; HAND_hot may end its test period.
+        while self.hot_count + 1 > self.hot_target() && self.hot_count > 0 {
+            self.run_hand_hot(i);
+            if self.nodes[i as usize].tag & IN_TEST == 0 {
+                break;
+            }
+        }
+        let tag = self.nodes[i as usize].tag;
+        if tag & IN_TEST != 0 {
+            self.nodes[i as usize].tag = (tag & !IN_TEST) | HOT;
+            self.cold_count -= 1;
+            self.hot_count += 1;
+        } else {
+            // Abandoned: stays cold, with a new test period at the head.
+            self.nodes[i as usize].tag = tag | IN_TEST;
+        }
+        self.move_to_head(i);
+    }
+
+    /// Demotes one hot entry, ending the test periods it passes. `_candidate` is the cold entry
+    /// being promoted, if any (HAND_hot treats it like any cold entry).
+    fn run_hand_hot(&mut self, _candidate: u32) {
+        if self.hot_count == 0 {
+            return;
+        }
+        loop {
+            let i = self.hand_hot;
+            let tag = self.nodes[i as usize].tag;
+            if self.is_test_node(i) {
+                self.shrink_cold_target();
+                self.drop_test(i);
+                continue;
+            }
+            if tag & HOT == 0 {
+                self.end_test_period(i, tag);
+                self.hand_hot = self.nodes[i as usize].next;
+                continue;
+            }
+            if tag & REFERENCED != 0 {
+                // Spared: requested since the hand last passed.
+                self.nodes[i as usize].tag = tag & !REFERENCED;
+                self.move_to_head(i);
+                continue;
+            }
+            self.nodes[i as usize].tag = tag & !HOT;
+            self.move_to_head(i);
+            self.hot_count -= 1;
+            self.cold_count += 1;
+            return;
+        }
+    }
+
+    /// Drops one test entry, ending the test periods it passes.
+    fn run_hand_test(&mut self) {
+        if self.test_count == 0 {
+            return;
+        }
+        loop {
+            let i = self.hand_test;
+            if self.is_test_node(i) {
+                self.shrink_cold_target();
+                self.drop_test(i);
+                return;
+            }
+            let tag = self.nodes[i as usize].tag;
+            if tag & HOT == 0 {
+                self.end_test_period(i, tag);
+            }
+            self.hand_test = self.nodes[i as usize].next;
+        }
+    }
+
+    /// A hand ends the test period of resident cold entry `i`.
+    fn end_test_period(&mut self, i: u32, tag: u32) {
+        if tag & IN_TEST != 0 {
+            self.nodes[i as usize].tag = tag & !IN_TEST;
+            // A request during the period (bit set) is credited when HAND_cold finds it.
+            if tag & REFERENCED == 0 {
+                self.shrink_cold_target();
+            }
+        }
+    }
+
+    // ---- test entries by fingerprint: open addressing, linear probing ----
+
+    #[inline]
+    fn home_slot(&self, tag: u32) -> u32 {
+        ((tag >> 4).wrapping_mul(0x9E37_79B1) >> 4) & self.table_mask
+    }
+
+    fn table_find(&self, tag: u32) -> u32 {
+        let mut s = self.home_slot(tag);
+        loop {
+            let g = self.table[s as usize];
+            if g == NIL || self.nodes[g as usize].tag & !FLAGS_MASK == tag {
+                return g;
+            }
+            s = (s + 1) & self.table_mask;
+        }
+    }
+
+    fn table_insert(&mut self, g: u32) {
+        let mut s = self.home_slot(self.nodes[g as usize].tag & !FLAGS_MASK);
+        while self.table[s as usize] != NIL {
+            s = (s + 1) & self.table_mask;
+        }
+        self.table[s as usize] = g;
+    }
+
+    fn table_remove(&mut self, g: u32) {
+        let mask = self.table_mask;
+        let mut hole = self.home_slot(self.nodes[g as usize].tag & !FLAGS_MASK);
+        while self.table[hole as usize] != g {
+            debug_assert!(self.table[hole as usize] != NIL, "test entry not in table");
+            hole = (hole + 1) & mask;
+        }
+        // Backward-shift deletion: pull later members of the cluster into the hole when
+        // their home slot is not between the hole and their slot.
+        let mut j = (hole + 1) & mask;
+        loop {
+            let h = self.table[j as usize];
+            if h == NIL {
+                break;
+            }
+            let home = self.home_slot(self.nodes[h as usize].tag & !FLAGS_MASK);
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                self.table[hole as usize] = h;
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.table[hole as usize] = NIL;
+    }
+
+    /// Checks every structural invariant; panics on the first broken one. O(capacity).
+    pub fn debug_validate(&self) {
+        let cap = self.capacity;
+        assert!(
+            self.hot_count + self.cold_count <= cap,
+            "resident over capacity"
+        );
+        assert!(self.test_count <= cap, "test entries over bound");
+        assert!(
+            (self.cold_target_min..=self.cold_target_max).contains(&self.cold_target),
+            "m_c {} outside [{}, {}]",
+            self.cold_target,
+            self.cold_target_min,
+            self.cold_target_max
+        );
+        let (mut hot, mut cold, mut test, mut linked) = (0u32, 0u32, 0u32, 0u32);
+        let mut hands_seen = [false; 3];
+        if self.newest != NIL {
+            let mut i = self.newest;
+            loop {
+                let n = self.nodes[i as usize];
+                assert!(n.prev != NIL, "linked node {i} marked free");
+                assert_eq!(self.nodes[n.next as usize].prev, i, "broken link at {i}");
+                if self.is_test_node(i) {
+                    assert_eq!(n.tag & FLAGS_MASK, IN_TEST, "test node {i} flags");
+                    assert!(
+                        self.table_find(n.tag & !FLAGS_MASK) != NIL,
+                        "test node {i} not in table"
+                    );
+                    test += 1;
+                } else if n.tag & HOT != 0 {
+                    assert_eq!(n.tag & (IN_TEST | EXPIRED), 0, "hot node {i} flags");
+                    hot += 1;
+                } else {
+                    cold += 1;
+                }
+                for (k, hand) in [self.hand_hot, self.hand_cold, self.hand_test]
+                    .iter()
+                    .enumerate()
+                {
+                    hands_seen[k] |= *hand == i;
+                }
+                linked += 1;
+                assert!(linked <= 2 * cap + 1, "cycle does not close");
+                i = n.next;
+                if i == self.newest {
+                    break;
+                }
+            }
+            assert_eq!(hands_seen, [true; 3], "a hand is off the clock");
+        } else {
+            assert_eq!(
+                [self.hand_hot, self.hand_cold, self.hand_test],
+                [NIL; 3],
+                "hands on an empty clock"
+            );
+        }
+        assert_eq!(
+            (hot, cold, test),
+            (self.hot_count, self.cold_count, self.test_count),
+            "list and counts disagree"
+        );
+        let in_table = self.table.iter().filter(|&&g| g != NIL).count() as u32;
+        assert_eq!(in_table, self.test_count, "table and test count disagree");
+        let free_resident = self.free_list_len(self.free_resident);
+        let free_test = self.free_list_len(self.free_test);
+        assert_eq!(free_resident + hot + cold, cap, "resident nodes leak");
+        assert_eq!(free_test + test, cap + 1, "test nodes leak");
+    }
+
+    fn free_list_len(&self, mut i: u32) -> u32 {
+        let mut n = 0;
+        while i != NIL {
+            assert_eq!(self.nodes[i as usize].prev, NIL, "free node {i} is linked");
+            n += 1;
+            i = self.nodes[i as usize].next;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// Key hashes whose fingerprints differ (the fingerprint is the high 28 bits).
+    fn h(key: u64) -> u64 {
+        let mut x = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+
+    /// A tiny cache driver: key → entry, entry → key.
+    struct Driver {
+        cp: ClockPro,
+        entry_of: HashMap<u64, u32>,
+        key_of: HashMap<u32, u64>,
+        misses: u64,
+    }
+
+    impl Driver {
+        fn new(capacity: u32) -> Driver {
+            Driver {
+                cp: ClockPro::new(capacity),
+                entry_of: HashMap::new(),
+                key_of: HashMap::new(),
+                misses: 0,
+            }
+        }
+
+        /// Requests `key`; returns the evicted key on a miss that evicted.
+        fn get(&mut self, key: u64) -> Option<u64> {
+            if let Some(&e) = self.entry_of.get(&key) {
+                self.cp.touch(e);
+                return None;
+            }
+            self.misses += 1;
+            let a = self.cp.admit(h(key));
+            let evicted = a.victim.map(|v| {
+                let k = self.key_of.remove(&v).expect("victim was resident");
+                self.entry_of.remove(&k);
+                k
+            });
+            assert!(self.key_of.insert(a.entry, key).is_none(), "entry in use");
+            self.entry_of.insert(key, a.entry);
+            self.cp.debug_validate();
+            evicted
+        }
+
+        fn is_hot(&self, key: u64) -> bool {
+            let e = self.entry_of[&key];
+            self.cp.nodes[e as usize].tag & HOT != 0
+        }
+
+        fn stats(&self) -> (u32, u32, u32, u32) {
+            let s = self.cp.stats();
+            (s.hot_count, s.cold_count, s.test_count, s.cold_target)
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(NODE_BYTES, 12);
+        // capacity 1000: 2001 nodes and a 2048-slot table.
+        assert_eq!(ClockPro::new(1000).metadata_bytes(), 2001 * 12 + 2048 * 4);
+    }
+
+    #[test]
+    fn warm_up_fills_hot_then_cold() {
+        let mut d = Driver::new(10);
+        for k in 0..10 {
+            assert_eq!(d.get(k), None);
+        }
+        // m_c starts at its minimum, 2: eight hot entries, then two cold ones.
+        assert_eq!(d.stats(), (8, 2, 0, 2));
+        assert!(d.is_hot(7) && !d.is_hot(8) && !d.is_hot(9));
+    }
+
+    #[test]
+    fn unreferenced_cold_entry_leaves_a_test_entry() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        // HAND_cold reaches 8 first (the oldest cold entry); it is in test, so it stays as a
+        // test entry.
+        assert_eq!(d.get(100), Some(8));
+        assert_eq!(d.stats(), (8, 2, 1, 2));
+        assert_eq!(d.get(101), Some(9));
+        assert_eq!(d.stats(), (8, 2, 2, 2));
+    }
+
+    #[test]
+    fn test_entry_hit_promotes_and_grows_cold_target() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        assert_eq!(d.get(100), Some(8));
+        // 8 comes back during its test period: admitted hot, m_c 2 → 3, and HAND_hot demotes
+        // the oldest unreferenced hot entries (0, then 1) to keep hot ≤ 10 − 3.
+        assert_eq!(d.get(8), Some(9));
+        assert!(d.is_hot(8));
+        assert!(!d.is_hot(0) && !d.is_hot(1) && d.is_hot(2));
+        assert_eq!(d.stats(), (7, 3, 1, 3));
+    }
+
+    #[test]
+    fn referenced_cold_entry_in_test_is_promoted_by_hand_cold() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        d.get(8); // hit: reference bit on a cold entry in test
+                  // HAND_cold finds 8 referenced and in test: promotion (m_c 2 → 3, 0 and 1 demoted),
+                  // then it moves on and evicts 9.
+        assert_eq!(d.get(100), Some(9));
+        assert!(d.is_hot(8));
+        assert_eq!(d.stats(), (7, 3, 1, 3));
+        // The demoted entries are cold and not in test; unreferenced, they go next, leaving
+        // no test entry.
+        assert_eq!(d.get(101), Some(0));
+        assert_eq!(d.get(102), Some(1));
+        assert_eq!(d.stats().2, 1);
+    }
+
+    #[test]
+    fn hot_entry_with_reference_bit_is_spared() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        d.get(0); // hot 0 referenced
+        assert_eq!(d.get(100), Some(8));
+        assert_eq!(d.get(8), Some(9)); // promotion: HAND_hot must demote two
+                                       // 0 was spared (bit cleared, moved to the head); 1 and 2 were demoted.
+        assert!(d.is_hot(0) && !d.is_hot(1) && !d.is_hot(2) && d.is_hot(3));
+    }
+
+    #[test]
+    fn cold_target_shrinks_when_test_periods_expire() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        d.get(100);
+        d.get(8);
+        assert_eq!(d.stats().3, 3);
+        // A stream of one-time keys: every test period ends without a request, so m_c
+        // returns to its minimum and the test entries stay bounded by the capacity.
+        for k in 1000..1100 {
+            d.get(k);
+            assert!(d.stats().2 <= 10);
+        }
+        assert_eq!(d.stats().3, 2);
+        assert_eq!(d.stats().2, 10);
+    }
+
+    #[test]
+    fn cold_target_tracks_reuse_up_and_down() {
+        // Every new key is requested again five misses later (a short reuse distance that
+        // only a cold entry in test can catch): m_c grows towards its maximum.
+        let mut d = Driver::new(100);
+        for k in 0..20 {
+            d.get(k);
+        }
+        for i in 1000..3000u64 {
+            d.get(i);
+            d.get(i - 5);
+        }
+        let grown = d.stats().3;
+        assert!(grown >= 50, "m_c only reached {grown}");
+        // One-time keys: every test period ends without a request, m_c comes back down.
+        for k in 10_000..12_000 {
+            d.get(k);
+        }
+        assert_eq!(d.stats().3, 2);
+    }
+
+    #[test]
+    fn loop_larger_than_the_cache_keeps_hot_entries() {
+        // A strict cycle over 150 keys with room for 100: LRU and CLOCK miss on every request.
+        let mut d = Driver::new(100);
+        for _ in 0..50 {
+            for k in 0..150 {
+                d.get(k);
+            }
+        }
+        let requests = 50 * 150;
+        let hits = requests - d.misses;
+        assert!(
+            hits * 2 > requests,
+            "only {hits} hits of {requests} on a loop"
+        );
+        assert!(d.stats().0 >= 90, "hot set shrank to {}", d.stats().0);
+    }
+
+    #[test]
+    fn expired_entry_is_the_next_victim_and_leaves_no_test_entry() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        let e = d.entry_of[&3];
+        d.cp.mark_expired(e);
+        d.cp.debug_validate();
+        assert_eq!(d.stats(), (7, 3, 0, 2));
+        assert_eq!(d.get(100), Some(3));
+        assert_eq!(d.stats(), (7, 3, 0, 2));
+        // A request for 3 now is an ordinary cold admission.
+        assert_eq!(d.get(3), Some(8));
+        assert!(!d.is_hot(3));
+    }
+
+    #[test]
+    fn remove_and_evict() {
+        let mut d = Driver::new(4);
+        (0..4).for_each(|k| assert_eq!(d.get(k), None));
+        let e = d.entry_of.remove(&1).unwrap();
+        d.key_of.remove(&e);
+        d.cp.remove(e);
+        d.cp.debug_validate();
+        assert_eq!(d.cp.resident_count(), 3);
+        // The freed index is handed out again, with no eviction.
+        assert_eq!(d.get(50), None);
+        assert_eq!(d.entry_of[&50], e);
+        // Evict everything by hand (store short of bytes).
+        let mut evicted = 0;
+        while let Some(v) = d.cp.evict() {
+            d.cp.debug_validate();
+            assert!(d.key_of.remove(&v).is_some());
+            evicted += 1;
+        }
+        assert_eq!(evicted, 4);
+        assert_eq!(d.cp.resident_count(), 0);
+        assert_eq!(d.get(60), None);
+    }
+
+    #[test]
+    fn tiny_capacities() {
+        for cap in 1..=4 {
+            let mut d = Driver::new(cap);
+            for i in 0..500u64 {
+                d.get((i * 7919) % 11);
+                assert!(d.cp.resident_count() <= cap);
+            }
+        }
+    }
+
+    #[test]
+    fn hand_cold_demotes_when_promotions_leave_no_cold_entry() {
+        // Capacity 1: m_c's minimum (2) exceeds it, so there is no room for hot entries.
+        let mut d = Driver::new(1);
+        d.get(1);
+        d.get(1);
+        assert_eq!(d.get(2), Some(1));
+        // A cache that is not full: only cold entries left, all requested in their test
+        // period. HAND_cold promotes them, then must demote one and evict it.
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        for k in 0..8 {
+            let e = d.entry_of.remove(&k).unwrap();
+            d.key_of.remove(&e);
+            d.cp.remove(e);
+        }
+        d.get(8);
+        d.get(9);
+        let v = d.cp.evict();
+        d.cp.debug_validate();
+        assert!(v.is_some());
+        assert_eq!(d.cp.resident_count(), 1);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Get(u64),
+        Remove(u64),
+        Expire(u64),
+        Evict,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Zipf-like: squaring a uniform draw favours small keys.
+        let key = (0u32..1 << 16).prop_map(|r| u64::from((r * r) >> 22));
+        prop_oneof![
+            16 => key.clone().prop_map(Op::Get),
+            1 => key.clone().prop_map(Op::Remove),
+            1 => key.prop_map(Op::Expire),
+            1 => Just(Op::Evict),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against a plain model (key ↔ entry maps): capacity is never exceeded, victims were
+        /// resident, indices handed out were free, touch never evicts, and every invariant
+        /// holds after every operation.
+        #[test]
+        fn model(capacity in 1u32..64, ops in proptest::collection::vec(op(), 1..600)) {
+            let mut cp = ClockPro::new(capacity);
+            let mut entry_of: HashMap<u64, u32> = HashMap::new();
+            let mut key_of: HashMap<u32, u64> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Get(k) => {
+                        if let Some(&e) = entry_of.get(&k) {
+                            let before = cp.stats();
+                            cp.touch(e);
+                            prop_assert_eq!(cp.stats(), before);
+                        } else {
+                            let full = key_of.len() as u32 == capacity;
+                            let a = cp.admit(h(k));
+                            prop_assert_eq!(a.victim.is_some(), full);
+                            if let Some(v) = a.victim {
+                                let vk = key_of.remove(&v);
+                                prop_assert!(vk.is_some(), "victim {} not resident", v);
+                                entry_of.remove(&vk.unwrap());
+                            }
+                            prop_assert!(a.entry < capacity);
+                            prop_assert!(!key_of.contains_key(&a.entry), "entry {} in use", a.entry);
+                            key_of.insert(a.entry, k);
+                            entry_of.insert(k, a.entry);
+                        }
+                    }
+                    Op::Remove(k) => {
+                        if let Some(e) = entry_of.remove(&k) {
+                            key_of.remove(&e);
+                            cp.remove(e);
+                        }
+                    }
+                    Op::Expire(k) => {
+                        if let Some(&e) = entry_of.get(&k) {
+                            cp.mark_expired(e);
+                            // The next victim is this entry.
+                            let v = cp.evict();
+                            prop_assert_eq!(v, Some(e));
+                            key_of.remove(&e);
+                            entry_of.remove(&k);
+                        }
+                    }
+                    Op::Evict => {
+                        let v = cp.evict();
+                        prop_assert_eq!(v.is_some(), !key_of.is_empty());
+                        if let Some(v) = v {
+                            let vk = key_of.remove(&v);
+                            prop_assert!(vk.is_some(), "victim {} not resident", v);
+                            entry_of.remove(&vk.unwrap());
+                        }
+                    }
+                }
+                prop_assert_eq!(cp.resident_count() as usize, key_of.len());
+                prop_assert!(cp.resident_count() <= capacity);
+                cp.debug_validate();
+            }
+        }
+    }
+}
