@@ -16,13 +16,55 @@ fn item_path(i: u64) -> String {
     format!("/api/items/{i}?size={}", 200 + (i * 37) % 3000)
 }
 
-fn serve_with_store(io: &str, origin: &DemoOrigin, store: &str) -> Option<Server> {
-    Server::serve(
-        io,
-        Some(&origin.url()),
-        2,
-        &["--store", store, "--memory", "64MiB"],
-    )
+/// A demo origin and a store file in a temporary directory.
+struct Fixture {
+    origin: DemoOrigin,
+    _dir: TempDir,
+    store: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let dir = TempDir::new(tag);
+        let store = dir.path().join("store");
+        Fixture {
+            origin: DemoOrigin::start(),
+            _dir: dir,
+            store,
+        }
+    }
+
+    fn store_str(&self) -> &str {
+        self.store.to_str().unwrap()
+    }
+
+    fn serve_args(&self, io: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["--store", self.store_str(), "--memory", "64MiB"];
+        args.extend_from_slice(extra);
+        serve_args(io, Some(&self.origin.url()), 2, &args)
+    }
+
+    fn serve(&self, io: &str, extra: &[&str]) -> Option<Server> {
+        let args = self.serve_args(io, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_or_skip(&bin(), io, &refs, READY_DEADLINE)
+    }
+
+    /// Start, fill OBJECTS, stop with SIGTERM; the bodies as first served.
+    fn filled_and_stopped(&self, io: &str) -> Option<Vec<Vec<u8>>> {
+        let server = self.serve(io, &[])?;
+        let bodies = fill(&server);
+        let status = server.stop();
+        assert!(status.success(), "exit after SIGTERM: {status:?}");
+        Some(bodies)
+    }
+
+    /// Flip a byte in the store file's header.
+    fn damage_header(&self) {
+        let mut bytes = std::fs::read(&self.store).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&self.store, &bytes).unwrap();
+    }
 }
 
 /// Fill OBJECTS through the proxy; returns each body as the origin sent it.
@@ -57,18 +99,12 @@ fn assert_all_hits(server: &Server, origin: &DemoOrigin, bodies: &[Vec<u8>]) {
 }
 
 fn sigterm_restart_is_warm(io: &str) {
-    let origin = DemoOrigin::start();
-    let dir = TempDir::new("warm");
-    let store = dir.path().join("store");
-    let store = store.to_str().unwrap();
-    let Some(server) = serve_with_store(io, &origin, store) else {
+    let f = Fixture::new("warm");
+    let Some(bodies) = f.filled_and_stopped(io) else {
         return;
     };
-    let bodies = fill(&server);
-    let status = server.stop();
-    assert!(status.success(), "exit after SIGTERM: {status:?}");
 
-    let server = serve_with_store(io, &origin, store).expect("restart");
+    let server = f.serve(io, &[]).expect("restart");
     assert!(
         server
             .stderr_lines()
@@ -78,24 +114,21 @@ fn sigterm_restart_is_warm(io: &str) {
         "no recovery line: {:?}",
         server.stderr_lines()
     );
-    assert_all_hits(&server, &origin, &bodies);
+    assert_all_hits(&server, &f.origin, &bodies);
     let m = server.metrics();
     assert_eq!(m.value("ringcache_store_recovered_items"), OBJECTS as f64);
 }
 
 fn sigkill_restart_recovers_intact_items(io: &str) {
-    let origin = DemoOrigin::start();
-    let dir = TempDir::new("kill9");
-    let store = dir.path().join("store");
-    let store = store.to_str().unwrap();
-    let Some(mut server) = serve_with_store(io, &origin, store) else {
+    let f = Fixture::new("kill9");
+    let Some(mut server) = f.serve(io, &[]) else {
         return;
     };
     let bodies = fill(&server);
     server.proc.signal(libc::SIGKILL);
     assert!(server.wait_exit(Duration::from_secs(5)).is_some());
 
-    let server = serve_with_store(io, &origin, store).expect("restart");
+    let server = f.serve(io, &[]).expect("restart");
     assert!(
         server
             .stderr_lines()
@@ -105,36 +138,23 @@ fn sigkill_restart_recovers_intact_items(io: &str) {
         server.stderr_lines()
     );
     // Nothing was being written when the process died: all are intact.
-    assert_all_hits(&server, &origin, &bodies);
+    assert_all_hits(&server, &f.origin, &bodies);
 }
 
 fn damaged_store_file_is_refused(io: &str) {
-    let origin = DemoOrigin::start();
-    let dir = TempDir::new("damaged");
-    let store = dir.path().join("store");
-    let store_s = store.to_str().unwrap();
-    let Some(server) = serve_with_store(io, &origin, store_s) else {
+    let f = Fixture::new("damaged");
+    if f.filled_and_stopped(io).is_none() {
         return;
-    };
-    fill(&server);
-    assert!(server.stop().success());
-    // Flip a byte in the file header.
-    let mut bytes = std::fs::read(&store).unwrap();
-    bytes[20] ^= 0xff;
-    std::fs::write(&store, &bytes).unwrap();
-    let args = serve_args(
-        io,
-        Some(&origin.url()),
-        2,
-        &["--store", store_s, "--memory", "64MiB"],
-    );
+    }
+    f.damage_header();
+    let args = f.serve_args(io, &[]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let (status, lines) = run(&refs, Duration::from_secs(10));
     assert!(!status.success(), "a damaged store must be refused");
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("store") && l.contains(store_s)),
+            .any(|l| l.contains("store") && l.contains(f.store_str())),
         "the refusal names the file: {lines:?}"
     );
 }
@@ -152,11 +172,8 @@ fn sigkill_under_load_serves_only_origin_bytes(io: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let origin = DemoOrigin::start();
-    let dir = TempDir::new("kill9load");
-    let store = dir.path().join("store");
-    let store = store.to_str().unwrap();
-    let Some(mut server) = serve_with_store(io, &origin, store) else {
+    let f = Fixture::new("kill9load");
+    let Some(mut server) = f.serve(io, &[]) else {
         return;
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -192,7 +209,7 @@ fn sigkill_under_load_serves_only_origin_bytes(io: &str) {
     }
     assert!(server.wait_exit(Duration::from_secs(5)).is_some());
 
-    let server = serve_with_store(io, &origin, store).expect("restart");
+    let server = f.serve(io, &[]).expect("restart");
     let mut proxy = server.client();
     let mut hits = 0;
     for i in 0..LOAD_KEYS {
@@ -202,7 +219,7 @@ fn sigkill_under_load_serves_only_origin_bytes(io: &str) {
         assert_eq!(r.status, 200, "{}", r.summary());
         if r.is_hit() {
             hits += 1;
-            let direct = http_get(origin.addr, &path);
+            let direct = http_get(f.origin.addr, &path);
             assert_eq!(
                 r.body, direct.body,
                 "{path}: a recovered body differs from the origin's"
@@ -218,18 +235,13 @@ fn sigkill_under_load_serves_only_origin_bytes(io: &str) {
 /// `ringcache inspect` reports a closed store without changing it, and
 /// `--store-reset` rebuilds a refused file empty.
 fn inspect_and_reset(io: &str) {
-    let origin = DemoOrigin::start();
-    let dir = TempDir::new("inspect");
-    let store = dir.path().join("store");
-    let store_s = store.to_str().unwrap();
-    let Some(server) = serve_with_store(io, &origin, store_s) else {
+    let f = Fixture::new("inspect");
+    if f.filled_and_stopped(io).is_none() {
         return;
-    };
-    fill(&server);
-    assert!(server.stop().success());
-    let before = std::fs::read(&store).unwrap();
+    }
+    let before = std::fs::read(&f.store).unwrap();
     let inspected = std::process::Command::new(bin())
-        .args(["inspect", "--store", store_s])
+        .args(["inspect", "--store", f.store_str()])
         .output()
         .expect("run ringcache inspect");
     let out = String::from_utf8_lossy(&inspected.stdout).to_string();
@@ -242,21 +254,15 @@ fn inspect_and_reset(io: &str) {
     assert!(out.contains("clean (closed and flushed)"), "{out}");
     assert!(out.contains(&format!("{OBJECTS} intact, 0 torn")), "{out}");
     assert!(
-        std::fs::read(&store).unwrap() == before,
+        std::fs::read(&f.store).unwrap() == before,
         "inspect changed the file"
     );
 
-    // Damage the header: refused without --store-reset, rebuilt cold with it.
-    let mut bytes = before;
-    bytes[20] ^= 0xff;
-    std::fs::write(&store, &bytes).unwrap();
-    let server = Server::serve(
-        io,
-        Some(&origin.url()),
-        2,
-        &["--store", store_s, "--memory", "64MiB", "--store-reset"],
-    )
-    .expect("start with --store-reset");
+    // Damage the header: rebuilt cold with --store-reset.
+    f.damage_header();
+    let server = f
+        .serve(io, &["--store-reset"])
+        .expect("start with --store-reset");
     assert!(
         server
             .stderr_lines()

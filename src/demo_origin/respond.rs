@@ -217,18 +217,9 @@ pub(super) fn keeps_alive(head: &Head<'_>, route: &Route<'_>) -> bool {
     }
 }
 
-pub(super) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+pub(super) fn push_u64(out: &mut Vec<u8>, n: u64) {
+    // A Vec grows: the write cannot come back Full.
+    let _ = crate::http::sink::Out::put_u64(out, n);
 }
 
 fn push_hex(out: &mut Vec<u8>, mut n: u64, min_digits: usize) {

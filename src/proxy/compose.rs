@@ -4,32 +4,22 @@
 use httparse::Header;
 
 use crate::http::headers;
+use crate::http::sink::Out;
 
 /// The `Via` field value ringcache adds in both directions (RFC 9110 §7.6.3).
 pub const VIA: &[u8] = b"1.1 ringcache";
 
 /// Append the decimal form of `n`.
-pub fn put_u64(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+#[inline]
+pub fn put_u64(buf: &mut Vec<u8>, n: u64) {
+    // A Vec grows: the write cannot come back Full.
+    let _ = Out::put_u64(buf, n);
 }
 
 /// Append one `Name: value\r\n` field line.
 #[inline]
 pub fn put_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    buf.extend_from_slice(name);
-    buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value);
-    buf.extend_from_slice(b"\r\n");
+    let _ = Out::put_field(buf, name, value);
 }
 
 /// Append a numeric field line.
