@@ -105,12 +105,11 @@ fn origin_error_is_shared(io: &str) {
 /// to ask the origin itself.
 fn wait_limit_releases_waiters(io: &str) {
     let origin = slow_origin(Duration::from_millis(2500), 200, "max-age=60");
-    let (_dir, cfg) = config_file("[limits]\ncoalesce_wait_timeout = \"500ms\"\n");
-    let Some(server) = Server::serve(
+    let Some((_dir, server)) = Server::serve_with_config(
         io,
         Some(&origin.url()),
         1,
-        &["--config", cfg.to_str().unwrap()],
+        "[limits]\ncoalesce_wait_timeout = \"500ms\"\n",
     ) else {
         return;
     };

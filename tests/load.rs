@@ -83,12 +83,11 @@ fn wrk_hit_path_has_no_errors(io: &str) {
 /// closed after `send_timeout`, instead of holding its buffers forever.
 fn client_that_never_reads_is_closed(io: &str) {
     let origin = DemoOrigin::start();
-    let (_dir, cfg) = config_file("[limits]\nsend_timeout = \"1s\"\n");
-    let Some(server) = Server::serve(
+    let Some((_dir, server)) = Server::serve_with_config(
         io,
         Some(&origin.url()),
         1,
-        &["--config", cfg.to_str().unwrap()],
+        "[limits]\nsend_timeout = \"1s\"\n",
     ) else {
         return;
     };

@@ -72,12 +72,11 @@ fn origin_silent_504(io: &str) {
         ),
         _ => Reply::Send(response(200, &[("Cache-Control", "no-store")], b"ok")),
     });
-    let (_dir, cfg) = config_file("[limits]\norigin_response_timeout = \"1s\"\n");
-    let Some(server) = Server::serve(
+    let Some((_dir, server)) = Server::serve_with_config(
         io,
         Some(&origin.url()),
         2,
-        &["--config", cfg.to_str().unwrap()],
+        "[limits]\norigin_response_timeout = \"1s\"\n",
     ) else {
         return;
     };

@@ -469,6 +469,19 @@ impl Server {
         Server::start_or_skip(&bin(), io, &refs, READY_DEADLINE)
     }
 
+    /// [`Server::serve`] with a configuration file holding `toml`; the
+    /// returned directory keeps the file alive as long as the server.
+    pub fn serve_with_config(
+        io: &str,
+        origin: Option<&str>,
+        workers: usize,
+        toml: &str,
+    ) -> Option<(TempDir, Server)> {
+        let (dir, cfg) = config_file(toml);
+        let server = Server::serve(io, origin, workers, &["--config", cfg.to_str().unwrap()])?;
+        Some((dir, server))
+    }
+
     /// Start `program ARGS...`; `None` when `io` is `uring` and the process
     /// exited before ready with "io_uring" in its output; panics otherwise.
     pub fn start_or_skip(
