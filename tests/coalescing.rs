@@ -147,7 +147,43 @@ fn filler_failure_fails_waiters_cleanly(io: &str) {
     assert_eq!(r.body, b"ok");
 }
 
+/// A conditional request neither leads nor joins a fill: its 304 is its own
+/// and must not mark the key hit-for-miss for everybody else.
+fn conditional_requests_are_not_coalesced(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        let reply = if req.header("if-none-match").is_some() {
+            response(
+                304,
+                &[("ETag", "\"v1\""), ("Cache-Control", "max-age=60")],
+                b"",
+            )
+        } else {
+            response(
+                200,
+                &[("ETag", "\"v1\""), ("Cache-Control", "max-age=60")],
+                b"full",
+            )
+        };
+        Reply::After(Duration::from_millis(200), Box::new(Reply::Send(reply)))
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    let mut c = server.client();
+    c.send(b"GET /cond HTTP/1.1\r\nHost: ringcache.test\r\nIf-None-Match: \"v1\"\r\n\r\n");
+    assert_eq!(c.read_response().status, 304);
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_hit_for_miss_total"), 0.0);
+    // The next herd still coalesces into one fetch.
+    for r in herd(&server, "/cond") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"full");
+    }
+    assert_eq!(origin.requests(), 2);
+}
+
 both_io!(
+    conditional_requests_are_not_coalesced,
     herd_on_cold_key_fetches_once,
     uncacheable_answer_releases_waiters,
     origin_error_is_shared,

@@ -80,6 +80,10 @@ impl Proxy {
             self.dispatch(fetch);
             return;
         };
+        if fetch.personal {
+            self.dispatch(fetch); // a 304 or 206 could not be shared
+            return;
+        }
         let now_secs = self.clock.unix_secs;
         if let Some((k, until)) = self.fills.hit_for_miss.get(&hash) {
             if *k == key && *until > now_secs {

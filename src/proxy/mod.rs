@@ -754,6 +754,12 @@ impl Proxy {
             retried: false,
             fill_id: None,
             target_key,
+            personal: head.headers.iter().any(|f| {
+                let n = f.name.as_bytes();
+                n.eq_ignore_ascii_case(b"if-none-match")
+                    || n.eq_ignore_ascii_case(b"if-modified-since")
+                    || n.eq_ignore_ascii_case(b"range")
+            }),
             body: Vec::new(),
         });
         let framing = match head.body {

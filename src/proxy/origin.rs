@@ -58,6 +58,9 @@ pub(super) struct Fetch {
     pub fill_id: Option<u64>,
     /// `host\0path` of an unsafe request: what its answer may invalidate.
     pub target_key: Option<Box<[u8]>>,
+    /// The request is conditional or asks for a range: its answer (304, 206)
+    /// is its own, so it neither leads nor joins a fill.
+    pub personal: bool,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
 }
