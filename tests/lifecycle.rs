@@ -123,7 +123,46 @@ fn bad_config_fails_at_start(io: &str) {
     }
 }
 
+/// Under systemd (Type=notify): READY=1 with a STATUS line once serving,
+/// STOPPING=1 when SIGTERM arrives.
+fn systemd_notify_ready_and_stopping(io: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let origin = DemoOrigin::start();
+    // `env` sets NOTIFY_SOCKET and execs ringcache in place (same PID).
+    let mut args = vec![
+        format!("NOTIFY_SOCKET={}", path.display()),
+        bin().display().to_string(),
+    ];
+    args.extend(serve_args(io, Some(&origin.url()), 1, &[]));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(mut server) = Server::start_or_skip(
+        std::path::Path::new("/usr/bin/env"),
+        io,
+        &refs,
+        READY_DEADLINE,
+    ) else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification after start");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert!(msg.contains("STATUS=serving on"), "{msg:?}");
+    server.sigterm();
+    let n = sock.recv(&mut buf).expect("a notification at shutdown");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+    let status = server.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status:?}");
+}
+
 both_io!(
+    systemd_notify_ready_and_stopping,
     builtin_demo_origin,
     sigterm_drains_in_flight,
     bad_config_fails_at_start,

@@ -211,6 +211,23 @@ pub fn serve(config: Config) -> Result<(), String> {
         config.memory_bytes
     );
 
+    // systemd (Type=notify): ready only now that every worker accepts and
+    // the store is open. Outside systemd NOTIFY_SOCKET is unset: a no-op.
+    let status = format!(
+        "serving on {listen_addr}, {} workers, io={}",
+        config.workers,
+        backend.name()
+    );
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    ) {
+        log::warn!("systemd notify (READY=1) failed: {e}");
+    }
+
     loop {
         let sig = crate::sys::wait_signal();
         if sig == libc::SIGHUP {
@@ -224,6 +241,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         );
         break;
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Release pairs with the Acquire loads in the workers and admin.
     draining.store(true, Ordering::Release);
     shutdown.store(true, Ordering::Release);

@@ -170,6 +170,8 @@ impl Proc {
             "RINGCACHE_IO",
             "RINGCACHE_MEMORY",
             "RINGCACHE_CONFIG",
+            "RINGCACHE_STORE",
+            "NOTIFY_SOCKET",
         ] {
             cmd.env_remove(var);
         }
