@@ -33,10 +33,15 @@ fn have_wrk() -> bool {
 
 /// `wrk -t1 -c256 -d10s` on a stored object: every response is a 2xx, no
 /// socket errors, and the origin is asked exactly once.
+/// The wrk runs take both cores: one at a time, or a loaded machine makes
+/// them time out against each other.
+static WRK_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn wrk_hit_path_has_no_errors(io: &str) {
     if !have_wrk() {
         return;
     }
+    let _one = WRK_ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let origin = DemoOrigin::start();
     let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
         return;
@@ -55,6 +60,10 @@ fn wrk_hit_path_has_no_errors(io: &str) {
         .args(["60", "wrk", "-t1"])
         .arg(format!("-c{WRK_CONNECTIONS}"))
         .arg(format!("-d{WRK_SECS}s"))
+        // A debug build on a shared machine: a slow answer is not an error
+        // here, a lost or malformed one is.
+        .arg("--timeout")
+        .arg("10s")
         .arg(&url)
         .output()
         .expect("run wrk");
