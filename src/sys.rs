@@ -307,14 +307,23 @@ pub fn block_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Wait for one of the signals blocked by [`block_signals`]; returns its number.
-pub fn wait_signal() -> i32 {
+/// Wait up to `timeout` for one of the signals blocked by
+/// [`block_signals`]; returns its number, or `None` when the time is up.
+pub fn wait_signal(timeout: std::time::Duration) -> Option<i32> {
     let set = shutdown_sigset();
-    let mut sig: libc::c_int = 0;
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
     loop {
-        // SAFETY: `set` is initialised; `sig` is a valid out-pointer.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            return sig;
+        // SAFETY: `set` and `ts` are initialised; a null siginfo is allowed.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+        if sig > 0 {
+            return Some(sig);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            _ => return None, // EAGAIN: the time is up
         }
     }
 }

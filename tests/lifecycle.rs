@@ -124,7 +124,8 @@ fn bad_config_fails_at_start(io: &str) {
 }
 
 /// Under systemd (Type=notify): READY=1 with a STATUS line once serving,
-/// STOPPING=1 when SIGTERM arrives.
+/// WATCHDOG=1 pings while the workers make progress, STOPPING=1 when
+/// SIGTERM arrives.
 fn systemd_notify_ready_and_stopping(io: &str) {
     use std::os::unix::net::UnixDatagram;
     let dir = TempDir::new("notify");
@@ -133,19 +134,18 @@ fn systemd_notify_ready_and_stopping(io: &str) {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let origin = DemoOrigin::start();
-    // `env` sets NOTIFY_SOCKET and execs ringcache in place (same PID).
-    let mut args = vec![
-        format!("NOTIFY_SOCKET={}", path.display()),
-        bin().display().to_string(),
-    ];
+    // The shell sets the variables systemd would set (WATCHDOG_PID is its
+    // own PID) and execs ringcache in place, so the PID stays the same.
+    let script = format!(
+        "NOTIFY_SOCKET='{}' WATCHDOG_USEC=400000 WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+        path.display()
+    );
+    let mut args = vec!["-c".to_string(), script, bin().display().to_string()];
     args.extend(serve_args(io, Some(&origin.url()), 1, &[]));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let Some(mut server) = Server::start_or_skip(
-        std::path::Path::new("/usr/bin/env"),
-        io,
-        &refs,
-        READY_DEADLINE,
-    ) else {
+    let Some(mut server) =
+        Server::start_or_skip(std::path::Path::new("/bin/sh"), io, &refs, READY_DEADLINE)
+    else {
         return;
     };
     let mut buf = [0u8; 4096];
@@ -153,10 +153,21 @@ fn systemd_notify_ready_and_stopping(io: &str) {
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
     assert!(msg.contains("STATUS=serving on"), "{msg:?}");
-    server.sigterm();
-    let n = sock.recv(&mut buf).expect("a notification at shutdown");
+    // WatchdogSec=0.4s: pings every 0.2 s while every worker turns, with a
+    // STATUS line carrying the request rate and hit ratio.
+    let n = sock.recv(&mut buf).expect("a watchdog ping");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+    assert!(msg.lines().any(|l| l == "WATCHDOG=1"), "{msg:?}");
+    assert!(msg.contains("hit ratio"), "{msg:?}");
+    server.sigterm();
+    // Pings may still be in the queue before the shutdown message.
+    let stopping = (0..20).any(|_| {
+        let n = sock.recv(&mut buf).expect("a notification at shutdown");
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "STOPPING=1")
+    });
+    assert!(stopping, "no STOPPING=1");
     let status = server.wait_exit(Duration::from_secs(15)).expect("exit");
     assert!(status.success(), "{status:?}");
 }

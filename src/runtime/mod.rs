@@ -23,12 +23,12 @@ pub struct IoLimits {
 pub mod worker;
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, IoMode};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::proxy::OriginTarget;
 use crate::store::layout::LayoutError;
 use crate::store::{OpenError, Options as StoreOptions, SharedStore};
@@ -106,6 +106,84 @@ fn open_store(config: &Config) -> Result<SharedStore, String> {
     Ok(store)
 }
 
+/// STATUS and WATCHDOG notifications to systemd from the main thread.
+///
+/// `WATCHDOG=1` goes out only when every worker's loop has turned since the
+/// last check (a worker turns at least once per tick even when idle), so a
+/// wedged worker stops the pings and systemd restarts the service.
+struct Watchdog {
+    heartbeats: Vec<Arc<crossbeam_utils::CachePadded<AtomicU64>>>,
+    last: Vec<u64>,
+    metrics: Arc<Metrics>,
+    /// Half of `WatchdogSec=`, or the status period without a watchdog.
+    interval: Duration,
+    enabled: bool,
+    last_requests: u64,
+    last_at: Instant,
+}
+
+/// How often STATUS= is refreshed when systemd asks for no watchdog.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Watchdog {
+    fn new(
+        heartbeats: Vec<Arc<crossbeam_utils::CachePadded<AtomicU64>>>,
+        metrics: Arc<Metrics>,
+    ) -> Watchdog {
+        let mut usec = 0;
+        let enabled = sd_notify::watchdog_enabled(false, &mut usec);
+        let interval = if enabled {
+            Duration::from_micros(usec / 2).max(Duration::from_millis(100))
+        } else {
+            STATUS_INTERVAL
+        };
+        let last = vec![0; heartbeats.len()];
+        Watchdog {
+            heartbeats,
+            last,
+            metrics,
+            interval,
+            enabled,
+            last_requests: 0,
+            last_at: Instant::now(),
+        }
+    }
+
+    fn check(&mut self) {
+        let mut stalled = None;
+        for (i, hb) in self.heartbeats.iter().enumerate() {
+            // Relaxed: see the worker's store.
+            let now = hb.load(Ordering::Relaxed);
+            if now == self.last[i] {
+                stalled = Some(i);
+            }
+            self.last[i] = now;
+        }
+        let requests = self.metrics.total(Counter::Requests);
+        let hits = self.metrics.total(Counter::Hits);
+        let elapsed = self.last_at.elapsed().as_secs_f64().max(1e-3);
+        let rate = (requests - self.last_requests) as f64 / elapsed;
+        self.last_requests = requests;
+        self.last_at = Instant::now();
+        let ratio = if requests == 0 {
+            0.0
+        } else {
+            hits as f64 * 100.0 / requests as f64
+        };
+        let status = format!("{rate:.0} req/s, hit ratio {ratio:.1}% since start");
+        let mut states = vec![sd_notify::NotifyState::Status(&status)];
+        match stalled {
+            Some(i) => log::error!(
+                "worker {i} made no progress for {:?}: withholding the systemd watchdog ping",
+                self.interval
+            ),
+            None if self.enabled => states.push(sd_notify::NotifyState::Watchdog),
+            None => {}
+        }
+        let _ = sd_notify::notify(false, &states);
+    }
+}
+
 /// `ringcache serve`: start everything, run until SIGTERM/SIGINT, drain, return.
 pub fn serve(config: Config) -> Result<(), String> {
     // Before any thread exists, so that every thread inherits the mask and
@@ -165,6 +243,9 @@ pub fn serve(config: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot start the admin thread: {e}"))?;
 
+    let heartbeats: Vec<_> = (0..config.workers)
+        .map(|_| Arc::new(crossbeam_utils::CachePadded::new(AtomicU64::new(0))))
+        .collect();
     let (ready_tx, ready_rx) = mpsc::sync_channel(config.workers);
     let mut handles = Vec::with_capacity(config.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -177,6 +258,7 @@ pub fn serve(config: Config) -> Result<(), String> {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
             shutdown: Arc::clone(&shutdown),
+            heartbeat: Arc::clone(&heartbeats[index]),
             ready: ready_tx.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -228,8 +310,12 @@ pub fn serve(config: Config) -> Result<(), String> {
         log::warn!("systemd notify (READY=1) failed: {e}");
     }
 
+    let mut watchdog = Watchdog::new(heartbeats, Arc::clone(&metrics));
     loop {
-        let sig = crate::sys::wait_signal();
+        let Some(sig) = crate::sys::wait_signal(watchdog.interval) else {
+            watchdog.check();
+            continue;
+        };
         if sig == libc::SIGHUP {
             log::info!("SIGHUP: nothing to reload in this version; send SIGTERM to restart");
             continue;

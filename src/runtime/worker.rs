@@ -6,7 +6,7 @@
 //! once per tick by a scan of the worker's sockets.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +47,8 @@ pub struct WorkerSpec {
     pub store: Arc<SharedStore>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<AtomicBool>,
+    /// Loop turns of this worker, read by the watchdog.
+    pub heartbeat: Arc<crossbeam_utils::CachePadded<AtomicU64>>,
     /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
     pub ready: SyncSender<Result<Option<usize>, String>>,
 }
@@ -115,7 +117,11 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
     let _ = spec.ready.send(Ok(cpu));
     let mut next_tick = Instant::now() + TICK_INTERVAL;
     let mut draining_since: Option<Instant> = None;
+    let mut turns: u64 = 0;
     loop {
+        turns += 1;
+        // Relaxed: a progress counter; the watchdog only needs to see it move.
+        spec.heartbeat.store(turns, Ordering::Relaxed);
         if let Err(e) = io.poll(TICK_INTERVAL, &mut |event| proxy.handle(event)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 log::error!("worker {}: {} poll failed: {e}", spec.index, io.name());
