@@ -707,7 +707,35 @@ fn writes_invalidate(io: &str) {
     assert_eq!(origin.requests(), 3 + 2 + 2);
 }
 
+/// RFC 9213: CDN-Cache-Control and Ringcache-Cache-Control take precedence
+/// over Cache-Control for ringcache.
+fn targeted_cache_control(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        let headers: &[(&str, &str)] = match req.path() {
+            "/cdn-no-store" => &[
+                ("Cache-Control", "max-age=60"),
+                ("CDN-Cache-Control", "no-store"),
+            ],
+            _ => &[
+                ("Cache-Control", "no-store"),
+                ("Ringcache-Cache-Control", "max-age=60"),
+            ],
+        };
+        Reply::Send(response(200, headers, b"targeted"))
+    });
+    let Some((origin, server)) = with_origin(io, origin) else {
+        return;
+    };
+    for _ in 0..2 {
+        assert_not_stored(&server.get("/cdn-no-store"));
+    }
+    assert_miss_stored(&server.get("/ours-allows"));
+    assert_hit(&server.get("/ours-allows"));
+    assert_eq!(origin.requests(), 3);
+}
+
 both_io!(
+    targeted_cache_control,
     writes_invalidate,
     vary_not_stored,
     absolute_form_target,
