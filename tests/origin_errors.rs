@@ -161,7 +161,41 @@ fn pooled_connection_dropped_on_reuse(io: &str) {
     assert!(origin.connections() >= 3);
 }
 
+/// Every origin connection busy and no room to queue: 503 at once, with
+/// Retry-After, and the request never reaches the origin.
+fn origin_queue_full_503(io: &str) {
+    let origin = TestOrigin::start(|_| {
+        Reply::After(
+            Duration::from_millis(500),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "no-store")],
+                b"ok",
+            ))),
+        )
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        1,
+        "[limits]\norigin_connections_max = 1\norigin_idle_max = 1\norigin_queue_max = 0\n",
+    ) else {
+        return;
+    };
+    let mut first = server.client();
+    first.send(get_request("/busy-1").as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(5)));
+    let r = server.get("/busy-2");
+    assert_eq!(r.status, 503, "{}", r.summary());
+    assert_eq!(r.header("retry-after"), Some("1"), "{}", r.summary());
+    assert_eq!(first.read_response().status, 200);
+    assert_eq!(origin.requests(), 1);
+    let m = server.metrics();
+    assert_eq!(m.labelled("ringcache_errors_total", "origin_busy"), 1.0);
+}
+
 both_io!(
+    origin_queue_full_503,
     origin_down_502,
     origin_closes_without_answer_502,
     origin_silent_504,

@@ -734,7 +734,27 @@ fn targeted_cache_control(io: &str) {
     assert_eq!(origin.requests(), 3);
 }
 
+/// A stored object past its freshness is fetched again and the answer says
+/// so (RFC 9211 `fwd=stale`), then stored anew.
+fn stale_is_refetched(io: &str) {
+    let origin = TestOrigin::fixed("max-age=1", "short-lived");
+    let Some((origin, server)) = with_origin(io, origin) else {
+        return;
+    };
+    assert_miss_stored(&server.get("/short"));
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = server.get("/short");
+    assert_eq!(
+        r.cache_status_params(),
+        ["fwd=stale", "fwd-status=200", "stored"],
+        "{}",
+        r.summary()
+    );
+    assert_eq!(origin.requests(), 2);
+}
+
 both_io!(
+    stale_is_refetched,
     targeted_cache_control,
     writes_invalidate,
     vary_not_stored,

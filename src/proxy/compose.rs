@@ -97,6 +97,10 @@ pub fn put_error(
     }
     buf.extend_from_slice(b"\r\n");
     put_field(buf, b"Via", VIA);
+    if status == 503 {
+        // Overload answers are short-lived: ask the client to come back soon.
+        put_field(buf, b"Retry-After", b"1");
+    }
     if close {
         put_field(buf, b"Connection", b"close");
     }

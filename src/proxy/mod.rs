@@ -624,6 +624,7 @@ impl Proxy {
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
         let lookup = matches!(head.method, Method::Get | Method::Head) && !has_body;
         let mut hash = 0;
+        let mut stale = false;
         self.key.clear();
         for &b in host {
             self.key.push(b.to_ascii_lowercase());
@@ -632,13 +633,15 @@ impl Proxy {
         self.key.extend_from_slice(path);
         if lookup {
             hash = key_hash(&self.key);
-            if self.respond_hit(
+            let found = self.respond_hit(
                 token,
                 hash,
                 head.method == Method::Head,
                 keep_alive,
                 head.minor_version,
-            ) {
+            );
+            stale = found == Found::Stale;
+            if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
                 self.pool.target.authority = authority;
                 if !keep_alive {
@@ -753,6 +756,7 @@ impl Proxy {
             request_time_secs: self.clock.unix_secs,
             retried: false,
             fill_id: None,
+            stale,
             target_key,
             personal: head.headers.iter().any(|f| {
                 let n = f.name.as_bytes();
@@ -925,7 +929,7 @@ impl Proxy {
     /// Write a hit: status line and stored fields, then our fields, then the body.
     /// Answer from the store when `self.key` holds a fresh item: the stored
     /// status line and fields, then ours, then the body, copied straight
-    /// into the client's output. Returns false (nothing written) otherwise.
+    /// into the client's output. Nothing is written for a stale or absent one.
     fn respond_hit(
         &mut self,
         token: Token,
@@ -933,7 +937,7 @@ impl Proxy {
         head_only: bool,
         keep_alive: bool,
         minor: u8,
-    ) -> bool {
+    ) -> Found {
         let now_secs = self.clock.unix_secs;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
         let mut buf = if direct {
@@ -974,7 +978,11 @@ impl Proxy {
         } else {
             self.give_buffer(buf);
         }
-        fresh
+        match hit {
+            _ if fresh => Found::Fresh,
+            Some(_) => Found::Stale,
+            None => Found::Absent,
+        }
     }
 
     fn client_start_send(&mut self, token: Token) {
@@ -1106,6 +1114,14 @@ impl Proxy {
 
 /// How often timeouts are checked; the resolution of every timeout.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What a lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    Fresh,
+    Stale,
+    Absent,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimeoutKind {
