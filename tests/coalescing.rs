@@ -182,7 +182,42 @@ fn conditional_requests_are_not_coalesced(io: &str) {
     assert_eq!(origin.requests(), 2);
 }
 
+/// Several workers: the fill lease makes one fetch for the whole process;
+/// waiters on the other worker are woken through their ring and served
+/// from the store.
+fn herd_across_workers_fetches_once(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 200, "max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let answers = herd(&server, "/across");
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /across", "{}", r.summary());
+    }
+    let collapsed = answers
+        .iter()
+        .filter(|r| r.cache_status_params().iter().any(|p| p == "collapsed"))
+        .count();
+    assert_eq!(origin.requests(), 1, "the origin was asked more than once");
+    assert_eq!(collapsed, CLIENTS - 1, "every waiter is marked collapsed");
+    // Both workers took part: each answered some of the herd.
+    let m = server.metrics();
+    let per_worker: Vec<f64> = (0..2)
+        .map(|w| {
+            m.labelled(
+                "ringcache_worker_requests_total",
+                &format!("worker=\"{w}\""),
+            )
+        })
+        .collect();
+    eprintln!("requests per worker: {per_worker:?}");
+    // SO_REUSEPORT spreads 64 connections over both (all on one: 2^-63).
+    assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
+}
+
 both_io!(
+    herd_across_workers_fetches_once,
     conditional_requests_are_not_coalesced,
     herd_on_cold_key_fetches_once,
     uncacheable_answer_releases_waiters,

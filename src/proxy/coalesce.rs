@@ -27,8 +27,10 @@ use std::time::Instant;
 use crate::config::Limits;
 use crate::metrics::Counter;
 
+use super::compose::put_field_u64;
+use super::lease::{Acquire, Notice};
 use super::origin::Fetch;
-use super::Proxy;
+use super::{put_connection, Proxy};
 
 /// One fetch in flight for a key, and the requests waiting for it.
 /// Waiters stay boxed: a released waiter goes to `dispatch` as the same box.
@@ -38,6 +40,10 @@ pub(super) struct Fill {
     key: Box<[u8]>,
     started: Instant,
     waiters: Vec<Box<Fetch>>,
+    /// Another worker holds the lease and fetches; this fill only waits.
+    remote: bool,
+    /// This worker holds the key's lease and must release it.
+    leased: bool,
 }
 
 /// One worker's fills and hit-for-miss marks.
@@ -104,28 +110,98 @@ impl Proxy {
         }
         let id = self.fills.next_id;
         self.fills.next_id += 1;
-        self.fills.by_hash.insert(
-            hash,
-            Fill {
-                id,
-                key,
-                started: self.clock.now,
-                waiters: Vec::new(),
-            },
-        );
+        let acquired = self
+            .leases
+            .acquire(self.worker_index, hash, &key, self.clock.now);
+        let mut fill = Fill {
+            id,
+            key,
+            started: self.clock.now,
+            waiters: Vec::new(),
+            remote: acquired == Acquire::Waiting,
+            leased: acquired == Acquire::Filler,
+        };
+        if fill.remote {
+            // Another worker fetches this key: wait for its notice.
+            fill.waiters.push(fetch);
+            self.counters().incr(Counter::Coalesced);
+            self.fills.by_hash.insert(hash, fill);
+            return;
+        }
+        self.fills.by_hash.insert(hash, fill);
         fetch.fill_id = Some(id);
         self.dispatch(fetch);
     }
 
-    /// Take the waiters of the fill `fetch` led, if it is still the current one.
-    #[allow(clippy::vec_box)]
-    fn take_fill(&mut self, fetch: &Fetch) -> Option<Vec<Box<Fetch>>> {
-        let id = fetch.fill_id?;
-        let (hash, _) = fetch.key.as_ref()?;
-        match self.fills.by_hash.get(hash) {
-            Some(fill) if fill.id == id => self.fills.by_hash.remove(hash).map(|f| f.waiters),
-            _ => None,
+    /// Another worker's fill for a key this worker waits on is over.
+    pub(super) fn lease_notice(&mut self, notice: Notice) {
+        let waiters = match self.fills.by_hash.get(&notice.hash) {
+            Some(f) if f.remote && f.key == notice.key => {
+                self.fills.by_hash.remove(&notice.hash).map(|f| f.waiters)
+            }
+            _ => None, // released after its wait limit, or filled here since
+        };
+        for waiter in waiters.into_iter().flatten() {
+            if notice.stored {
+                if let Err(waiter) = self.respond_collapsed(waiter) {
+                    self.dispatch(waiter);
+                }
+            } else {
+                self.dispatch(waiter);
+            }
         }
+    }
+
+    /// Answer a waiter from the store, as the request it waited for stored
+    /// it; `Err` gives the waiter back when no fresh item is there.
+    fn respond_collapsed(&mut self, waiter: Box<Fetch>) -> Result<(), Box<Fetch>> {
+        let Some((hash, key)) = waiter.key.as_ref().map(|(h, k)| (*h, k.clone())) else {
+            return Err(waiter);
+        };
+        let now_secs = self.clock.unix_secs;
+        let (keep_alive, minor, head_only) = (
+            waiter.keep_alive,
+            waiter.client_minor_version,
+            waiter.client_head,
+        );
+        let mut buf = self.take_buffer();
+        let hit = self.reader.lookup(hash, &key, &mut buf, |b, hit| {
+            if !hit.meta.is_fresh(now_secs) {
+                return false;
+            }
+            put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
+            b.extend_from_slice(
+                b"Cache-Status: ringcache; fwd=miss; fwd-status=200; collapsed\r\nVia: 1.1 ringcache\r\n",
+            );
+            put_connection(b, keep_alive, minor);
+            b.extend_from_slice(b"\r\n");
+            !head_only
+        });
+        if !hit.is_some_and(|h| h.meta.is_fresh(now_secs)) {
+            self.give_buffer(buf);
+            return Err(waiter);
+        }
+        self.client_respond(waiter.client, Some(waiter.seq), buf, !keep_alive);
+        self.give_buffer(waiter.req);
+        Ok(())
+    }
+
+    /// Take the waiters of the fill `fetch` led, if it is still the current
+    /// one, and release its lease: other workers' waiters learn whether the
+    /// answer is in the store.
+    #[allow(clippy::vec_box)]
+    fn take_fill(&mut self, fetch: &Fetch, stored: bool) -> Option<Vec<Box<Fetch>>> {
+        let id = fetch.fill_id?;
+        let (hash, key) = fetch.key.as_ref()?;
+        let fill = match self.fills.by_hash.get(hash) {
+            Some(fill) if fill.id == id => self.fills.by_hash.remove(hash)?,
+            _ => return None,
+        };
+        if fill.leased {
+            self.leases.release(self.worker_index, *hash, key, stored);
+        }
+        Some(fill.waiters)
     }
 
     /// The filler's response is complete. `share` says whether waiters may be
@@ -134,9 +210,10 @@ impl Proxy {
         &mut self,
         fetch: &Fetch,
         outcome: Outcome,
+        stored: bool,
         mut answer: impl FnMut(&mut Proxy, &Fetch) -> Vec<u8>,
     ) {
-        let Some(waiters) = self.take_fill(fetch) else {
+        let Some(waiters) = self.take_fill(fetch, stored) else {
             return;
         };
         if outcome == Outcome::Release {
@@ -156,7 +233,7 @@ impl Proxy {
 
     /// The filler failed with `status`: its waiters get the same answer.
     pub(super) fn fill_failed(&mut self, fetch: &Fetch, status: u16, detail: &str) {
-        let Some(waiters) = self.take_fill(fetch) else {
+        let Some(waiters) = self.take_fill(fetch, false) else {
             return;
         };
         for waiter in waiters {
@@ -196,6 +273,12 @@ impl Proxy {
             .collect();
         for hash in overdue {
             let waiters = match self.fills.by_hash.get_mut(&hash) {
+                // Waiting on another worker that did not answer in time:
+                // forget that fill, so later misses lead or wait anew.
+                Some(fill) if fill.remote => match self.fills.by_hash.remove(&hash) {
+                    Some(fill) => fill.waiters,
+                    None => continue,
+                },
                 Some(fill) => std::mem::take(&mut fill.waiters),
                 None => continue,
             };

@@ -23,6 +23,7 @@
 
 mod coalesce;
 mod compose;
+mod lease;
 mod origin;
 
 use std::collections::VecDeque;
@@ -45,6 +46,7 @@ use crate::store::{key_hash, Reader, SharedStore};
 
 use coalesce::Fills;
 use compose::{put_error, put_field, put_field_u64, VIA};
+pub use lease::Leases;
 pub use origin::OriginTarget;
 use origin::{Fetch, OriginConn, Pool};
 
@@ -116,6 +118,11 @@ fn unix_now() -> u64 {
 enum Socket {
     Client(Client),
     Origin(OriginConn),
+    /// The receiving end of this worker's wake socket (see `lease`); held
+    /// here so that it lives as long as the receive on it.
+    Wake {
+        _socket: std::os::unix::net::UnixStream,
+    },
 }
 
 /// One response slot in a connection's ordered queue.
@@ -173,6 +180,10 @@ pub struct ProxyConfig {
     pub worker_index: usize,
     pub limits: Limits,
     pub origin: OriginTarget,
+    /// The fill leases shared by every worker.
+    pub leases: Arc<Leases>,
+    /// This worker's end of its wake socket.
+    pub wake: std::os::unix::net::UnixStream,
 }
 
 /// One worker's proxy state.
@@ -193,6 +204,9 @@ pub struct Proxy {
     clock: Clock,
     pool: Pool,
     fills: Fills,
+    leases: Arc<Leases>,
+    /// Notices taken from this worker's mailbox, reused.
+    notices: Vec<lease::Notice>,
     clients_count: usize,
     draining: bool,
     spare: Vec<Vec<u8>>,
@@ -201,16 +215,17 @@ pub struct Proxy {
     error_logs_sec: u64,
 }
 
-/// Slots a worker needs: every client and every origin connection.
+/// Slots a worker needs: every client, every origin connection, the wake socket.
 pub fn slots_max(limits: &Limits) -> usize {
-    limits.connections_max + limits.origin_connections_max
+    limits.connections_max + limits.origin_connections_max + 1
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig, reader: Reader, metrics: Arc<Metrics>) -> Proxy {
         let slots = slots_max(&config.limits);
         let store = Arc::clone(reader.store());
-        Proxy {
+        let wake = config.wake;
+        let mut proxy = Proxy {
             reader,
             ops: Vec::with_capacity(1024),
             slots: Slab::with_capacity(slots),
@@ -221,6 +236,8 @@ impl Proxy {
             worker_index: config.worker_index,
             pool: Pool::new(config.origin, &config.limits),
             fills: Fills::new(&config.limits),
+            leases: config.leases,
+            notices: Vec::new(),
             limits: config.limits,
             clock: Clock::new(),
             clients_count: 0,
@@ -229,7 +246,14 @@ impl Proxy {
             key: Vec::with_capacity(1024),
             error_logs_this_sec: 0,
             error_logs_sec: 0,
-        }
+        };
+        // The wake socket is received on like any connection: another
+        // worker's byte on it is a completion in this worker's loop.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&wake);
+        let slot = proxy.slots.insert(Socket::Wake { _socket: wake });
+        let token = proxy.token_for(slot);
+        proxy.ops.push(Op::StartRecv { token, fd });
+        proxy
     }
 
     #[inline]
@@ -279,17 +303,24 @@ impl Proxy {
             Event::Recv { token, data } => match self.socket_mut(token) {
                 Some(Socket::Client(_)) => self.client_recv(token, data),
                 Some(Socket::Origin(_)) => self.origin_recv(token, data),
+                Some(Socket::Wake { .. }) => self.woken(),
                 None => {}
             },
             Event::RecvEnd { token, errno } => match self.socket_mut(token) {
                 Some(Socket::Client(_)) => self.client_recv_end(token, errno),
                 Some(Socket::Origin(_)) => self.origin_recv_end(token, errno),
+                Some(Socket::Wake { .. }) => {
+                    log::error!(
+                        "worker {}: wake socket ended ({errno:?}); waiting requests now rely on their wait limit",
+                        self.worker_index
+                    );
+                }
                 None => {}
             },
             Event::Sent { token, result } => match self.socket_mut(token) {
                 Some(Socket::Client(_)) => self.client_sent(token, result),
                 Some(Socket::Origin(_)) => self.origin_sent(token, result),
-                None => {}
+                _ => {}
             },
             Event::Connected { token, result } => self.origin_connected(token, result),
             Event::Closed { token } => self.closed(token),
@@ -316,8 +347,18 @@ impl Proxy {
     fn client(&mut self, token: Token) -> Option<&mut Client> {
         match self.socket_mut(token)? {
             Socket::Client(c) => Some(c),
-            Socket::Origin(_) => None,
+            _ => None,
         }
+    }
+
+    /// Another worker finished fills this one waits for: act on its notices.
+    fn woken(&mut self) {
+        let mut notices = std::mem::take(&mut self.notices);
+        self.leases.take_notices(self.worker_index, &mut notices);
+        for notice in notices.drain(..) {
+            self.lease_notice(notice);
+        }
+        self.notices = notices;
     }
 
     /// Called every loop turn: the time events of the next turn see.
@@ -1091,6 +1132,7 @@ impl Proxy {
                     }
                 }
             }
+            Socket::Wake { .. } => {}
             Socket::Origin(o) => {
                 self.pool.conns_count -= 1;
                 self.pool.idle.retain(|&t| t != token);

@@ -202,7 +202,7 @@ impl Proxy {
     fn origin(&mut self, token: Token) -> Option<&mut OriginConn> {
         match self.socket_mut(token)? {
             Socket::Origin(o) => Some(o),
-            Socket::Client(_) => None,
+            _ => None,
         }
     }
 
@@ -677,7 +677,7 @@ impl Proxy {
         } else {
             Outcome::Release
         };
-        self.fill_complete(&fetch, outcome, |proxy, waiter| {
+        self.fill_complete(&fetch, outcome, stored, |proxy, waiter| {
             proxy.compose_response(waiter, &p, false, true)
         });
         self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);

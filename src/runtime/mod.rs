@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, IoMode};
 use crate::metrics::{Counter, Metrics};
-use crate::proxy::OriginTarget;
+use crate::proxy::{Leases, OriginTarget};
 use crate::store::layout::LayoutError;
 use crate::store::{OpenError, Options as StoreOptions, SharedStore};
 use worker::{Backend, WorkerSpec};
@@ -246,6 +246,10 @@ pub fn serve(config: Config) -> Result<(), String> {
     let heartbeats: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(crossbeam_utils::CachePadded::new(AtomicU64::new(0))))
         .collect();
+    let (leases, wakes) = Leases::new(config.workers, config.limits.coalesce_wait_timeout)
+        .map_err(|e| format!("cannot create the workers' wake sockets: {e}"))?;
+    let leases = Arc::new(leases);
+    let mut wakes = wakes.into_iter();
     let (ready_tx, ready_rx) = mpsc::sync_channel(config.workers);
     let mut handles = Vec::with_capacity(config.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -259,6 +263,8 @@ pub fn serve(config: Config) -> Result<(), String> {
             metrics: Arc::clone(&metrics),
             shutdown: Arc::clone(&shutdown),
             heartbeat: Arc::clone(&heartbeats[index]),
+            leases: Arc::clone(&leases),
+            wake: wakes.next().expect("one wake socket per worker"),
             ready: ready_tx.clone(),
         };
         let handle = std::thread::Builder::new()

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::proxy::{slots_max, Op, OriginTarget, Proxy, ProxyConfig, TICK_INTERVAL};
+use crate::proxy::{slots_max, Leases, Op, OriginTarget, Proxy, ProxyConfig, TICK_INTERVAL};
 use crate::store::SharedStore;
 
 use super::epoll::EpollIo;
@@ -49,6 +49,9 @@ pub struct WorkerSpec {
     pub shutdown: Arc<AtomicBool>,
     /// Loop turns of this worker, read by the watchdog.
     pub heartbeat: Arc<crossbeam_utils::CachePadded<AtomicU64>>,
+    /// The fill leases shared by every worker, and this worker's wake socket.
+    pub leases: Arc<Leases>,
+    pub wake: std::os::unix::net::UnixStream,
     /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
     pub ready: SyncSender<Result<Option<usize>, String>>,
 }
@@ -110,10 +113,15 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             worker_index: spec.index,
             limits: spec.limits,
             origin: spec.origin,
+            leases: spec.leases,
+            wake: spec.wake,
         },
         reader,
         spec.metrics,
     );
+    // The proxy's first operation (the receive on its wake socket) goes out
+    // with the first wait.
+    submit(&mut io, &mut proxy.ops);
     let _ = spec.ready.send(Ok(cpu));
     let mut next_tick = Instant::now() + TICK_INTERVAL;
     let mut draining_since: Option<Instant> = None;

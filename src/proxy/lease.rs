@@ -1,0 +1,240 @@
+//! Fill leases across workers: one origin fetch per key for the whole process.
+//!
+//! Each worker coalesces its own misses (see `coalesce`). Before a worker's
+//! first miss for a key goes to the origin, it takes the key's lease in this
+//! shared table. A worker that finds the lease held by another registers its
+//! interest and parks its requests locally. When the filler's answer is
+//! complete (or has failed), the filler releases the lease and posts a
+//! [`Notice`] to every interested worker's mailbox, then wakes it by writing
+//! one byte to a socket pair whose other end that worker's ring is already
+//! receiving on — no polling, no sleeping.
+//!
+//! ```text
+//!   worker A (filler)            leases              worker B (waiting)
+//!   acquire(k) ──────────▶  k: owner A          ◀──── acquire(k): interest B
+//!   fetch, store item       interested [B]           park requests
+//!   release(k, stored) ───▶ remove k ─▶ mailbox B ─▶ byte on B's wake socket
+//!                                                    recv completion: drain
+//!                                                    mailbox, serve from store
+//! ```
+//!
+//! A lease older than `limits.coalesce_wait_timeout` can be taken over by
+//! the next worker that misses (its filler died or stalled); waiting workers
+//! release their own requests to the origin after the same time.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Shards of the lease table; a power of two.
+pub const LEASE_SHARDS_COUNT: usize = 64;
+/// Notices one worker's mailbox holds before the oldest are dropped (their
+/// waiters then fetch for themselves when their wait limit passes).
+pub const MAILBOX_NOTICES_MAX: usize = 65_536;
+
+/// What a filler's release tells the workers that waited for it.
+#[derive(Debug)]
+pub struct Notice {
+    pub hash: u64,
+    pub key: Box<[u8]>,
+    /// The answer is in the store: serve it from there. Otherwise the
+    /// waiters ask the origin themselves.
+    pub stored: bool,
+}
+
+struct Lease {
+    owner: usize,
+    key: Box<[u8]>,
+    taken: Instant,
+    interested: Vec<u16>,
+}
+
+struct Mailbox {
+    notices: Mutex<Vec<Notice>>,
+    /// The sending end of the worker's wake socket pair (non-blocking).
+    waker: UnixStream,
+}
+
+/// The result of asking for a key's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquire {
+    /// This worker fetches; others will wait for it.
+    Filler,
+    /// Another worker is fetching; this one was registered to be told.
+    Waiting,
+    /// A different key with the same hash holds the slot: fetch without a lease.
+    Alone,
+}
+
+/// The process-wide lease table and the workers' mailboxes.
+pub struct Leases {
+    shards: Box<[Mutex<HashMap<u64, Lease>>]>,
+    mailboxes: Box<[Mailbox]>,
+    takeover_after: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere mid-update; every update
+    // here leaves the map consistent between statements.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Leases {
+    /// A table for `workers` workers. Returns the receiving end of each
+    /// worker's wake socket (non-blocking), to be handed to that worker.
+    pub fn new(
+        workers: usize,
+        takeover_after: Duration,
+    ) -> std::io::Result<(Leases, Vec<UnixStream>)> {
+        assert!(workers <= usize::from(u16::MAX), "worker ids are u16");
+        let mut mailboxes = Vec::with_capacity(workers);
+        let mut receivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (waker, receiver) = UnixStream::pair()?;
+            waker.set_nonblocking(true)?;
+            receiver.set_nonblocking(true)?;
+            mailboxes.push(Mailbox {
+                notices: Mutex::new(Vec::new()),
+                waker,
+            });
+            receivers.push(receiver);
+        }
+        let shards = (0..LEASE_SHARDS_COUNT)
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect();
+        Ok((
+            Leases {
+                shards,
+                mailboxes: mailboxes.into_boxed_slice(),
+                takeover_after,
+            },
+            receivers,
+        ))
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, HashMap<u64, Lease>> {
+        lock(&self.shards[(hash as usize) & (LEASE_SHARDS_COUNT - 1)])
+    }
+
+    /// Take `key`'s lease for `worker`, or register its interest in the fill
+    /// under way.
+    pub fn acquire(&self, worker: usize, hash: u64, key: &[u8], now: Instant) -> Acquire {
+        let mut shard = self.shard(hash);
+        match shard.get_mut(&hash) {
+            Some(lease) if *lease.key != *key => Acquire::Alone,
+            Some(lease)
+                if lease.owner != worker
+                    && now.saturating_duration_since(lease.taken) < self.takeover_after =>
+            {
+                let me = worker as u16;
+                if !lease.interested.contains(&me) {
+                    lease.interested.push(me);
+                }
+                Acquire::Waiting
+            }
+            Some(lease) => {
+                // Ours already, or its filler is overdue: take it over and
+                // keep the interested workers.
+                lease.owner = worker;
+                lease.taken = now;
+                Acquire::Filler
+            }
+            None => {
+                shard.insert(
+                    hash,
+                    Lease {
+                        owner: worker,
+                        key: key.into(),
+                        taken: now,
+                        interested: Vec::new(),
+                    },
+                );
+                Acquire::Filler
+            }
+        }
+    }
+
+    /// The filler is done: drop the lease and tell every interested worker.
+    pub fn release(&self, worker: usize, hash: u64, key: &[u8], stored: bool) {
+        let lease = {
+            let mut shard = self.shard(hash);
+            match shard.get(&hash) {
+                Some(l) if l.owner == worker && *l.key == *key => shard.remove(&hash),
+                _ => None, // taken over meanwhile: the new owner releases it
+            }
+        };
+        let Some(lease) = lease else { return };
+        for w in lease.interested {
+            let w = usize::from(w);
+            if w == worker || w >= self.mailboxes.len() {
+                continue;
+            }
+            let mailbox = &self.mailboxes[w];
+            {
+                let mut notices = lock(&mailbox.notices);
+                if notices.len() >= MAILBOX_NOTICES_MAX {
+                    notices.remove(0);
+                }
+                notices.push(Notice {
+                    hash,
+                    key: lease.key.clone(),
+                    stored,
+                });
+            }
+            // One byte wakes the worker's recv; a full socket buffer means
+            // wake-ups are already pending, so EAGAIN is fine to ignore.
+            let _ = (&mailbox.waker).write(&[1]);
+        }
+    }
+
+    /// Move `worker`'s notices into `into` (which is expected empty).
+    pub fn take_notices(&self, worker: usize, into: &mut Vec<Notice>) {
+        std::mem::swap(&mut *lock(&self.mailboxes[worker].notices), into);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn one_filler_and_a_notice_for_the_waiter() {
+        let (leases, receivers) = Leases::new(3, Duration::from_secs(10)).unwrap();
+        let now = Instant::now();
+        assert_eq!(leases.acquire(0, 7, b"k", now), Acquire::Filler);
+        assert_eq!(leases.acquire(1, 7, b"k", now), Acquire::Waiting);
+        assert_eq!(leases.acquire(2, 7, b"k", now), Acquire::Waiting);
+        assert_eq!(leases.acquire(1, 7, b"k", now), Acquire::Waiting);
+        assert_eq!(leases.acquire(1, 7, b"other", now), Acquire::Alone);
+        leases.release(0, 7, b"k", true);
+        for (w, mut rx) in receivers.into_iter().enumerate() {
+            let mut notices = Vec::new();
+            leases.take_notices(w, &mut notices);
+            let mut byte = [0u8; 8];
+            let woken = rx.read(&mut byte).is_ok();
+            if w == 0 {
+                assert!(notices.is_empty() && !woken, "the filler is not told");
+            } else {
+                assert_eq!(notices.len(), 1, "worker {w} told once");
+                assert!(notices[0].stored && *notices[0].key == *b"k");
+                assert!(woken, "worker {w} woken");
+            }
+        }
+        // Released: the next miss fills again.
+        assert_eq!(leases.acquire(2, 7, b"k", now), Acquire::Filler);
+    }
+
+    #[test]
+    fn an_overdue_lease_is_taken_over_and_the_old_release_is_ignored() {
+        let (leases, _rx) = Leases::new(2, Duration::from_millis(10)).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(leases.acquire(0, 1, b"k", t0), Acquire::Filler);
+        let later = t0 + Duration::from_millis(20);
+        assert_eq!(leases.acquire(1, 1, b"k", later), Acquire::Filler);
+        leases.release(0, 1, b"k", true); // the old filler: not the owner
+        assert_eq!(leases.acquire(0, 1, b"k", later), Acquire::Waiting);
+    }
+}
