@@ -797,9 +797,7 @@ impl<P: Policy> Store<P> {
             let Some(chunk) = slot_chunk(self.slot(shard, e).load(Ordering::Relaxed)) else {
                 continue;
             };
-            // SAFETY: published and in our locked shard: not retired meanwhile.
-            let (h, _) = unsafe { self.header_at(chunk) };
-            if h.meta.expires_secs() + u64::from(self.options.stale_keep_secs) <= now_secs {
+            if self.is_expired(chunk, now_secs) {
                 st.policy.remove(e);
                 self.unlink(shard, e);
                 // Relaxed: a statistic.
@@ -815,13 +813,32 @@ impl<P: Policy> Store<P> {
         let mut any = false;
         for i in 0..st.victims.len() {
             let e = st.victims[i];
-            if self.unlink(shard, e) {
-                any = true;
-                // Relaxed: a statistic.
+            // Relaxed: under the shard lock, only REF changes concurrently.
+            let Some(chunk) = slot_chunk(self.slot(shard, e).load(Ordering::Relaxed)) else {
+                debug_assert!(false, "policy victim {e} holds no item");
+                continue;
+            };
+            // An expired victim (the sweep had not reached it) counts as
+            // an expiration, as if the sweep had taken it.
+            let expired = self.is_expired(chunk, now_secs);
+            self.unlink(shard, e);
+            any = true;
+            // Relaxed: statistics.
+            if expired {
+                self.expirations.fetch_add(1, Ordering::Relaxed);
+            } else {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
         any
+    }
+
+    /// Is the published item at `chunk` past its freshness and the stale
+    /// allowance, on the store's clock? Under the shard lock.
+    fn is_expired(&self, chunk: u32, now_secs: u64) -> bool {
+        // SAFETY: published and in our locked shard: not retired meanwhile.
+        let (h, _) = unsafe { self.header_at(chunk) };
+        h.meta.expires_secs() + u64::from(self.options.stale_keep_secs) <= now_secs
     }
 
     /// `n` chunks linked as a chain (HEAD, CONT, ...), or None.
