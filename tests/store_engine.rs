@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use ringcache::store::engine::{Options, Store};
 use ringcache::store::item::ItemMeta;
 use ringcache::store::key_hash;
-use ringcache::store::policy::Clock;
+use ringcache::store::policy::ClockPro;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ fn meta(lifetime: u32) -> ItemMeta {
 
 #[test]
 fn insert_lookup_replace_remove() {
-    let s = Arc::new(Store::<Clock>::anonymous_with(4 << 20, small()).unwrap());
+    let s = Arc::new(Store::<ClockPro>::anonymous_with(4 << 20, small()).unwrap());
     let r = s.reader().unwrap();
     let k = b"h\0/a";
     let h = key_hash(k);
@@ -59,7 +59,7 @@ fn insert_lookup_replace_remove() {
 
 #[test]
 fn a_colliding_hash_with_another_key_is_a_miss() {
-    let s = Arc::new(Store::<Clock>::anonymous_with(4 << 20, small()).unwrap());
+    let s = Arc::new(Store::<ClockPro>::anonymous_with(4 << 20, small()).unwrap());
     let r = s.reader().unwrap();
     assert!(s.insert(5, b"a", b"", b"1", meta(60)));
     assert!(s.insert(5, b"b", b"", b"2", meta(60)));
@@ -72,7 +72,7 @@ fn a_colliding_hash_with_another_key_is_a_miss() {
 #[test]
 fn cap_holds_and_expired_items_go_first() {
     let budget = 2u64 << 20;
-    let s = Arc::new(Store::<Clock>::anonymous_with(budget, small()).unwrap());
+    let s = Arc::new(Store::<ClockPro>::anonymous_with(budget, small()).unwrap());
     let l = *s.layout();
     assert!(l.region_bytes + l.heap_bytes <= budget);
     // Expired items (lifetime 0), then many live ones.
@@ -107,7 +107,7 @@ fn cap_holds_and_expired_items_go_first() {
 
 #[test]
 fn items_longer_than_a_chunk_chain_and_big_ones_are_refused() {
-    let s = Arc::new(Store::<Clock>::anonymous_with(4 << 20, small()).unwrap());
+    let s = Arc::new(Store::<ClockPro>::anonymous_with(4 << 20, small()).unwrap());
     let r = s.reader().unwrap();
     let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
     let key = vec![b'k'; 4000];
@@ -147,7 +147,7 @@ proptest! {
     /// may have been evicted (the store is small enough to evict).
     #[test]
     fn behaves_like_a_map_that_may_forget(ops in proptest::collection::vec(op(), 1..300)) {
-        let s = Arc::new(Store::<Clock>::anonymous_with(1 << 20, small()).unwrap());
+        let s = Arc::new(Store::<ClockPro>::anonymous_with(1 << 20, small()).unwrap());
         let r = s.reader().unwrap();
         let mut model: HashMap<u8, Vec<u8>> = HashMap::new();
         let mut out = Vec::new();
@@ -195,7 +195,7 @@ proptest! {
 /// a response that arrives already old must not turn the clock back.
 #[test]
 fn expiry_uses_the_insert_time_not_the_birth_time() {
-    let s = Arc::new(Store::<Clock>::anonymous_with(2 << 20, small()).unwrap());
+    let s = Arc::new(Store::<ClockPro>::anonymous_with(2 << 20, small()).unwrap());
     let r = s.reader().unwrap();
     // Received at 1000, fresh for 10 s: stale from 1010.
     for i in 0..100 {

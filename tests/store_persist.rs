@@ -6,7 +6,7 @@ use ringcache::store::engine::{OpenError, Options, Store};
 use ringcache::store::item::ItemMeta;
 use ringcache::store::key_hash;
 use ringcache::store::layout::{FileHeader, LayoutError, HEADER_FIELDS_BYTES};
-use ringcache::store::policy::Clock;
+use ringcache::store::policy::ClockPro;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,8 +37,8 @@ impl Drop for TempFile {
     }
 }
 
-fn open(p: &TempFile) -> Result<Arc<Store<Clock>>, OpenError> {
-    Store::<Clock>::open(&p.0, BUDGET, opts()).map(Arc::new)
+fn open(p: &TempFile) -> Result<Arc<Store<ClockPro>>, OpenError> {
+    Store::<ClockPro>::open(&p.0, BUDGET, opts()).map(Arc::new)
 }
 
 fn body(i: u32, version: u32) -> Vec<u8> {
@@ -47,7 +47,7 @@ fn body(i: u32, version: u32) -> Vec<u8> {
         .collect()
 }
 
-fn fill(s: &Store<Clock>, n: u32, version: u32) {
+fn fill(s: &Store<ClockPro>, n: u32, version: u32) {
     for i in 0..n {
         let k = format!("h\0/obj/{i}");
         let head = format!("HTTP/1.1 200 OK\r\nX-V: {version}\r\n");
@@ -61,7 +61,7 @@ fn fill(s: &Store<Clock>, n: u32, version: u32) {
     }
 }
 
-fn check_all(s: &Arc<Store<Clock>>, n: u32, version: u32) {
+fn check_all(s: &Arc<Store<ClockPro>>, n: u32, version: u32) {
     let r = s.reader().unwrap();
     let mut out = Vec::new();
     for i in 0..n {
@@ -172,7 +172,7 @@ fn a_damaged_header_or_another_version_is_refused_clearly() {
         chunk_bytes: 256,
         ..opts()
     };
-    let e = Store::<Clock>::open(&p.0, BUDGET, other)
+    let e = Store::<ClockPro>::open(&p.0, BUDGET, other)
         .err()
         .unwrap()
         .to_string();
@@ -291,7 +291,7 @@ fn reset_rebuilds_a_refused_file_cold() {
         s.close().unwrap();
     }
     // A file that opens is not reset: items kept.
-    let s = Store::<Clock>::open_reset(&p.0, BUDGET, opts()).unwrap();
+    let s = Store::<ClockPro>::open_reset(&p.0, BUDGET, opts()).unwrap();
     assert!(!s.recovery().was_reset && s.recovery().items_recovered == 20);
     drop(s);
     let good = read_header(&p);
@@ -320,7 +320,7 @@ fn reset_rebuilds_a_refused_file_cold() {
     for (why, damage) in cases {
         damage();
         assert!(open(&p).is_err(), "{why}: plain open must refuse");
-        let s = Arc::new(Store::<Clock>::open_reset(&p.0, BUDGET, opts()).unwrap());
+        let s = Arc::new(Store::<ClockPro>::open_reset(&p.0, BUDGET, opts()).unwrap());
         let rec = s.recovery();
         assert!(rec.was_reset && rec.items_recovered == 0, "{why}: {rec:?}");
         assert!(s.reset_reason().unwrap().to_string().contains(why), "{why}");
@@ -337,7 +337,7 @@ fn reset_rebuilds_a_refused_file_cold() {
         chunk_bytes: 256,
         ..opts()
     };
-    let s = Store::<Clock>::open_reset(&p.0, BUDGET, other).unwrap();
+    let s = Store::<ClockPro>::open_reset(&p.0, BUDGET, other).unwrap();
     assert!(s.recovery().was_reset);
     assert!(s
         .reset_reason()

@@ -10,7 +10,7 @@
 use ringcache::store::engine::{Options, Store};
 use ringcache::store::item::ItemMeta;
 use ringcache::store::key_hash;
-use ringcache::store::policy::Clock;
+use ringcache::store::policy::ClockPro;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ fn path() -> PathBuf {
 /// Open, time it, check every object is a fresh hit, report.
 fn reopen_and_check(p: &Path, what: &str) -> Arc<Store> {
     let t = Instant::now();
-    let s = Arc::new(Store::<Clock>::open(p, BUDGET_BYTES, options()).expect("reopen"));
+    let s = Arc::new(Store::<ClockPro>::open(p, BUDGET_BYTES, options()).expect("reopen"));
     let took = t.elapsed();
     let rec = s.recovery();
     let r = s.reader().expect("reader");
@@ -99,7 +99,7 @@ fn a_one_gib_store_with_a_million_objects_restarts_within_a_second() {
     }
     let _rm = Rm(p.clone());
     let stored = {
-        let s = Store::<Clock>::open(&p, BUDGET_BYTES, options()).expect("create");
+        let s = Store::<ClockPro>::open(&p, BUDGET_BYTES, options()).expect("create");
         let t = Instant::now();
         let meta = ItemMeta::new(1_700_000_000, 0, 3600);
         for i in 0..OBJECTS_COUNT {

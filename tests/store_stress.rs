@@ -4,7 +4,7 @@
 use ringcache::store::engine::{Options, Store};
 use ringcache::store::item::ItemMeta;
 use ringcache::store::key_hash;
-use ringcache::store::policy::Clock;
+use ringcache::store::policy::{Clock, ClockPro, Policy};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,15 @@ fn body(key: u64, version: u64) -> Vec<u8> {
 
 #[test]
 fn readers_never_see_a_torn_or_mixed_item() {
+    stress::<ClockPro>("clockpro");
+}
+
+#[test]
+fn readers_never_see_a_torn_or_mixed_item_with_clock() {
+    stress::<Clock>("clock");
+}
+
+fn stress<P: Policy + Sync + 'static>(name: &str) {
     let opts = Options {
         segment_bytes: 64 << 10,
         chunk_bytes: 128,
@@ -35,7 +44,7 @@ fn readers_never_see_a_torn_or_mixed_item() {
         stale_keep_secs: 0,
         verify_reads: true,
     };
-    let s = Arc::new(Store::<Clock>::anonymous_with(2 << 20, opts).unwrap());
+    let s = Arc::new(Store::<P>::anonymous_with(2 << 20, opts).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let version = Arc::new(AtomicU64::new(1));
     let hits = Arc::new(AtomicU64::new(0));
@@ -112,5 +121,11 @@ fn readers_never_see_a_torn_or_mixed_item() {
         "too few hits to mean anything"
     );
     assert!(u.evictions > 0, "{u:?}");
-    eprintln!("stress: {} hits, {u:?}", hits.load(Ordering::Relaxed));
+    eprintln!(
+        "stress ({name}): {} hits, {u:?}",
+        hits.load(Ordering::Relaxed)
+    );
+    if let Some(p) = s.policy_stats() {
+        eprintln!("stress ({name}): {p:?}");
+    }
 }

@@ -2,8 +2,9 @@
 //! Improvement of the CLOCK Replacement", USENIX ATC 2005).
 //!
 //! The policy knows entries by index only; it never sees what an entry holds. The store calls
-//! it inside a short critical section. It hands out entry indices in `0..capacity_entries`,
-//! returns the entry that must leave the cache, and never frees anything itself.
+//! it inside a short critical section. It hands out entry indices in `0..capacity_entries` (or
+//! takes the store's: "Entries chosen by the store" below), returns the entry that must leave
+//! the cache, and never frees anything itself.
 //!
 //! # States
 //! Every entry on the clock is one of:
@@ -41,8 +42,23 @@
 //! * Warm-up: until the cache first fills, new entries are hot while the hot count is below
 //!   `m − m_c_min`.
 //!
-//! Test entries are bounded by the capacity (not by the current resident count). The two are
-//! the same once the cache is full. Expired entries ([`ClockPro::mark_expired`]) are placed
+//! # Entries chosen by the store
+//! [`ClockPro::new`] hands out resident entry indices itself. [`ClockPro::with_store_entries`]
+//! instead lets the store name the entry at admission (its index slot, which the key's hash
+//! picks): resident entries are `0..capacity` as before and test entries keep their own range
+//! above, so no map between the two is needed. In that mode the store is usually short of
+//! bytes before it is short of entries, so the cache size `m` that CLOCK-Pro adapts against
+//! is not the capacity: it is the resident count each time the store asks for room
+//! ([`ClockPro::evict_with`]). `m` bounds the test entries and `m_c`, and the hot target is
+//! `m − m_c`. Admission never evicts in that mode (the store frees the slot first).
+//!
+//! A reference bit may also live outside the policy (the store keeps it in the index slot,
+//! where a hit sets it without a lock): every hand reads a resident entry's bit through
+//! [`ReferenceBits`] and folds it into its own before deciding, which is the same as a
+//! `touch` delivered just before the hand arrived.
+//!
+//! Test entries are bounded by `m` (the capacity unless the store names entries), not by the
+//! current resident count. The two are the same once the cache is full. Expired entries ([`ClockPro::mark_expired`]) are placed
 //! under HAND_cold, so they are the next victims, and they leave no test entry.
 //!
 //! # Layout
@@ -90,6 +106,22 @@ const FREE_NODE: Node = Node {
     tag: 0,
 };
 
+/// Reference bits kept outside the policy, read (and cleared) by the hands.
+pub trait ReferenceBits {
+    /// Clears resident `entry`'s outside bit; returns whether it was set.
+    fn take_referenced(&self, entry: u32) -> bool;
+}
+
+/// No outside bits: hits arrive through [`ClockPro::touch`] only.
+pub struct OwnBits;
+
+impl ReferenceBits for OwnBits {
+    #[inline]
+    fn take_referenced(&self, _entry: u32) -> bool {
+        false
+    }
+}
+
 /// Bytes of policy metadata per node.
 pub const NODE_BYTES: usize = std::mem::size_of::<Node>();
 
@@ -124,6 +156,12 @@ pub struct ClockPro {
     capacity: u32,
     free_resident: u32,
     free_test: u32,
+    /// The store names resident entries ([`ClockPro::with_store_entries`]); the resident
+    /// free list is unused then.
+    store_entries: bool,
+    /// The cache size `m` in entries: the capacity, or in store mode the resident count
+    /// when the store last ran short of bytes.
+    size: u32,
     /// The list head (most recently placed node), `NIL` when the clock is empty.
     newest: u32,
     hand_hot: u32,
@@ -172,6 +210,8 @@ impl ClockPro {
             capacity: cap,
             free_resident: 0,
             free_test: cap,
+            store_entries: false,
+            size: cap,
             newest: NIL,
             hand_hot: NIL,
             hand_cold: NIL,
@@ -184,6 +224,18 @@ impl ClockPro {
             cold_target_max,
             filled: false,
         }
+    }
+
+    /// A policy whose resident entries the store names ([`ClockPro::admit_entry`]): its
+    /// index slots `0..capacity_entries`.
+    pub fn with_store_entries(capacity_entries: u32) -> ClockPro {
+        let mut cp = ClockPro::new(capacity_entries);
+        cp.store_entries = true;
+        cp.free_resident = NIL;
+        for i in 0..capacity_entries {
+            cp.nodes[i as usize].next = NIL;
+        }
+        cp
     }
 
     pub fn capacity_entries(&self) -> u32 {
@@ -219,28 +271,51 @@ impl ClockPro {
     /// Admits a missed key. `key_hash` lets a test entry of the same key be recognised. When
     /// the cache is full, one resident entry leaves first and is returned as the victim.
     pub fn admit(&mut self, key_hash: u64) -> Admission {
-        let tag = fingerprint_tag(key_hash);
+        assert!(
+            !self.store_entries,
+            "admit on a policy whose store names entries"
+        );
         let victim = if self.resident_count() == self.capacity {
-            self.run_hand_cold()
+            self.run_hand_cold(&OwnBits)
         } else {
             None
         };
-        // Looked up after HAND_cold: its sweep may have ended this key's test period.
-        let test_entry = self.table_find(tag);
+        // `place_admitted` looks the key's test entry up after HAND_cold: its sweep may
+        // have ended that test period.
         let entry = self.free_resident;
         debug_assert!(entry != NIL);
         self.free_resident = self.nodes[entry as usize].next;
+        self.place_admitted(entry, key_hash, &OwnBits);
+        Admission { entry, victim }
+    }
+
+    /// Admits a missed key under `entry`, which the store chose (store mode). The entry must
+    /// be free; admission never evicts here: the store asks for room with
+    /// [`ClockPro::evict_with`] before it admits.
+    pub fn admit_entry(&mut self, entry: u32, key_hash: u64, refs: &impl ReferenceBits) {
+        assert!(
+            self.store_entries,
+            "admit_entry on a policy that names entries"
+        );
+        assert!(
+            entry < self.capacity && self.nodes[entry as usize].prev == NIL,
+            "admit_entry of resident or out-of-range entry {entry}"
+        );
+        self.place_admitted(entry, key_hash, refs);
+    }
+
+    fn place_admitted(&mut self, entry: u32, key_hash: u64, refs: &impl ReferenceBits) {
+        let tag = fingerprint_tag(key_hash);
+        let test_entry = self.table_find(tag);
         if test_entry != NIL {
             self.drop_test(test_entry);
             self.grow_cold_target();
             self.place_at_head(entry, tag | HOT);
             self.hot_count += 1;
             while self.hot_count > self.hot_target() {
-                self.run_hand_hot(NIL);
+                self.run_hand_hot(NIL, refs);
             }
-        } else if !self.filled
-            && self.hot_count < self.capacity.saturating_sub(self.cold_target_min)
-        {
+        } else if !self.filled && self.hot_count < self.size.saturating_sub(self.cold_target_min) {
             self.place_at_head(entry, tag | HOT);
             self.hot_count += 1;
         } else {
@@ -250,19 +325,45 @@ impl ClockPro {
         if self.resident_count() == self.capacity {
             self.filled = true;
         }
-        self.bound_test_entries();
-        Admission { entry, victim }
+        self.bound_test_entries(refs);
     }
 
     /// Makes one resident entry leave (the store is short of bytes, not of entries). Returns
     /// it, or `None` when nothing is resident.
     pub fn evict(&mut self) -> Option<u32> {
+        self.evict_with(&OwnBits)
+    }
+
+    /// [`ClockPro::evict`], with reference bits kept outside the policy. In store mode the
+    /// cache size `m` becomes the resident count: that many entries fill the store's bytes.
+    pub fn evict_with(&mut self, refs: &impl ReferenceBits) -> Option<u32> {
         if self.resident_count() == 0 {
             return None;
         }
-        let victim = self.run_hand_cold();
-        self.bound_test_entries();
+        if self.store_entries {
+            self.resize(self.resident_count(), refs);
+        }
+        let victim = self.run_hand_cold(refs);
+        self.bound_test_entries(refs);
         victim
+    }
+
+    /// Store mode: the cache holds `size` entries. Moves `m_c`'s bounds with it, demotes hot
+    /// entries over the new hot target and drops test entries over the new bound.
+    fn resize(&mut self, size: u32, refs: &impl ReferenceBits) {
+        self.filled = true;
+        if size == self.size {
+            return;
+        }
+        self.size = size;
+        self.cold_target_min = (size / 100).max(2);
+        self.cold_target_max = ((u64::from(size) * 99 / 100) as u32).max(self.cold_target_min);
+        self.cold_target = self
+            .cold_target
+            .clamp(self.cold_target_min, self.cold_target_max);
+        while self.hot_count > self.hot_target() {
+            self.run_hand_hot(NIL, refs);
+        }
     }
 
     /// The store dropped resident `entry` itself (purge, replacement). It leaves the clock
@@ -280,6 +381,15 @@ impl ClockPro {
         }
         self.unlink(entry);
         self.free_resident_node(entry);
+    }
+
+    /// Folds node `i`'s outside reference bit (resident nodes only) into its tag; returns
+    /// the tag.
+    fn fold_reference(&mut self, i: u32, refs: &impl ReferenceBits) -> u32 {
+        if !self.is_test_node(i) && refs.take_referenced(i) {
+            self.nodes[i as usize].tag |= REFERENCED;
+        }
+        self.nodes[i as usize].tag
     }
 
     /// Resident `entry` has expired: it becomes the next victim and leaves no test entry.
@@ -319,7 +429,7 @@ impl ClockPro {
     }
 
     fn hot_target(&self) -> u32 {
-        self.capacity.saturating_sub(self.cold_target)
+        self.size.saturating_sub(self.cold_target)
     }
 
     fn grow_cold_target(&mut self) {
@@ -334,9 +444,9 @@ impl ClockPro {
         }
     }
 
-    fn bound_test_entries(&mut self) {
-        while self.test_count > self.capacity {
-            self.run_hand_test();
+    fn bound_test_entries(&mut self, refs: &impl ReferenceBits) {
+        while self.test_count > self.size {
+            self.run_hand_test(refs);
         }
     }
 
@@ -393,6 +503,10 @@ impl ClockPro {
     }
 
     fn free_resident_node(&mut self, i: u32) {
+        if self.store_entries {
+            self.nodes[i as usize] = FREE_NODE;
+            return;
+        }
         self.nodes[i as usize] = Node {
             prev: NIL,
             next: self.free_resident,
@@ -454,7 +568,7 @@ impl ClockPro {
     // ---- hands ----
 
     /// Evicts one resident entry and returns it.
-    fn run_hand_cold(&mut self) -> Option<u32> {
+    fn run_hand_cold(&mut self, refs: &impl ReferenceBits) -> Option<u32> {
         loop {
             if self.cold_count == 0 {
                 // Promotions (or the store's removals) left no cold entry: demote one. A
@@ -462,7 +576,7 @@ impl ClockPro {
                 if self.hot_count == 0 {
                     return None;
                 }
-                self.run_hand_hot(NIL);
+                self.run_hand_hot(NIL, refs);
             }
             let i = self.hand_cold;
             let tag = self.nodes[i as usize].tag;
@@ -470,12 +584,13 @@ impl ClockPro {
                 self.hand_cold = self.nodes[i as usize].next;
                 continue;
             }
+            let tag = self.fold_reference(i, refs);
             if tag & REFERENCED == 0 || tag & EXPIRED != 0 {
                 self.cold_count -= 1;
                 if tag & (IN_TEST | EXPIRED) == IN_TEST {
                     let g = self.replace_with_test(i);
                     self.hand_cold = self.nodes[g as usize].next;
-                    self.bound_test_entries();
+                    self.bound_test_entries(refs);
                 } else {
                     self.unlink(i);
                     self.free_resident_node(i);
@@ -483,7 +598,7 @@ impl ClockPro {
                 return Some(i);
             }
             if tag & IN_TEST != 0 {
-                self.promote(i);
+                self.promote(i, refs);
             } else {
                 self.nodes[i as usize].tag = (tag & !REFERENCED) | IN_TEST;
                 self.move_to_head(i);
@@ -492,13 +607,13 @@ impl ClockPro {
     }
 
     /// Cold entry `i`, under HAND_cold, was requested during its test period.
-    fn promote(&mut self, i: u32) {
+    fn promote(&mut self, i: u32, refs: &impl ReferenceBits) {
         self.grow_cold_target();
         self.nodes[i as usize].tag &= !REFERENCED;
         self.hand_cold = self.nodes[i as usize].next;
         // Make room while the candidate stays where it is; HAND_hot may end its test period.
         while self.hot_count + 1 > self.hot_target() && self.hot_count > 0 {
-            self.run_hand_hot(i);
+            self.run_hand_hot(i, refs);
             if self.nodes[i as usize].tag & IN_TEST == 0 {
                 break;
             }
@@ -517,18 +632,18 @@ impl ClockPro {
 
     /// Demotes one hot entry, ending the test periods it passes. `_candidate` is the cold entry
     /// being promoted, if any (HAND_hot treats it like any cold entry).
-    fn run_hand_hot(&mut self, _candidate: u32) {
+    fn run_hand_hot(&mut self, _candidate: u32, refs: &impl ReferenceBits) {
         if self.hot_count == 0 {
             return;
         }
         loop {
             let i = self.hand_hot;
-            let tag = self.nodes[i as usize].tag;
             if self.is_test_node(i) {
                 self.shrink_cold_target();
                 self.drop_test(i);
                 continue;
             }
+            let tag = self.fold_reference(i, refs);
             if tag & HOT == 0 {
                 self.end_test_period(i, tag);
                 self.hand_hot = self.nodes[i as usize].next;
@@ -549,7 +664,7 @@ impl ClockPro {
     }
 
     /// Drops one test entry, ending the test periods it passes.
-    fn run_hand_test(&mut self) {
+    fn run_hand_test(&mut self, refs: &impl ReferenceBits) {
         if self.test_count == 0 {
             return;
         }
@@ -560,7 +675,7 @@ impl ClockPro {
                 self.drop_test(i);
                 return;
             }
-            let tag = self.nodes[i as usize].tag;
+            let tag = self.fold_reference(i, refs);
             if tag & HOT == 0 {
                 self.end_test_period(i, tag);
             }
@@ -637,7 +752,8 @@ impl ClockPro {
             self.hot_count + self.cold_count <= cap,
             "resident over capacity"
         );
-        assert!(self.test_count <= cap, "test entries over bound");
+        assert!(self.size <= cap, "m over capacity");
+        assert!(self.test_count <= self.size, "test entries over bound");
         assert!(
             (self.cold_target_min..=self.cold_target_max).contains(&self.cold_target),
             "m_c {} outside [{}, {}]",
@@ -694,7 +810,14 @@ impl ClockPro {
         );
         let in_table = self.table.iter().filter(|&&g| g != NIL).count() as u32;
         assert_eq!(in_table, self.test_count, "table and test count disagree");
-        let free_resident = self.free_list_len(self.free_resident);
+        let free_resident = if self.store_entries {
+            assert_eq!(self.free_resident, NIL, "store mode keeps no free list");
+            (0..cap)
+                .filter(|&i| self.nodes[i as usize].prev == NIL)
+                .count() as u32
+        } else {
+            self.free_list_len(self.free_resident)
+        };
         let free_test = self.free_list_len(self.free_test);
         assert_eq!(free_resident + hot + cold, cap, "resident nodes leak");
         assert_eq!(free_test + test, cap + 1, "test nodes leak");
@@ -993,8 +1116,116 @@ mod tests {
         ]
     }
 
+    /// Outside reference bits, as the store keeps them in its index slots.
+    struct Bits(Vec<std::cell::Cell<bool>>);
+    impl ReferenceBits for Bits {
+        fn take_referenced(&self, entry: u32) -> bool {
+            self.0[entry as usize].replace(false)
+        }
+    }
+
+    #[test]
+    fn store_mode_adapts_to_the_resident_count_and_reads_outside_bits() {
+        // 64 entries, but the store fills its bytes at 20: m follows, and the hot target is
+        // 20 − m_c.
+        let mut cp = ClockPro::with_store_entries(64);
+        let bits = Bits((0..64).map(|_| std::cell::Cell::new(false)).collect());
+        for e in 0..20 {
+            cp.admit_entry(e, h(u64::from(e)), &bits);
+        }
+        assert_eq!(cp.stats().hot_count, 20, "warm-up against the capacity");
+        bits.0[0].set(true); // a hit on 0, seen only through the outside bit
+        let v = cp.evict_with(&bits).unwrap();
+        cp.debug_validate();
+        assert_ne!(v, 0);
+        let s = cp.stats();
+        assert_eq!(s.cold_target, 2);
+        assert!(s.hot_count <= 18, "hot {} over m − m_c", s.hot_count);
+        // The store names the freed slot again; one-time keys keep test entries under m.
+        cp.admit_entry(v, h(1000), &bits);
+        for round in 0..200u64 {
+            let v = cp.evict_with(&bits).unwrap();
+            cp.admit_entry(v, h(2000 + round), &bits);
+            cp.debug_validate();
+            assert!(cp.stats().test_count <= 20);
+        }
+        assert_eq!(cp.resident_count(), 20);
+        assert_eq!(cp.stats().cold_target, 2);
+    }
+
+    #[derive(Clone, Debug)]
+    enum StoreOp {
+        /// Request key; on a miss the store names a free entry (key mod capacity, probing).
+        Get(u64),
+        Remove(u64),
+        /// The store is short of bytes.
+        Evict,
+    }
+
+    fn store_op() -> impl Strategy<Value = StoreOp> {
+        let key = (0u32..1 << 16).prop_map(|r| u64::from((r * r) >> 22));
+        prop_oneof![
+            12 => key.clone().prop_map(StoreOp::Get),
+            1 => key.prop_map(StoreOp::Remove),
+            4 => Just(StoreOp::Evict),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Store mode against a plain model: the store names entries, hits arrive as outside
+        /// bits, victims were resident, and every invariant holds after every operation.
+        #[test]
+        fn store_mode_model(capacity in 1u32..64, ops in proptest::collection::vec(store_op(), 1..600)) {
+            let mut cp = ClockPro::with_store_entries(capacity);
+            let bits = Bits((0..capacity).map(|_| std::cell::Cell::new(false)).collect());
+            let mut entry_of: HashMap<u64, u32> = HashMap::new();
+            let mut key_of: HashMap<u32, u64> = HashMap::new();
+            for op in ops {
+                match op {
+                    StoreOp::Get(k) => {
+                        if let Some(&e) = entry_of.get(&k) {
+                            bits.0[e as usize].set(true);
+                        } else {
+                            if key_of.len() as u32 == capacity {
+                                let v = cp.evict_with(&bits).unwrap();
+                                let vk = key_of.remove(&v);
+                                prop_assert!(vk.is_some(), "victim {} not resident", v);
+                                entry_of.remove(&vk.unwrap());
+                                bits.0[v as usize].set(false);
+                            }
+                            let mut e = (k % u64::from(capacity)) as u32;
+                            while key_of.contains_key(&e) {
+                                e = (e + 1) % capacity;
+                            }
+                            cp.admit_entry(e, h(k), &bits);
+                            key_of.insert(e, k);
+                            entry_of.insert(k, e);
+                        }
+                    }
+                    StoreOp::Remove(k) => {
+                        if let Some(e) = entry_of.remove(&k) {
+                            key_of.remove(&e);
+                            cp.remove(e);
+                            bits.0[e as usize].set(false);
+                        }
+                    }
+                    StoreOp::Evict => {
+                        let v = cp.evict_with(&bits);
+                        prop_assert_eq!(v.is_some(), !key_of.is_empty());
+                        if let Some(v) = v {
+                            let vk = key_of.remove(&v);
+                            prop_assert!(vk.is_some(), "victim {} not resident", v);
+                            entry_of.remove(&vk.unwrap());
+                            bits.0[v as usize].set(false);
+                        }
+                    }
+                }
+                prop_assert_eq!(cp.resident_count() as usize, key_of.len());
+                cp.debug_validate();
+            }
+        }
 
         /// Against a plain model (key ↔ entry maps): capacity is never exceeded, victims were
         /// resident, indices handed out were free, touch never evicts, and every invariant

@@ -11,10 +11,12 @@
 //! 8 slots), the top 16 bits are the tag. Entry `e` of a shard's policy is
 //! `bucket × 8 + way`. REF marks a slot whose hit is queued for the policy;
 //! CLK (bit 62) is the referenced bit of a policy that keeps it in the slot
-//! (`Policy::SLOT_BIT`, CLOCK): a hit sets it once, the hand clears it.
+//! (`Policy::SLOT_BIT`: CLOCK-Pro, the store's policy, and CLOCK): a hit
+//! sets it once, a hand clears it.
 //!
-//! Metadata per object: slot 8 + link word 4 + item header 20 = 32 bytes
-//! (asserted below), with CLOCK's state in CLK.
+//! Metadata per object: slot 8 + link word 4 + item header 20 = 32 bytes,
+//! plus the policy's heap bytes per slot: 32 for CLOCK-Pro (64 in all,
+//! asserted below), none for CLOCK (the 32-byte target).
 //!
 //! Insert order, and why recovery's "newest wins" holds: the chain is
 //! allocated with its first chunk marked FILLING (not an item start) and
@@ -49,6 +51,7 @@
 //! a bounded sweep first, then the policy's victims), moving to the next
 //! shard when one has nothing to give.
 
+use super::clockpro::ClockProStats;
 use super::epoch::Epochs;
 use super::item::{
     seq_newer, Hit, ItemHeader, ItemMeta, HEAD_BYTES_MAX, ITEM_HEADER_BYTES, KEY_BYTES_MAX,
@@ -57,7 +60,7 @@ use super::layout::{
     FileHeader, Layout, LayoutError, BUCKET_SLOTS, CHUNK_BYTES_DEFAULT, FORMAT_VERSION,
     HEADER_BYTES, HEADER_FIELDS_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT, SHARDS_COUNT, SLOT_BYTES,
 };
-use super::policy::{Clock, Policy, SlotBits};
+use super::policy::{Clock, ClockPro, Policy, SlotBits};
 use super::region::Region;
 use super::slab::{
     link_kind, link_next, link_word, Links, Slab, KIND_CONT, KIND_FILLING, KIND_FREE, KIND_HEAD,
@@ -84,10 +87,16 @@ pub const ITEM_CHUNKS_FRACTION: u32 = 8;
 const REF_BIT: u64 = 1 << 63;
 const CLOCK_BIT: u64 = 1 << 62;
 
-/// The 32-byte target for metadata per (single-chunk) object.
+/// Metadata per (single-chunk) object with the store's policy, CLOCK-Pro,
+/// counting one index slot per object: over the 32-byte target by its
+/// nodes and test table (see `policy` for what would bring it back).
 pub const METADATA_BYTES_PER_OBJECT: usize =
+    SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <ClockPro as Policy>::ENTRY_BYTES;
+const _: () = assert!(METADATA_BYTES_PER_OBJECT == 64);
+/// The same with CLOCK, whose whole state is CLK: the 32-byte target.
+pub const METADATA_BYTES_PER_OBJECT_CLOCK: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <Clock as Policy>::ENTRY_BYTES;
-const _: () = assert!(METADATA_BYTES_PER_OBJECT <= 32);
+const _: () = assert!(METADATA_BYTES_PER_OBJECT_CLOCK <= 32);
 const LOW_MASK: u64 = 0xffff_ffff;
 
 #[inline]
@@ -205,7 +214,7 @@ struct Shard<P> {
 }
 
 /// The segment store. Share it in an `Arc`; each worker takes a [`Reader`].
-pub struct Store<P: Policy = Clock> {
+pub struct Store<P: Policy = ClockPro> {
     region: Region,
     layout: Layout,
     slab: Slab,
@@ -252,7 +261,7 @@ impl Drop for Pin<'_> {
 }
 
 /// A worker's read handle: owns one epoch slot. `!Sync`: one thread at a time.
-pub struct Reader<P: Policy = Clock> {
+pub struct Reader<P: Policy = ClockPro> {
     store: Arc<Store<P>>,
     slot: usize,
     _not_sync: PhantomData<Cell<()>>,
@@ -322,9 +331,9 @@ struct Cursor {
     pos: usize,
 }
 
-impl Store<Clock> {
+impl Store {
     /// A store in anonymous memory with default options.
-    pub fn anonymous(bytes: u64) -> Result<Store<Clock>, OpenError> {
+    pub fn anonymous(bytes: u64) -> Result<Store, OpenError> {
         Store::anonymous_with(bytes, Options::default())
     }
 }
@@ -797,9 +806,7 @@ impl<P: Policy> Store<P> {
             let Some(chunk) = slot_chunk(self.slot(shard, e).load(Ordering::Relaxed)) else {
                 continue;
             };
-            // SAFETY: published and in our locked shard: not retired meanwhile.
-            let (h, _) = unsafe { self.header_at(chunk) };
-            if h.meta.expires_secs() + u64::from(self.options.stale_keep_secs) <= now_secs {
+            if self.is_expired(chunk, now_secs) {
                 st.policy.remove(e);
                 self.unlink(shard, e);
                 // Relaxed: a statistic.
@@ -815,13 +822,32 @@ impl<P: Policy> Store<P> {
         let mut any = false;
         for i in 0..st.victims.len() {
             let e = st.victims[i];
-            if self.unlink(shard, e) {
-                any = true;
-                // Relaxed: a statistic.
+            // Relaxed: under the shard lock, only REF changes concurrently.
+            let Some(chunk) = slot_chunk(self.slot(shard, e).load(Ordering::Relaxed)) else {
+                debug_assert!(false, "policy victim {e} holds no item");
+                continue;
+            };
+            // An expired victim (the sweep had not reached it) counts as
+            // an expiration, as if the sweep had taken it.
+            let expired = self.is_expired(chunk, now_secs);
+            self.unlink(shard, e);
+            any = true;
+            // Relaxed: statistics.
+            if expired {
+                self.expirations.fetch_add(1, Ordering::Relaxed);
+            } else {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
         any
+    }
+
+    /// Is the published item at `chunk` past its freshness and the stale
+    /// allowance, on the store's clock? Under the shard lock.
+    fn is_expired(&self, chunk: u32, now_secs: u64) -> bool {
+        // SAFETY: published and in our locked shard: not retired meanwhile.
+        let (h, _) = unsafe { self.header_at(chunk) };
+        h.meta.expires_secs() + u64::from(self.options.stale_keep_secs) <= now_secs
     }
 
     /// `n` chunks linked as a chain (HEAD, CONT, ...), or None.
@@ -1025,7 +1051,7 @@ impl<P: Policy> Store<P> {
             policy, victims, ..
         } = &mut *st;
         victims.clear();
-        policy.admit(e, hash, victims);
+        policy.admit_in(&ShardSlots { store: self, shard }, e, hash, victims);
         for i in 0..st.victims.len() {
             let v = st.victims[i];
             if v != e && self.unlink(shard, v) {
@@ -1073,6 +1099,27 @@ impl<P: Policy> Store<P> {
             expirations: r(&self.expirations),
             pending_chunks: self.epochs.pending(),
         }
+    }
+
+    /// The policy's counts summed over the shards (hot, cold, test entries
+    /// and the cold targets `m_c`), when the policy is CLOCK-Pro. Takes each
+    /// shard's lock in turn: for metrics, not the request path.
+    pub fn policy_stats(&self) -> Option<ClockProStats> {
+        let mut sum: Option<ClockProStats> = None;
+        for shard in 0..SHARDS_COUNT {
+            let s = self.lock(shard).policy.clockpro_stats()?;
+            let t = sum.get_or_insert(ClockProStats {
+                hot_count: 0,
+                cold_count: 0,
+                test_count: 0,
+                cold_target: 0,
+            });
+            t.hot_count += s.hot_count;
+            t.cold_count += s.cold_count;
+            t.test_count += s.test_count;
+            t.cold_target += s.cold_target;
+        }
+        sum
     }
 
     /// Rebuild the index, the policy and the free list from the chunks.
@@ -1287,8 +1334,8 @@ mod tests {
     }
 
     /// The first chunk of the item published under `hash` (one key only).
-    fn published(s: &Store<Clock>, hash: u64) -> u32 {
-        let shard = Store::<Clock>::shard_of(hash);
+    fn published(s: &Store<ClockPro>, hash: u64) -> u32 {
+        let shard = Store::<ClockPro>::shard_of(hash);
         let base = s.bucket_first_entry(hash);
         (base..base + BUCKET_SLOTS as u32)
             // Relaxed: single-threaded test.
@@ -1308,7 +1355,7 @@ mod tests {
         let hash = key_hash(key);
         let meta = ItemMeta::new(1000, 0, 60);
         {
-            let s = Store::<Clock>::open(&p.0, 4 << 20, options()).unwrap();
+            let s = Store::<ClockPro>::open(&p.0, 4 << 20, options()).unwrap();
             for v in 0..versions {
                 assert!(s.insert(hash, key, b"", &v.to_le_bytes(), meta));
             }
@@ -1326,7 +1373,7 @@ mod tests {
                 .store(link_word(KIND_HEAD, NONE), Ordering::Relaxed);
             // Dropped without close.
         }
-        let s = Arc::new(Store::<Clock>::open(&p.0, 4 << 20, options()).unwrap());
+        let s = Arc::new(Store::<ClockPro>::open(&p.0, 4 << 20, options()).unwrap());
         let rec = s.recovery();
         assert_eq!((rec.items_recovered, rec.items_dropped), (1, 1), "{rec:?}");
         let r = s.reader().unwrap();
@@ -1365,7 +1412,7 @@ mod tests {
         let (key, meta) = (b"h\0/gone", ItemMeta::new(1000, 0, 60));
         let hash = key_hash(key);
         {
-            let s = Store::<Clock>::open(&p.0, 4 << 20, options()).unwrap();
+            let s = Store::<ClockPro>::open(&p.0, 4 << 20, options()).unwrap();
             assert!(s.insert(hash, key, b"", b"body", meta));
             let c = published(&s, hash);
             assert!(s.remove(hash, key));
@@ -1375,7 +1422,7 @@ mod tests {
             s.link(c)
                 .store(link_word(KIND_FILLING, NONE), Ordering::Relaxed);
         }
-        let s = Store::<Clock>::open(&p.0, 4 << 20, options()).unwrap();
+        let s = Store::<ClockPro>::open(&p.0, 4 << 20, options()).unwrap();
         assert_eq!(s.recovery().items_recovered, 0, "a removed item came back");
     }
 }

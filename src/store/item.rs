@@ -31,8 +31,9 @@
 //! 2^15) tells the newer one apart at any age of the store.
 //!
 //! Metadata per object (single-chunk item): index slot 8 + link word 4 +
-//! this header 20 = 32 bytes; the CLOCK policy keeps its bit in the slot
-//! (0 heap bytes per entry).
+//! this header 20 = 32 bytes, plus the eviction policy's heap bytes per
+//! slot: 32 for CLOCK-Pro (the store's policy), 0 for CLOCK, whose whole
+//! state is a bit in the slot (see `engine::METADATA_BYTES_PER_OBJECT`).
 //!
 //! Checksum: crc32c, through the `crc32c` crate (SSE4.2/ARMv8 instructions
 //! with a table fallback): fast enough to verify every item on the recovery

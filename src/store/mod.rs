@@ -8,7 +8,10 @@
 //! The proxy sees four operations: a worker's [`Reader::lookup`] (copies a
 //! fresh item's head, the proxy's own fields and the body straight into the
 //! client's output, no allocation), [`SharedStore::insert`],
-//! [`SharedStore::remove`] and [`SharedStore::usage`].
+//! [`SharedStore::remove`] and [`SharedStore::usage`] (with
+//! [`SharedStore::policy_stats`] for CLOCK-Pro's hot, cold and test counts
+//! and its cold target). Eviction is CLOCK-Pro over each shard's index
+//! slots (`policy`, `clockpro`).
 
 #[cfg(not(loom))]
 pub mod engine;

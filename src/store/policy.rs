@@ -15,10 +15,20 @@
 //! is zero, which is what brings the store to 32 bytes of metadata per
 //! object.
 //!
+//! CLOCK-Pro ([`ClockPro`], the store's policy) is a `SLOT_BIT` policy
+//! too: hits set CLK and nothing else, and its hands fold a slot's CLK into
+//! their own reference bit when they pass the entry. Its entries are the
+//! shard's slots (the store names the entry at admission); its test
+//! entries live in their own index range above them. Its list nodes and
+//! test table cost [`CLOCKPRO_ENTRY_BYTES`] per slot.
+//!
 //! Beyond the shape `touch / admit / remove`, a policy constructs itself
 //! from an entry count, states its bytes per entry (charged against the
 //! store's cap) and answers `evict` when the engine needs room in bytes
 //! rather than in entries.
+
+pub use super::clockpro::ClockPro;
+use super::clockpro::{ClockProStats, ReferenceBits, NODE_BYTES};
 
 /// An eviction policy over entry indices `0 .. entries`.
 pub trait Policy: Send {
@@ -45,6 +55,76 @@ pub trait Policy: Send {
     fn evict_in(&mut self, slots: &dyn SlotBits, victims: &mut Vec<u32>) {
         let _ = slots;
         self.evict(victims);
+    }
+
+    /// `admit`, with the index slots of the shard in view.
+    fn admit_in(&mut self, slots: &dyn SlotBits, e: u32, key_hash: u64, victims: &mut Vec<u32>) {
+        let _ = slots;
+        self.admit(e, key_hash, victims);
+    }
+
+    /// CLOCK-Pro's counts (hot, cold, test, `m_c`), for metrics.
+    fn clockpro_stats(&self) -> Option<ClockProStats> {
+        None
+    }
+}
+
+/// CLOCK-Pro's heap bytes per index slot: two 12-byte nodes (the resident
+/// entry and a possible test entry) and up to two 4-byte table places.
+pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + 2 * 4;
+
+/// A shard's CLK bits as CLOCK-Pro's hands read them.
+struct SlotRefs<'a>(&'a dyn SlotBits);
+
+impl ReferenceBits for SlotRefs<'_> {
+    #[inline]
+    fn take_referenced(&self, entry: u32) -> bool {
+        self.0.take_referenced(entry)
+    }
+}
+
+impl Policy for ClockPro {
+    const ENTRY_BYTES: usize = CLOCKPRO_ENTRY_BYTES;
+    const SLOT_BIT: bool = true;
+
+    fn with_entries(entries: u32) -> ClockPro {
+        let cp = ClockPro::with_store_entries(entries);
+        // One spare test node beyond the per-slot charge; the fixed heap
+        // allowance covers it.
+        assert!(
+            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + NODE_BYTES,
+            "CLOCK-Pro metadata over its charge"
+        );
+        cp
+    }
+
+    fn touch(&mut self, e: u32) {
+        ClockPro::touch(self, e);
+    }
+
+    fn admit(&mut self, e: u32, key_hash: u64, _victims: &mut Vec<u32>) {
+        self.admit_entry(e, key_hash, &super::clockpro::OwnBits);
+    }
+
+    fn admit_in(&mut self, slots: &dyn SlotBits, e: u32, key_hash: u64, _victims: &mut Vec<u32>) {
+        // The store freed slot `e` before admitting: no victim here.
+        self.admit_entry(e, key_hash, &SlotRefs(slots));
+    }
+
+    fn remove(&mut self, e: u32) {
+        ClockPro::remove(self, e);
+    }
+
+    fn evict(&mut self, victims: &mut Vec<u32>) {
+        victims.extend(self.evict_with(&super::clockpro::OwnBits));
+    }
+
+    fn evict_in(&mut self, slots: &dyn SlotBits, victims: &mut Vec<u32>) {
+        victims.extend(self.evict_with(&SlotRefs(slots)));
+    }
+
+    fn clockpro_stats(&self) -> Option<ClockProStats> {
+        Some(self.stats())
     }
 }
 
