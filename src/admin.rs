@@ -122,6 +122,14 @@ fn gauges(store: &SharedStore) -> StoreGauges {
         expirations: u.expirations,
         recovered: r.items_recovered,
         dropped: r.items_dropped,
+        clockpro: store.policy_stats().map(|s| {
+            [
+                u64::from(s.hot_count),
+                u64::from(s.cold_count),
+                u64::from(s.test_count),
+                u64::from(s.cold_target),
+            ]
+        }),
     }
 }
 

@@ -128,6 +128,8 @@ pub struct StoreGauges {
     pub recovered: u64,
     /// Items dropped at start (torn, bad checksum, older version).
     pub dropped: u64,
+    /// CLOCK-Pro's resident hot and cold entries, test entries, cold target.
+    pub clockpro: Option<[u64; 4]>,
 }
 
 /// All workers' counters.
@@ -317,6 +319,19 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
+        if let Some([hot, cold, test, cold_target]) = store.clockpro {
+            let _ = writeln!(
+                out,
+                "# HELP ringcache_clockpro_entries CLOCK-Pro entries: resident hot and cold, non-resident in test.\n# TYPE ringcache_clockpro_entries gauge"
+            );
+            for (state, v) in [("hot", hot), ("cold", cold), ("test", test)] {
+                let _ = writeln!(out, "ringcache_clockpro_entries{{state=\"{state}\"}} {v}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP ringcache_clockpro_cold_target CLOCK-Pro's adaptive cold target m_c, entries.\n# TYPE ringcache_clockpro_cold_target gauge\nringcache_clockpro_cold_target {cold_target}"
+            );
+        }
         out
     }
 }
@@ -340,10 +355,19 @@ mod tests {
             expirations: 0,
             recovered: 0,
             dropped: 0,
+            clockpro: Some([5, 6, 7, 8]),
         });
         assert!(text.contains("ringcache_cache_hits_total 5\n"), "{text}");
         assert!(text.contains("ringcache_errors_total{kind=\"origin_timeout\"} 1\n"));
         assert!(text.contains("ringcache_store_items 3\n"));
+        assert!(
+            text.contains("ringcache_clockpro_entries{state=\"test\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringcache_clockpro_cold_target 8\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -54,6 +54,12 @@ fn peak_rss_stays_under_the_cap(io: &str) {
         evictions > 0.0,
         "nothing was evicted: the test did not fill the cache"
     );
+    // CLOCK-Pro's view of the same cache: resident entries are the items,
+    // and test entries remember some of what was evicted.
+    let resident = m.labelled("ringcache_clockpro_entries", "state=\"hot\"")
+        + m.labelled("ringcache_clockpro_entries", "state=\"cold\"");
+    assert_eq!(resident, m.value("ringcache_store_items"));
+    assert!(m.labelled("ringcache_clockpro_entries", "state=\"test\"") > 0.0);
     assert!(
         peak_kib >> 10 <= MEMORY_MIB + FIXED_MIB,
         "peak RSS {} MiB is over --memory {MEMORY_MIB} MiB + {FIXED_MIB} MiB of fixed buffers",
