@@ -328,6 +328,23 @@ pub fn wait_signal(timeout: std::time::Duration) -> Option<i32> {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit (each client and
+/// origin connection is a descriptor). Returns the soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for getrlimit.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is initialised; raising soft up to hard needs no privilege.
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Name of a signal number, for the shutdown log line.
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {

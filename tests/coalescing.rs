@@ -14,7 +14,12 @@ const CLIENTS: usize = 64;
 
 /// Open `CLIENTS` connections, send `path` on each, read every answer.
 fn herd(server: &Server, path: &str) -> Vec<Response> {
-    let mut clients: Vec<Client> = (0..CLIENTS)
+    herd_of(server, path, CLIENTS)
+}
+
+/// `herd` with `count` clients.
+fn herd_of(server: &Server, path: &str, count: usize) -> Vec<Response> {
+    let mut clients: Vec<Client> = (0..count)
         .map(|_| {
             let mut c = server.client();
             c.timeout = Duration::from_secs(20);
@@ -216,7 +221,43 @@ fn herd_across_workers_fetches_once(io: &str) {
     assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
 }
 
+/// The scale: 1000 concurrent clients on one cold key whose origin
+/// answers after 200 ms, over two workers: one origin request, and every
+/// client gets the full body.
+fn thousand_clients_one_fetch(io: &str) {
+    raise_open_files_limit(4096);
+    let origin = slow_origin(Duration::from_millis(200), 200, "max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let answers = herd_of(&server, "/thousand", 1000);
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /thousand", "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), 1, "the origin was asked more than once");
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_coalesced_total"), 999.0);
+}
+
+/// Let this test process hold `n` descriptors (soft limit up to the hard one).
+fn raise_open_files_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_cur < n.min(lim.rlim_max) {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 both_io!(
+    thousand_clients_one_fetch,
     herd_across_workers_fetches_once,
     conditional_requests_are_not_coalesced,
     herd_on_cold_key_fetches_once,

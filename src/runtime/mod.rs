@@ -212,6 +212,18 @@ pub fn serve(config: Config) -> Result<(), String> {
         }
     };
     let backend = choose_backend(config.io)?;
+    match crate::sys::raise_nofile_limit() {
+        Ok(n) => {
+            let wanted = config.workers as u64
+                * (config.limits.connections_max + config.limits.origin_connections_max) as u64;
+            if n < wanted {
+                log::warn!(
+                    "open files limited to {n}, below workers × (connections_max + origin_connections_max) = {wanted}; raise LimitNOFILE (systemd) or ulimit -n"
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot read or raise the open files limit: {e}"),
+    }
 
     let mut listeners = Vec::with_capacity(config.workers);
     let mut listen_addr = config.listen;
