@@ -46,17 +46,15 @@ fn slow_origin(delay: Duration, status: u16, cc: &'static str) -> TestOrigin {
     })
 }
 
-/// A cold cacheable key under a herd: one origin fetch, everybody gets the
-/// body, the waiters are marked `collapsed`, and the next request is a hit.
-fn herd_on_cold_key_fetches_once(io: &str) {
-    let origin = slow_origin(Duration::from_millis(300), 200, "max-age=60");
-    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
-        return;
-    };
-    let answers = herd(&server, "/herd");
+/// A herd on `path`: every client gets the origin's body, the origin was
+/// asked once, and every answer but the filler's is marked `collapsed`.
+#[track_caller]
+fn assert_herd_fetched_once(server: &Server, origin: &TestOrigin, path: &str) {
+    let answers = herd(server, path);
+    let body = format!("body of {path}");
     for r in &answers {
         assert_eq!(r.status, 200, "{}", r.summary());
-        assert_eq!(r.body, b"body of /herd", "{}", r.summary());
+        assert_eq!(r.body, body.as_bytes(), "{}", r.summary());
     }
     let collapsed = answers
         .iter()
@@ -64,6 +62,16 @@ fn herd_on_cold_key_fetches_once(io: &str) {
         .count();
     assert_eq!(origin.requests(), 1, "the origin was asked more than once");
     assert_eq!(collapsed, CLIENTS - 1, "every waiter is marked collapsed");
+}
+
+/// A cold cacheable key under a herd: one origin fetch, everybody gets the
+/// body, the waiters are marked `collapsed`, and the next request is a hit.
+fn herd_on_cold_key_fetches_once(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 200, "max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    assert_herd_fetched_once(&server, &origin, "/herd");
     assert!(server.get("/herd").is_hit());
     let m = server.metrics();
     assert_eq!(m.value("ringcache_coalesced_total"), (CLIENTS - 1) as f64);
@@ -195,17 +203,7 @@ fn herd_across_workers_fetches_once(io: &str) {
     let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
         return;
     };
-    let answers = herd(&server, "/across");
-    for r in &answers {
-        assert_eq!(r.status, 200, "{}", r.summary());
-        assert_eq!(r.body, b"body of /across", "{}", r.summary());
-    }
-    let collapsed = answers
-        .iter()
-        .filter(|r| r.cache_status_params().iter().any(|p| p == "collapsed"))
-        .count();
-    assert_eq!(origin.requests(), 1, "the origin was asked more than once");
-    assert_eq!(collapsed, CLIENTS - 1, "every waiter is marked collapsed");
+    assert_herd_fetched_once(&server, &origin, "/across");
     // Both workers took part: each answered some of the herd.
     let m = server.metrics();
     let per_worker: Vec<f64> = (0..2)

@@ -831,28 +831,46 @@ pub struct Response {
     pub close_delimited: bool,
 }
 
-impl Response {
+/// Header lookups shared by [`Response`] and the scripted origin's [`Request`].
+pub trait Fields {
+    /// Header lines as (name, value), in order.
+    fn fields(&self) -> &[(String, String)];
+
     /// First value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+    fn header(&self, name: &str) -> Option<&str> {
+        self.fields()
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
     /// Every value of header `name`.
-    pub fn headers_all(&self, name: &str) -> Vec<&str> {
-        self.headers
+    fn headers_all(&self, name: &str) -> Vec<&str> {
+        self.fields()
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
             .collect()
     }
 
-    pub fn has_header(&self, name: &str) -> bool {
+    fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
     }
+}
 
+impl Fields for Response {
+    fn fields(&self) -> &[(String, String)] {
+        &self.headers
+    }
+}
+
+impl Fields for Request {
+    fn fields(&self) -> &[(String, String)] {
+        &self.headers
+    }
+}
+
+impl Response {
     /// `Cache-Status`, or "" when absent.
     pub fn cache_status(&self) -> &str {
         self.header("cache-status").unwrap_or("")
@@ -1282,25 +1300,6 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn headers_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    pub fn has_header(&self, name: &str) -> bool {
-        self.header(name).is_some()
-    }
-
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
