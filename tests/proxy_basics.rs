@@ -753,7 +753,51 @@ fn stale_is_refetched(io: &str) {
     assert_eq!(origin.requests(), 2);
 }
 
+/// Request directives (RFC 9111 §5.2.1): no-cache (§5.2.1.4) and Pragma
+/// (§5.4) fetch anew, max-age (§5.2.1.1) bounds the age accepted,
+/// only-if-cached (§5.2.1.7) never asks the origin.
+fn request_directives(io: &str) {
+    let origin = TestOrigin::fixed("max-age=60", "fresh for a minute");
+    let Some((origin, server)) = with_origin(io, origin) else {
+        return;
+    };
+    let get_with = |path: &str, field: &str| {
+        let mut c = server.client();
+        c.send(
+            format!("GET {path} HTTP/1.1\r\nHost: ringcache.test\r\n{field}\r\n\r\n").as_bytes(),
+        );
+        c.read_response()
+    };
+    // only-if-cached on a miss: 504, the origin is not asked.
+    let r = get_with("/d", "Cache-Control: only-if-cached");
+    assert_eq!(r.status, 504, "{}", r.summary());
+    assert_eq!(origin.requests(), 0);
+    assert_miss_stored(&server.get("/d"));
+    assert_hit(&get_with("/d", "Cache-Control: only-if-cached"));
+    for field in ["Cache-Control: no-cache", "Pragma: no-cache"] {
+        let r = get_with("/d", field);
+        assert_eq!(
+            r.cache_status_params(),
+            ["fwd=request", "fwd-status=200", "stored"],
+            "{field}: {}",
+            r.summary()
+        );
+    }
+    assert_eq!(origin.requests(), 3);
+    // Pragma is ignored when Cache-Control is present (§5.4).
+    assert_hit(&get_with(
+        "/d",
+        "Cache-Control: max-age=60\r\nPragma: no-cache",
+    ));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_hit(&get_with("/d", "Cache-Control: max-age=60"));
+    let r = get_with("/d", "Cache-Control: max-age=0");
+    assert_eq!(r.cache_status_params()[0], "fwd=request", "{}", r.summary());
+    assert_eq!(origin.requests(), 4);
+}
+
 both_io!(
+    request_directives,
     stale_is_refetched,
     targeted_cache_control,
     writes_invalidate,

@@ -39,6 +39,7 @@ use crate::config::{Limits, HEADERS_COUNT_CAP};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::date::format_http_date;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, RequestLimits};
+use crate::http::reuse::RequestDirectives;
 use crate::http::{headers, ParseError, Parsed};
 use crate::metrics::{Counter, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
@@ -665,23 +666,39 @@ impl Proxy {
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
         let lookup = matches!(head.method, Method::Get | Method::Head) && !has_body;
         let mut hash = 0;
-        let mut stale = false;
+        let mut found = Found::Absent;
         self.key.clear();
         for &b in host {
             self.key.push(b.to_ascii_lowercase());
         }
         self.key.push(0);
         self.key.extend_from_slice(path);
+        // Request directives (RFC 9111 §5.2.1), read only when the client
+        // sent any: no-cache and max-age limit what the store may answer,
+        // only-if-cached forbids asking the origin.
+        let directives = head
+            .headers
+            .iter()
+            .any(|f| {
+                f.name.eq_ignore_ascii_case("cache-control")
+                    || f.name.eq_ignore_ascii_case("pragma")
+            })
+            .then(|| RequestDirectives::from_headers(head.headers));
         if lookup {
             hash = key_hash(&self.key);
-            let found = self.respond_hit(
+            let age_max = match directives {
+                Some(d) if d.no_cache() => Some(None),
+                Some(d) => d.cc.max_age.map(Some),
+                None => None,
+            };
+            found = self.respond_hit(
                 token,
                 hash,
                 head.method == Method::Head,
                 keep_alive,
                 head.minor_version,
+                age_max,
             );
-            stale = found == Found::Stale;
             if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
                 self.pool.target.authority = authority;
@@ -693,6 +710,22 @@ impl Proxy {
                 return;
             }
             self.counters().incr(Counter::Misses);
+            if directives.is_some_and(|d| d.only_if_cached()) {
+                // §5.2.1.7: nothing usable stored, and the origin is off limits.
+                self.pool.target.authority = authority;
+                let date = self.clock.date;
+                let mut resp = self.take_buffer();
+                put_error(
+                    &mut resp,
+                    504,
+                    &date,
+                    Some("only-if-cached"),
+                    None,
+                    !keep_alive,
+                );
+                self.client_respond(token, None, resp, !keep_alive);
+                return;
+            }
         } else {
             self.counters().incr(Counter::Passes);
         }
@@ -797,7 +830,7 @@ impl Proxy {
             request_time_secs: self.clock.unix_secs,
             retried: false,
             fill_id: None,
-            stale,
+            found,
             target_key,
             personal: head.headers.iter().any(|f| {
                 let n = f.name.as_bytes();
@@ -971,6 +1004,10 @@ impl Proxy {
     /// Answer from the store when `self.key` holds a fresh item: the stored
     /// status line and fields, then ours, then the body, copied straight
     /// into the client's output. Nothing is written for a stale or absent one.
+    ///
+    /// `age_max`: the client's limit on the age of what it accepts —
+    /// `Some(None)` accepts nothing stored (no-cache), `Some(Some(n))` at
+    /// most `n` seconds (max-age).
     fn respond_hit(
         &mut self,
         token: Token,
@@ -978,6 +1015,7 @@ impl Proxy {
         head_only: bool,
         keep_alive: bool,
         minor: u8,
+        age_max: Option<Option<u64>>,
     ) -> Found {
         let now_secs = self.clock.unix_secs;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
@@ -988,8 +1026,16 @@ impl Proxy {
             self.take_buffer()
         };
         let start = buf.len();
+        let usable = |hit: &crate::store::item::Hit| {
+            hit.meta.is_fresh(now_secs)
+                && match age_max {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(n)) => hit.meta.age_secs(now_secs) <= n,
+                }
+        };
         let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
-            if !hit.meta.is_fresh(now_secs) {
+            if !usable(hit) {
                 return false; // rolled back below
             }
             put_field_u64(b, b"Content-Length", hit.body_len as u64);
@@ -999,7 +1045,7 @@ impl Proxy {
             b.extend_from_slice(b"\r\n");
             !head_only
         });
-        let fresh = hit.is_some_and(|h| h.meta.is_fresh(now_secs));
+        let fresh = hit.as_ref().is_some_and(usable);
         if !fresh {
             buf.truncate(start);
         }
@@ -1021,6 +1067,7 @@ impl Proxy {
         }
         match hit {
             _ if fresh => Found::Fresh,
+            Some(h) if h.meta.is_fresh(now_secs) => Found::NotAccepted,
             Some(_) => Found::Stale,
             None => Found::Absent,
         }
@@ -1159,8 +1206,10 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Found {
+pub(crate) enum Found {
     Fresh,
+    /// Fresh, but the request's directives did not accept it (`fwd=request`).
+    NotAccepted,
     Stale,
     Absent,
 }

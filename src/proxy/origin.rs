@@ -58,8 +58,8 @@ pub(super) struct Fetch {
     pub fill_id: Option<u64>,
     /// `host\0path` of an unsafe request: what its answer may invalidate.
     pub target_key: Option<Box<[u8]>>,
-    /// The store held the object, but stale: Cache-Status says `fwd=stale`.
-    pub stale: bool,
+    /// What the lookup found, for Cache-Status `fwd` (miss, stale, request).
+    pub found: super::Found,
     /// The request is conditional or asks for a range: its answer (304, 206)
     /// is its own, so it neither leads nor joins a fill.
     pub personal: bool,
@@ -753,10 +753,12 @@ impl Proxy {
 
 /// The Cache-Status `fwd` parameter (RFC 9211 §2.2) for a fetch.
 fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
-    if fetch.stale {
-        b"stale"
-    } else if fetch.lookup {
-        b"miss"
+    if fetch.lookup {
+        match fetch.found {
+            super::Found::Stale => b"stale",
+            super::Found::NotAccepted => b"request",
+            super::Found::Fresh | super::Found::Absent => b"miss",
+        }
     } else if fetch.method.is_safe() {
         b"request"
     } else {
