@@ -1136,6 +1136,17 @@ impl<P: Policy> Store<P> {
                 m[c as usize / 64] &= !(1 << (c % 64));
             }
         };
+        // Mark the `n` chunks of the chain starting at `first`.
+        let set_chain = |store: &Self, m: &mut [u64], first: u32, n: usize, on: bool| {
+            let mut c = first;
+            for i in 0..n {
+                set(m, c, on);
+                if i + 1 < n {
+                    // Relaxed: single-threaded.
+                    c = link_next(store.link(c).load(Ordering::Relaxed));
+                }
+            }
+        };
         // The index in the file is not trusted: rebuilt from the items.
         for shard in 0..SHARDS_COUNT {
             for e in 0..self.layout.shard_slots() {
@@ -1192,14 +1203,7 @@ impl<P: Policy> Store<P> {
                 continue;
             }
             // Claim the chain.
-            let mut c = c0;
-            for i in 0..n {
-                set(&mut claimed, c, true);
-                if i + 1 < n {
-                    // Relaxed: single-threaded.
-                    c = link_next(self.link(c).load(Ordering::Relaxed));
-                }
-            }
+            set_chain(self, &mut claimed, c0, n, true);
             // Index it, newest version first.
             let hash = super::key_hash(&key);
             let shard = Self::shard_of(hash);
@@ -1237,14 +1241,7 @@ impl<P: Policy> Store<P> {
                     unsafe { self.header_at(l) }
                 };
                 let ln = lh.total_bytes().div_ceil(payload);
-                let mut c = l;
-                for i in 0..ln {
-                    set(&mut claimed, c, false);
-                    if i + 1 < ln {
-                        // Relaxed: single-threaded.
-                        c = link_next(self.link(c).load(Ordering::Relaxed));
-                    }
-                }
+                set_chain(self, &mut claimed, l, ln, false);
                 dropped += 1;
                 if l != c0 {
                     recovered -= 1;
@@ -1256,14 +1253,7 @@ impl<P: Policy> Store<P> {
             let Some((e, replacing)) = place else {
                 if loser.is_none() {
                     // Bucket full: drop this one.
-                    let mut c = c0;
-                    for i in 0..n {
-                        set(&mut claimed, c, false);
-                        if i + 1 < n {
-                            // Relaxed: single-threaded.
-                            c = link_next(self.link(c).load(Ordering::Relaxed));
-                        }
-                    }
+                    set_chain(self, &mut claimed, c0, n, false);
                     dropped += 1;
                 }
                 continue;
