@@ -93,6 +93,9 @@ pub struct Limits {
     pub hit_for_miss_count_max: usize,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// While draining, time a keep-alive connection with nothing pending is
+    /// kept open for one more request (answered with `Connection: close`).
+    pub drain_idle_timeout: Duration,
     /// Bytes in one provided receive buffer.
     pub recv_buffer_bytes: usize,
     /// Provided receive buffers per worker (a power of two).
@@ -126,6 +129,7 @@ impl Default for Limits {
             hit_for_miss_ttl: Duration::from_secs(30),
             hit_for_miss_count_max: 65_536,
             shutdown_grace: Duration::from_secs(10),
+            drain_idle_timeout: Duration::from_secs(1),
             recv_buffer_bytes: 16 << 10,
             recv_buffers_count: 1024,
             ring_entries: 4096,
@@ -148,6 +152,8 @@ pub struct Config {
     /// Rebuild a store file that is refused (other version or layout,
     /// damaged header) cold, instead of failing.
     pub store_reset: bool,
+    /// `log_level` from the file (`None`: `RINGCACHE_LOG` or `info`).
+    pub log_level: Option<log::LevelFilter>,
     pub limits: Limits,
 }
 
@@ -236,6 +242,7 @@ struct FileConfig {
     io: Option<IoMode>,
     memory: Option<String>,
     store: Option<std::path::PathBuf>,
+    log_level: Option<String>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -265,6 +272,7 @@ struct FileLimits {
     hit_for_miss_ttl: Option<String>,
     hit_for_miss_count_max: Option<usize>,
     shutdown_grace: Option<String>,
+    drain_idle_timeout: Option<String>,
     recv_buffer_bytes: Option<String>,
     recv_buffers_count: Option<u16>,
     ring_entries: Option<u32>,
@@ -308,6 +316,12 @@ impl Config {
             memory_bytes,
             store_path: args.store.clone().or(file.store),
             store_reset: args.store_reset,
+            log_level: match file.log_level.as_deref() {
+                Some(s) => Some(crate::logging::parse_level(s).ok_or_else(|| {
+                    format!("log_level: {s:?} is not one of off, error, warn, info, debug, trace")
+                })?),
+                None => None,
+            },
             limits: file.limits.apply(Limits::default())?,
         };
         config.validate()?;
@@ -383,6 +397,7 @@ impl Config {
             ("limits.origin_idle_timeout", l.origin_idle_timeout),
             ("limits.coalesce_wait_timeout", l.coalesce_wait_timeout),
             ("limits.hit_for_miss_ttl", l.hit_for_miss_ttl),
+            ("limits.drain_idle_timeout", l.drain_idle_timeout),
         ] {
             check(
                 d >= Duration::from_millis(10),
@@ -409,6 +424,9 @@ impl fmt::Display for Config {
         match &self.store_path {
             Some(p) => writeln!(f, "store = {:?}", p.display().to_string())?,
             None => writeln!(f, "# store: anonymous memory")?,
+        }
+        if let Some(level) = self.log_level {
+            writeln!(f, "log_level = \"{}\"", level.as_str().to_ascii_lowercase())?;
         }
         writeln!(f, "\n[limits]")?;
         writeln!(f, "connections_max = {}", l.connections_max)?;
@@ -484,6 +502,11 @@ impl fmt::Display for Config {
             f,
             "shutdown_grace = \"{}\"",
             format_duration(l.shutdown_grace)
+        )?;
+        writeln!(
+            f,
+            "drain_idle_timeout = \"{}\"",
+            format_duration(l.drain_idle_timeout)
         )?;
         writeln!(
             f,
@@ -573,6 +596,11 @@ impl FileLimits {
         )?;
         count(self.hit_for_miss_count_max, &mut l.hit_for_miss_count_max);
         dur("shutdown_grace", self.shutdown_grace, &mut l.shutdown_grace)?;
+        dur(
+            "drain_idle_timeout",
+            self.drain_idle_timeout,
+            &mut l.drain_idle_timeout,
+        )?;
         size(
             "recv_buffer_bytes",
             self.recv_buffer_bytes,

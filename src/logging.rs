@@ -1,7 +1,8 @@
 //! Log lines to stderr: `2026-11-25T14:03:07.123Z WARN  message`.
 //!
 //! The level comes from `RINGCACHE_LOG` (`error`, `warn`, `info`, `debug`,
-//! `trace`; default `info`). Lines are written whole with one `write` so
+//! `trace`), else from the configuration's `log_level` (reloaded on
+//! SIGHUP), else `info`. Lines are written whole with one `write` so
 //! workers' lines never interleave. systemd's journal takes stderr as is.
 
 use std::io::Write as _;
@@ -61,25 +62,57 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Install the logger once; later calls do nothing.
+/// Environment variable that sets the level; it wins over the file's `log_level`.
+pub const LOG_ENV: &str = "RINGCACHE_LOG";
+
+/// `off`, `error`, `warn`, `info`, `debug`, `trace`.
+pub fn parse_level(s: &str) -> Option<LevelFilter> {
+    match s.trim() {
+        "off" => Some(LevelFilter::Off),
+        "error" => Some(LevelFilter::Error),
+        "warn" => Some(LevelFilter::Warn),
+        "info" => Some(LevelFilter::Info),
+        "debug" => Some(LevelFilter::Debug),
+        "trace" => Some(LevelFilter::Trace),
+        _ => None,
+    }
+}
+
+/// The level `RINGCACHE_LOG` asks for, if it is set to a known level.
+fn env_level() -> Option<LevelFilter> {
+    std::env::var(LOG_ENV).ok().as_deref().and_then(parse_level)
+}
+
+/// Install the logger once; later calls do nothing. The level comes from
+/// `RINGCACHE_LOG`, else `info` until [`apply_level`] is called.
 pub fn init() {
     static LOGGER: StderrLogger = StderrLogger;
-    let level = match std::env::var("RINGCACHE_LOG").as_deref() {
-        Ok("error") => LevelFilter::Error,
-        Ok("warn") => LevelFilter::Warn,
-        Ok("debug") => LevelFilter::Debug,
-        Ok("trace") => LevelFilter::Trace,
-        Ok("off") => LevelFilter::Off,
-        _ => LevelFilter::Info,
-    };
+    let level = env_level().unwrap_or(LevelFilter::Info);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
 }
 
+/// Apply the configuration's `log_level` (at start and on reload):
+/// `RINGCACHE_LOG`, when set, wins; without either the level is `info`.
+/// Returns the level now in force.
+pub fn apply_level(configured: Option<LevelFilter>) -> LevelFilter {
+    let level = env_level().or(configured).unwrap_or(LevelFilter::Info);
+    log::set_max_level(level);
+    level
+}
+
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::{civil_from_days, parse_level};
+    use log::LevelFilter;
+
+    #[test]
+    fn levels() {
+        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
+        assert_eq!(parse_level(" off"), Some(LevelFilter::Off));
+        assert_eq!(parse_level("loud"), None);
+    }
 
     #[test]
     fn civil_dates() {

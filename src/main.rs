@@ -46,7 +46,9 @@ fn main() -> ExitCode {
     ringcache::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => Config::load(&args).and_then(ringcache::runtime::serve),
+        Command::Serve(args) => {
+            Config::load(&args).and_then(|config| ringcache::runtime::serve(config, &args))
+        }
         Command::Origin { listen, threads } => ringcache::demo_origin::run(listen, threads.max(1))
             .map_err(|e| format!("demo origin: {e}")),
         Command::Inspect { store } => ringcache::store::inspect::inspect(&store)

@@ -207,6 +207,62 @@ pub fn reuseport_listener(addr: &SocketAddr) -> io::Result<RawFd> {
     Ok(fd)
 }
 
+fn get_int_opt(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes and `len` holds value's size.
+    syscall!(getsockopt(
+        fd,
+        level,
+        name,
+        (&mut value as *mut libc::c_int).cast(),
+        &mut len,
+    ))?;
+    Ok(value)
+}
+
+/// Check that an inherited descriptor (socket activation) is a listening
+/// TCP socket over IPv4 or IPv6, and return the address it is bound to.
+/// The error says what the descriptor is instead.
+pub fn check_tcp_listener(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: `stat` is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes for the call.
+    syscall!(fstat(fd, &mut st))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other("not a socket"));
+    }
+    if get_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(io::Error::other("not a stream socket"));
+    }
+    if get_int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP {
+        return Err(io::Error::other("not a TCP socket"));
+    }
+    if get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0 {
+        return Err(io::Error::other(
+            "a TCP socket that is not listening (ListenStream= expected)",
+        ));
+    }
+    local_addr(fd).map_err(|e| io::Error::other(format!("no IPv4/IPv6 address: {e}")))
+}
+
+/// Set or clear `O_NONBLOCK` on `fd` (a flag of the open file description,
+/// shared with every process that holds the same socket).
+pub fn set_nonblocking(fd: RawFd, nonblocking: bool) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    let wanted = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if wanted != flags {
+        // SAFETY: plain integer arguments.
+        syscall!(fcntl(fd, libc::F_SETFL, wanted))?;
+    }
+    Ok(())
+}
+
 fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
     match i32::from(storage.ss_family) {
@@ -381,5 +437,28 @@ mod net_tests {
         assert_eq!(client.peer_addr().unwrap(), addr);
         close(a);
         close(b);
+    }
+
+    #[test]
+    fn inherited_sockets_are_checked() {
+        let l = reuseport_listener(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(check_tcp_listener(l).unwrap(), local_addr(l).unwrap());
+        let stream = tcp_socket(&"127.0.0.1:0".parse().unwrap()).unwrap();
+        let e = check_tcp_listener(stream).unwrap_err().to_string();
+        assert!(e.contains("not listening"), "{e}");
+        let (u, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = check_tcp_listener(std::os::fd::AsRawFd::as_raw_fd(&u))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a TCP socket"), "{e}");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let e = check_tcp_listener(std::os::fd::AsRawFd::as_raw_fd(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        set_nonblocking(l, false).unwrap();
+        set_nonblocking(l, true).unwrap();
+        close(l);
+        close(stream);
     }
 }

@@ -1,5 +1,6 @@
 //! ringcache's process life: start with the built-in demo origin, graceful
-//! shutdown on SIGTERM, and `check-config`.
+//! shutdown on SIGTERM, reload on SIGHUP, the systemd notify protocol and
+//! watchdog, and `check-config`.
 
 #[macro_use]
 mod common;
@@ -172,7 +173,247 @@ fn systemd_notify_ready_and_stopping(io: &str) {
     assert!(status.success(), "{status:?}");
 }
 
+/// A server started under a fake service manager: the notify socket it
+/// reports to, and extra variables (`NAME=value ...`) for the shell.
+struct Notified {
+    _dir: TempDir,
+    sock: std::os::unix::net::UnixDatagram,
+    server: Server,
+}
+
+impl Notified {
+    fn start(io: &str, env: &str, args: Vec<String>) -> Option<Notified> {
+        use std::os::unix::net::UnixDatagram;
+        let dir = TempDir::new("notify");
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let script = format!(
+            "NOTIFY_SOCKET='{}' {env} exec \"$0\" \"$@\"",
+            path.display()
+        );
+        let mut argv = vec!["-c".to_string(), script, bin().display().to_string()];
+        argv.extend(args);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let server =
+            Server::start_or_skip(std::path::Path::new("/bin/sh"), io, &refs, READY_DEADLINE)?;
+        Some(Notified {
+            _dir: dir,
+            sock,
+            server,
+        })
+    }
+
+    /// The next notification (bounded by the socket's read timeout).
+    fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+
+    /// Read notifications until one has the line `line`; returns it whole.
+    fn until(&self, line: &str) -> String {
+        for _ in 0..50 {
+            let msg = self.next();
+            if msg.lines().any(|l| l == line) {
+                return msg;
+            }
+        }
+        panic!("no {line} among 50 notifications");
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let mut found = None;
+        wait_until(Duration::from_secs(10), || {
+            found = self
+                .server
+                .stderr_lines()
+                .into_iter()
+                .find(|l| l.contains(needle));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no log line with {needle:?}"))
+    }
+}
+
+/// A request whose head is about `bytes` long.
+fn big_head_request(bytes: usize) -> String {
+    format!(
+        "GET /big HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(bytes)
+    )
+}
+
+fn big_head_status(server: &Server, bytes: usize) -> u16 {
+    let mut c = server.client();
+    c.send(big_head_request(bytes).as_bytes());
+    c.read_response().status
+}
+
+/// SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1; a smaller
+/// head_bytes_max now answers 431; what needs a restart is reported and
+/// keeps its running value.
+fn sighup_reloads_limits(io: &str) {
+    let origin = TestOrigin::fixed("max-age=60", "ok");
+    let dir = TempDir::new("reload");
+    let cfg = dir.write(
+        "ringcache.toml",
+        "memory = \"64MiB\"\n[limits]\nhead_bytes_max = \"16KiB\"\n",
+    );
+    let args = serve_args(
+        io,
+        Some(&origin.url()),
+        1,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let Some(mut n) = Notified::start(io, "", args) else {
+        return;
+    };
+    n.until("READY=1");
+    assert_eq!(big_head_status(&n.server, 4000), 200);
+
+    dir.write(
+        "ringcache.toml",
+        "memory = \"32MiB\"\nlog_level = \"debug\"\n[limits]\nhead_bytes_max = \"1KiB\"\n",
+    );
+    n.server.proc.signal(libc::SIGHUP);
+    let msg = n.until("RELOADING=1");
+    assert!(
+        msg.lines().any(|l| l.starts_with("MONOTONIC_USEC=")
+            && l["MONOTONIC_USEC=".len()..]
+                .parse::<u64>()
+                .is_ok_and(|v| v > 0)),
+        "RELOADING=1 comes with MONOTONIC_USEC: {msg:?}"
+    );
+    n.until("READY=1");
+    let line = n.wait_log("reload: applied");
+    assert!(
+        line.contains("limits.head_bytes_max 16384 → 1024"),
+        "{line}"
+    );
+    assert!(line.contains("log_level unset → debug"), "{line}");
+    assert!(
+        line.contains("needs a restart") && line.contains("memory 67108864 → 33554432"),
+        "{line}"
+    );
+    // Reported after every worker picked the limits up: in effect now.
+    assert_eq!(big_head_status(&n.server, 4000), 431);
+    assert_eq!(n.server.get("/small").status, 200);
+    let status = n.server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A file that fails validation on SIGHUP is refused with a log line naming
+/// the key; the running configuration stays and the server keeps serving.
+fn sighup_refuses_bad_file(io: &str) {
+    let origin = TestOrigin::fixed("max-age=60", "ok");
+    let dir = TempDir::new("reload-bad");
+    let cfg = dir.write("ringcache.toml", "[limits]\nhead_bytes_max = \"16KiB\"\n");
+    let args = serve_args(
+        io,
+        Some(&origin.url()),
+        1,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let Some(mut n) = Notified::start(io, "", args) else {
+        return;
+    };
+    n.until("READY=1");
+    dir.write(
+        "ringcache.toml",
+        "[limits]\nhead_bytes_max = \"1KiB\"\nheader_timeout = \"soon\"\n",
+    );
+    n.server.proc.signal(libc::SIGHUP);
+    n.until("RELOADING=1");
+    n.until("READY=1");
+    let line = n.wait_log("reload refused");
+    assert!(line.contains("limits.header_timeout"), "{line}");
+    // The old head limit still holds, and requests are served.
+    assert_eq!(big_head_status(&n.server, 4000), 200);
+    assert_eq!(n.server.get("/after").status, 200);
+    // A file that parses but breaks a relation between values is refused too.
+    dir.write("ringcache.toml", "[limits]\norigin_idle_max = 100000\n");
+    n.server.proc.signal(libc::SIGHUP);
+    n.until("RELOADING=1");
+    n.until("READY=1");
+    wait_until(Duration::from_secs(10), || {
+        n.server
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("reload refused"))
+            .count()
+            == 2
+    });
+    assert!(
+        n.server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("reload refused") && l.contains("limits.origin_idle_max")),
+        "the second refusal names its key"
+    );
+    assert_eq!(n.server.get("/still").status, 200);
+    let status = n.server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A wedged worker (test fault, debug builds only) stops the WATCHDOG=1
+/// pings and is reported by an error line.
+fn watchdog_stops_when_a_worker_stalls(io: &str) {
+    let origin = TestOrigin::fixed("max-age=60", "ok");
+    let args = serve_args(io, Some(&origin.url()), 1, &[]);
+    let env = "WATCHDOG_USEC=400000 WATCHDOG_PID=$$ RINGCACHE_FAULT_STALL_WORKER=0";
+    let Some(n) = Notified::start(io, env, args) else {
+        return;
+    };
+    n.until("READY=1");
+    if !n
+        .server
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("fault injection (RINGCACHE_FAULT_STALL_WORKER=0"))
+    {
+        println!("SKIPPED: this build ignores RINGCACHE_FAULT_STALL_WORKER (release build)");
+        return;
+    }
+    // Pings while every worker turns.
+    n.until("WATCHDOG=1");
+    // A closed client connection arms the fault: the worker answers this
+    // request, closes the connection, then stops turning.
+    let r = n.server.get("/x");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    n.wait_log("fault injection: loop stopped");
+    let line = n.wait_log("worker 0 made no progress");
+    assert!(line.contains("ERROR"), "{line}");
+    // Notifications already queued may hold pings from before the stall.
+    n.sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while n.sock.recv(&mut buf).is_ok() {}
+    n.sock.set_nonblocking(false).unwrap();
+    n.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Five watchdog intervals: STATUS lines, no ping.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if let Ok(len) = n.sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..len]).to_string();
+            assert!(
+                !msg.lines().any(|l| l == "WATCHDOG=1"),
+                "a ping while worker 0 is stalled: {msg:?}"
+            );
+        }
+    }
+    let mut server = n.server;
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status:?}");
+}
+
 both_io!(
+    sighup_reloads_limits,
+    sighup_refuses_bad_file,
+    watchdog_stops_when_a_worker_stalls,
     systemd_notify_ready_and_stopping,
     builtin_demo_origin,
     sigterm_drains_in_flight,

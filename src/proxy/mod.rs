@@ -210,6 +210,8 @@ pub struct Proxy {
     notices: Vec<lease::Notice>,
     clients_count: usize,
     draining: bool,
+    /// When the drain began: idle connections get `drain_idle_timeout` from then.
+    drain_started: Option<Instant>,
     spare: Vec<Vec<u8>>,
     key: Vec<u8>,
     error_logs_this_sec: u32,
@@ -243,6 +245,7 @@ impl Proxy {
             clock: Clock::new(),
             clients_count: 0,
             draining: false,
+            drain_started: None,
             spare: Vec::new(),
             key: Vec::with_capacity(1024),
             error_logs_this_sec: 0,
@@ -362,6 +365,13 @@ impl Proxy {
         self.notices = notices;
     }
 
+    /// Run with reloaded limits from now on. Only values read per request
+    /// or per tick may differ from the running ones (`runtime::reload`
+    /// decides which); what was sized at start keeps its size.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Called every loop turn: the time events of the next turn see.
     pub fn set_now(&mut self, now: Instant) {
         self.clock.refresh(now);
@@ -389,7 +399,11 @@ impl Proxy {
                     } else if c.queue.is_empty()
                         && !c.sending
                         && matches!(c.read, ReadState::Head)
-                        && now.duration_since(c.idle_since) >= self.limits.keepalive_timeout
+                        && (now.duration_since(c.idle_since) >= self.limits.keepalive_timeout
+                            || self.drain_started.is_some_and(|d| {
+                                now.duration_since(c.idle_since.max(d))
+                                    >= self.limits.drain_idle_timeout
+                            }))
                     {
                         expired.push((token, TimeoutKind::Idle));
                     }
@@ -430,29 +444,29 @@ impl Proxy {
         }
     }
 
-    /// Stop taking new work: idle connections close now, busy ones after
-    /// their current responses (sent with `Connection: close`).
+    /// Stop taking new work without dropping any: every request already
+    /// received, or arriving before its connection is closed, is answered;
+    /// the first one answered from now on carries `Connection: close` and
+    /// ends its connection. A connection with nothing pending is closed once
+    /// it has been idle for `drain_idle_timeout` since the drain began
+    /// (`tick`); idle origin connections close now.
+    ///
+    /// Connections the backend accepted before the listener was removed are
+    /// still served (`accept`): they were taken from the listening socket's
+    /// queue, so no other process can answer them.
     pub fn begin_drain(&mut self) {
         self.draining = true;
+        self.drain_started = Some(self.clock.now);
         let tokens: Vec<Token> = self
             .slots
             .iter()
             .map(|(slot, _)| self.token_for(slot))
             .collect();
         for token in tokens {
-            match self.socket_mut(token) {
-                Some(Socket::Client(c)) => {
-                    c.stop_reading = true;
-                    if c.queue.is_empty() && !c.sending && c.out.is_empty() {
-                        self.close_socket(token);
-                    } else if let Some(last) = c.queue.back_mut() {
-                        last.close = true;
-                    } else {
-                        c.close_after_flush = true;
-                    }
+            if let Some(Socket::Origin(o)) = self.socket_mut(token) {
+                if o.is_idle() {
+                    self.close_socket(token);
                 }
-                Some(Socket::Origin(o)) if o.is_idle() => self.close_socket(token),
-                _ => {}
             }
         }
     }
@@ -470,7 +484,7 @@ impl Proxy {
     // ----- clients ---------------------------------------------------------
 
     fn accept(&mut self, fd: RawFd) {
-        if self.draining || self.clients_count >= self.limits.connections_max {
+        if self.clients_count >= self.limits.connections_max {
             crate::sys::close(fd);
             self.counters().incr(Counter::ConnectionsRejected);
             return;

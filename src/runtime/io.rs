@@ -86,6 +86,13 @@ pub trait Io {
     /// The listener fd itself stays open and owned by the caller.
     fn remove_listener(&mut self, fd: RawFd);
 
+    /// Whether an accept may still deliver connections (`Accepted` events):
+    /// after `remove_listener`, io_uring reports connections its multishot
+    /// accept took before the cancel. epoll accepts inside `poll` only.
+    fn accepting(&self) -> bool {
+        false
+    }
+
     /// Receive continuously on a connected stream (multishot recv into the
     /// provided-buffer ring on io_uring).
     fn start_recv(&mut self, token: Token, fd: RawFd);

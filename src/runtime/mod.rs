@@ -1,10 +1,18 @@
 //! Thread-per-core runtime: one pinned worker per core, each with its own
-//! listening socket (SO_REUSEPORT) and its own I/O backend.
+//! I/O backend, and either its own listening socket (SO_REUSEPORT) or the
+//! sockets passed by the service manager, shared by all (`activation`).
+//!
+//! The main thread owns the listening sockets, starts the workers, then
+//! waits for signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads the
+//! configuration file (`reload`). Between signals it feeds the systemd
+//! watchdog.
 
+pub mod activation;
 #[cfg(test)]
 mod conformance;
 pub mod epoll;
 pub mod io;
+pub mod reload;
 pub mod uring;
 
 /// Sizes a backend is built with; all allocation happens at construction.
@@ -23,21 +31,54 @@ pub struct IoLimits {
 pub mod worker;
 
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, IoMode};
+use crate::config::{Config, IoMode, ServeArgs};
 use crate::metrics::{Counter, Metrics};
 use crate::proxy::{Leases, OriginTarget};
 use crate::store::layout::LayoutError;
 use crate::store::{OpenError, Options as StoreOptions, SharedStore};
+use reload::Reload;
 use worker::{Backend, WorkerSpec};
 
 /// Time every worker gets to start accepting.
 pub const WORKERS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Threads of the in-process demo origin.
 pub const DEMO_ORIGIN_THREADS: usize = 1;
+/// Time the workers get to pick up reloaded limits before the reload is
+/// reported (a longer wait means a stalled worker: the watchdog says so).
+pub const RELOAD_PICKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Test fault: the index of a worker that stops turning its loop once a
+/// client connection has been closed, so that the watchdog test can see a
+/// wedged worker. Read from `RINGCACHE_FAULT_STALL_WORKER` in debug builds
+/// only: a release build never looks at the variable.
+pub const FAULT_STALL_WORKER_ENV: &str = "RINGCACHE_FAULT_STALL_WORKER";
+
+#[cfg(debug_assertions)]
+fn fault_stall_worker() -> Option<usize> {
+    let value = std::env::var(FAULT_STALL_WORKER_ENV).ok()?;
+    match value.trim().parse() {
+        Ok(index) => {
+            log::warn!(
+                "fault injection ({FAULT_STALL_WORKER_ENV}={index}, debug build): worker {index} stops turning after the first closed connection"
+            );
+            Some(index)
+        }
+        Err(_) => {
+            log::warn!("{FAULT_STALL_WORKER_ENV}={value:?} is not a worker index; ignored");
+            None
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn fault_stall_worker() -> Option<usize> {
+    None
+}
 
 /// Pick the backend: `auto` probes io_uring for every opcode ringcache needs.
 pub fn choose_backend(mode: IoMode) -> Result<Backend, String> {
@@ -120,6 +161,8 @@ struct Watchdog {
     enabled: bool,
     last_requests: u64,
     last_at: Instant,
+    /// A worker was found stalled at the last check.
+    stalled: bool,
 }
 
 /// How often STATUS= is refreshed when systemd asks for no watchdog.
@@ -146,6 +189,7 @@ impl Watchdog {
             enabled,
             last_requests: 0,
             last_at: Instant::now(),
+            stalled: false,
         }
     }
 
@@ -177,18 +221,133 @@ impl Watchdog {
                 "worker {i} made no progress for {:?}: withholding the systemd watchdog ping",
                 self.interval
             ),
+            None if self.stalled => {
+                log::warn!("every worker makes progress again");
+                if self.enabled {
+                    states.push(sd_notify::NotifyState::Watchdog);
+                }
+            }
             None if self.enabled => states.push(sd_notify::NotifyState::Watchdog),
             None => {}
         }
+        self.stalled = stalled.is_some();
         let _ = sd_notify::notify(false, &states);
     }
 }
 
-/// `ringcache serve`: start everything, run until SIGTERM/SIGINT, drain, return.
-pub fn serve(config: Config) -> Result<(), String> {
-    // Before any thread exists, so that every thread inherits the mask and
-    // only the main thread's sigwait sees shutdown signals.
+/// The traffic listening sockets and which worker accepts on which.
+struct Listeners {
+    /// Owned here until every worker has stopped.
+    owned: Vec<OwnedFd>,
+    /// Every worker accepts on every socket (socket activation), or worker
+    /// `i` on socket `i` alone (one SO_REUSEPORT socket each).
+    shared: bool,
+    addr: std::net::SocketAddr,
+}
+
+impl Listeners {
+    fn for_worker(&self, index: usize) -> Vec<std::os::fd::RawFd> {
+        if self.shared {
+            self.owned.iter().map(AsRawFd::as_raw_fd).collect()
+        } else {
+            vec![self.owned[index].as_raw_fd()]
+        }
+    }
+}
+
+/// Take the inherited traffic sockets, or bind one SO_REUSEPORT socket per worker.
+fn traffic_listeners(config: &Config, inherited: Vec<OwnedFd>) -> Result<Listeners, String> {
+    if !inherited.is_empty() {
+        let addr = crate::sys::local_addr(inherited[0].as_raw_fd())
+            .map_err(|e| format!("inherited listener: {e}"))?;
+        log::info!(
+            "accepting on {} inherited socket(s) from every worker; listen = {} is not used",
+            inherited.len(),
+            config.listen
+        );
+        return Ok(Listeners {
+            owned: inherited,
+            shared: true,
+            addr,
+        });
+    }
+    let mut owned = Vec::with_capacity(config.workers);
+    let mut addr = config.listen;
+    for i in 0..config.workers {
+        let fd =
+            crate::sys::reuseport_listener(&addr).map_err(|e| format!("listen {addr}: {e}"))?;
+        // SAFETY: `reuseport_listener` returned a fresh fd that nothing else owns.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if i == 0 {
+            addr = crate::sys::local_addr(fd.as_raw_fd()).map_err(|e| format!("listen: {e}"))?;
+        }
+        owned.push(fd);
+    }
+    Ok(Listeners {
+        owned,
+        shared: false,
+        addr,
+    })
+}
+
+/// SIGHUP: reread the file with the same flags, apply what can change now,
+/// report the rest. A file that fails to load or validate changes nothing.
+fn reload_config(running: &mut Config, args: &ServeArgs, reload: &Reload) {
+    let reloading = [
+        sd_notify::NotifyState::Reloading,
+        sd_notify::NotifyState::monotonic_usec_now()
+            .unwrap_or(sd_notify::NotifyState::MonotonicUsec(0)),
+    ];
+    let _ = sd_notify::notify(false, &reloading);
+    let outcome = Config::load(args).and_then(|new| {
+        let plan = reload::plan(running, &new);
+        plan.config.validate()?;
+        Ok(plan)
+    });
+    let status = match outcome {
+        Err(e) => {
+            log::error!("reload refused, the running configuration stays: {e}");
+            "reload refused; see the log".to_string()
+        }
+        Ok(plan) => {
+            crate::logging::apply_level(plan.config.log_level);
+            if plan.limits_changed(running) {
+                let generation = reload.publish(plan.config.limits);
+                if !reload.wait_seen(generation, RELOAD_PICKUP_TIMEOUT) {
+                    log::warn!(
+                        "reload: not every worker picked up the new limits within {RELOAD_PICKUP_TIMEOUT:?}; they will at their next tick"
+                    );
+                }
+            }
+            log::info!("{}", plan.summary());
+            *running = plan.config;
+            "reloaded".to_string()
+        }
+    };
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    );
+}
+
+/// `ringcache serve`: start everything, run until SIGTERM/SIGINT, drain,
+/// return. `args` are the flags the configuration was loaded with; SIGHUP
+/// reloads the file under the same flags.
+pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
+    let mut config = config;
+    // Before any thread exists: the environment is changed (LISTEN_*
+    // variables removed), and every thread inherits the signal mask, so
+    // that only the main thread's sigwait sees shutdown signals.
+    let inherited = activation::take()?;
     crate::sys::block_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    crate::logging::apply_level(config.log_level);
+    let (inherited_traffic, inherited_admin) = match inherited {
+        Some(i) => (i.traffic, i.admin),
+        None => (Vec::new(), None),
+    };
 
     let origin = match &config.origin {
         Some(o) => OriginTarget {
@@ -225,18 +384,14 @@ pub fn serve(config: Config) -> Result<(), String> {
         Err(e) => log::warn!("cannot read or raise the open files limit: {e}"),
     }
 
-    let mut listeners = Vec::with_capacity(config.workers);
-    let mut listen_addr = config.listen;
-    for i in 0..config.workers {
-        let fd = crate::sys::reuseport_listener(&listen_addr)
-            .map_err(|e| format!("listen {listen_addr}: {e}"))?;
-        if i == 0 {
-            listen_addr = crate::sys::local_addr(fd).map_err(|e| format!("listen: {e}"))?;
+    let listeners = traffic_listeners(&config, inherited_traffic)?;
+    let listen_addr = listeners.addr;
+    let admin = match inherited_admin {
+        Some(fd) => TcpListener::from(fd),
+        None => {
+            TcpListener::bind(config.admin).map_err(|e| format!("admin {}: {e}", config.admin))?
         }
-        listeners.push(fd);
-    }
-    let admin =
-        TcpListener::bind(config.admin).map_err(|e| format!("admin {}: {e}", config.admin))?;
+    };
     let admin_addr = admin.local_addr().map_err(|e| format!("admin: {e}"))?;
 
     let store = Arc::new(open_store(&config)?);
@@ -261,23 +416,27 @@ pub fn serve(config: Config) -> Result<(), String> {
     let (leases, wakes) = Leases::new(config.workers, config.limits.coalesce_wait_timeout)
         .map_err(|e| format!("cannot create the workers' wake sockets: {e}"))?;
     let leases = Arc::new(leases);
+    let reload = Arc::new(Reload::new(config.limits, config.workers));
+    let stall_worker = fault_stall_worker();
     let mut wakes = wakes.into_iter();
     let (ready_tx, ready_rx) = mpsc::sync_channel(config.workers);
     let mut handles = Vec::with_capacity(config.workers);
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for (index, heartbeat) in heartbeats.iter().enumerate() {
         let spec = WorkerSpec {
             index,
-            listener,
+            listeners: listeners.for_worker(index),
             backend,
             limits: config.limits,
             origin: origin.clone(),
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
             shutdown: Arc::clone(&shutdown),
-            heartbeat: Arc::clone(&heartbeats[index]),
+            heartbeat: Arc::clone(heartbeat),
             leases: Arc::clone(&leases),
             wake: wakes.next().expect("one wake socket per worker"),
             ready: ready_tx.clone(),
+            reload: Arc::clone(&reload),
+            stall: stall_worker == Some(index),
         };
         let handle = std::thread::Builder::new()
             .name(format!("ringcache-w{index}"))
@@ -304,11 +463,12 @@ pub fn serve(config: Config) -> Result<(), String> {
         "not pinned"
     };
     log::info!(
-        "ready: listen={listen_addr} admin={admin_addr} origin=http://{} workers={} io={} memory={} ({pinned})",
+        "ready: listen={listen_addr} admin={admin_addr} origin=http://{} workers={} io={} memory={} ({pinned}{})",
         origin.authority,
         config.workers,
         backend.name(),
-        config.memory_bytes
+        config.memory_bytes,
+        if listeners.shared { ", inherited listener" } else { "" }
     );
 
     // systemd (Type=notify): ready only now that every worker accepts and
@@ -335,7 +495,7 @@ pub fn serve(config: Config) -> Result<(), String> {
             continue;
         };
         if sig == libc::SIGHUP {
-            log::info!("SIGHUP: nothing to reload in this version; send SIGTERM to restart");
+            reload_config(&mut config, args, &reload);
             continue;
         }
         log::info!(
@@ -352,6 +512,9 @@ pub fn serve(config: Config) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
+    // Closes this process's copies only: a socket held by the service
+    // manager keeps queueing connections for the next process.
+    drop(listeners);
     if let Some(path) = &config.store_path {
         match store.close() {
             Ok(()) => log::info!("store {}: flushed and marked clean", path.display()),

@@ -636,7 +636,10 @@ impl UringIo {
         let live = listener.active && !self.draining;
         let mut delivered = 0;
         if result >= 0 {
-            if live {
+            // A connection accepted before a removed listener's cancel took
+            // effect is delivered all the same: it left the listening
+            // socket's queue, so nobody else can answer it.
+            if !self.draining {
                 handler(Event::Accepted { fd: result });
                 delivered = 1;
             } else {
@@ -899,6 +902,10 @@ impl Io for UringIo {
                 unsafe { self.push(entry) };
             }
         }
+    }
+
+    fn accepting(&self) -> bool {
+        self.listeners.iter().any(|l| l.armed)
     }
 
     fn start_recv(&mut self, token: Token, fd: RawFd) {

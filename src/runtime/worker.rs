@@ -3,7 +3,14 @@
 //! A loop turn: wait for completions (at most one tick), hand each to the
 //! proxy, let the proxy queue its sends, hand every queued operation to the
 //! backend, which submits them all with the next wait. Timeouts are checked
-//! once per tick by a scan of the worker's sockets.
+//! once per tick by a scan of the worker's sockets; reloaded limits
+//! (`runtime::reload`) are picked up at the same tick.
+//!
+//! Listeners: the worker accepts on every fd in `WorkerSpec::listeners` and
+//! never closes them (`runtime::serve` owns them: with socket activation
+//! all workers share the same ones). Drain: remove the listeners, then keep
+//! turning until every connection is answered and closed and no accept can
+//! still deliver one, or until `shutdown_grace` is over.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,12 +19,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::proxy::{slots_max, Leases, Op, OriginTarget, Proxy, ProxyConfig, TICK_INTERVAL};
 use crate::store::SharedStore;
 
 use super::epoll::EpollIo;
 use super::io::Io;
+use super::reload::Reload;
 use super::uring::UringIo;
 use super::IoLimits;
 
@@ -40,7 +48,8 @@ impl Backend {
 /// Everything a worker thread is started with.
 pub struct WorkerSpec {
     pub index: usize,
-    pub listener: RawFd,
+    /// Listening sockets to accept on, owned by `runtime::serve`.
+    pub listeners: Vec<RawFd>,
     pub backend: Backend,
     pub limits: Limits,
     pub origin: OriginTarget,
@@ -54,6 +63,11 @@ pub struct WorkerSpec {
     pub wake: std::os::unix::net::UnixStream,
     /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
     pub ready: SyncSender<Result<Option<usize>, String>>,
+    /// The reloadable limits (SIGHUP), picked up once per tick.
+    pub reload: Arc<Reload>,
+    /// Test fault (debug builds only, see `runtime::fault`): stop turning
+    /// the loop once a client connection has been closed.
+    pub stall: bool,
 }
 
 /// The backend sizes for a worker with these limits.
@@ -93,14 +107,17 @@ pub fn run(spec: WorkerSpec) {
 }
 
 fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
-    if let Err(e) = io.add_listener(spec.listener) {
-        let _ = spec.ready.send(Err(format!(
-            "worker {}: cannot accept on the listener: {e}",
-            spec.index
-        )));
-        return;
+    for &fd in &spec.listeners {
+        if let Err(e) = io.add_listener(fd) {
+            let _ = spec.ready.send(Err(format!(
+                "worker {}: cannot accept on listener fd {fd}: {e}",
+                spec.index
+            )));
+            return;
+        }
     }
-    let grace = spec.limits.shutdown_grace;
+    let mut grace = spec.limits.shutdown_grace;
+    let mut reload_seen = 0;
     let Some(reader) = spec.store.reader() else {
         let _ = spec.ready.send(Err(format!(
             "worker {}: the store has no reader slot left",
@@ -117,7 +134,7 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             wake: spec.wake,
         },
         reader,
-        spec.metrics,
+        Arc::clone(&spec.metrics),
     );
     // The proxy's first operation (the receive on its wake socket) goes out
     // with the first wait.
@@ -139,19 +156,29 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
         let now = Instant::now();
         proxy.set_now(now);
         if now >= next_tick {
+            if let Some(limits) = spec.reload.pick_up(spec.index, &mut reload_seen) {
+                grace = limits.shutdown_grace;
+                proxy.set_limits(limits);
+            }
             proxy.tick(now);
             next_tick = now + TICK_INTERVAL;
         }
         // Acquire pairs with the Release store in runtime::serve.
         if draining_since.is_none() && spec.shutdown.load(Ordering::Acquire) {
-            io.remove_listener(spec.listener);
+            for &fd in &spec.listeners {
+                io.remove_listener(fd);
+            }
             proxy.begin_drain();
             draining_since = Some(now);
         }
         proxy.flush();
         submit(&mut io, &mut proxy.ops);
+        if spec.stall && spec.metrics.total(Counter::ConnectionsClosed) > 0 {
+            stall(spec.index, &spec.shutdown);
+            break;
+        }
         if let Some(since) = draining_since {
-            if proxy.is_drained() {
+            if proxy.is_drained() && !io.accepting() {
                 break;
             }
             if now.duration_since(since) >= grace {
@@ -164,7 +191,16 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             }
         }
     }
-    crate::sys::close(spec.listener);
+}
+
+/// The test fault: the loop stops turning (no heartbeat, no completions)
+/// until shutdown, so that the watchdog sees a wedged worker.
+fn stall(index: usize, shutdown: &AtomicBool) {
+    log::warn!("worker {index}: fault injection: loop stopped (RINGCACHE_FAULT_STALL_WORKER)");
+    // Acquire pairs with the Release store in runtime::serve.
+    while !shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(TICK_INTERVAL);
+    }
 }
 
 /// Hand the proxy's queued operations to the backend, in order.

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -156,9 +157,15 @@ impl Proc {
 
     /// Spawn the program `program` with `args`.
     pub fn spawn_bin(program: &Path, label: &str, args: &[&str]) -> Proc {
+        Proc::spawn_bin_stdin(program, label, args, Stdio::null())
+    }
+
+    /// [`Proc::spawn_bin`] with `stdin` as the child's standard input (a way
+    /// to hand it a socket, e.g. a listener for socket activation).
+    pub fn spawn_bin_stdin(program: &Path, label: &str, args: &[&str], stdin: Stdio) -> Proc {
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // Settings in the environment must not leak into a test.
@@ -426,7 +433,11 @@ impl Server {
         args: &[&str],
         deadline: Duration,
     ) -> Result<Server, StartError> {
-        let mut proc = Proc::spawn_bin(program, "ringcache", args);
+        Server::wait_ready(Proc::spawn_bin(program, "ringcache", args), deadline)
+    }
+
+    /// Wait up to `deadline` for a started process's ready line.
+    pub fn wait_ready(mut proc: Proc, deadline: Duration) -> Result<Server, StartError> {
         match proc.wait_line(Some(Stream::Stderr), "ready: listen=", deadline) {
             Ok(line) => {
                 let addr = field(&line, "listen=").and_then(|s| s.parse().ok());
@@ -502,6 +513,42 @@ impl Server {
                 None
             }
             Err(e) => panic!("{}", describe_start_error(program, args, &e)),
+        }
+    }
+
+    /// Start `ringcache ARGS...` as the service manager would with socket
+    /// activation: `listener` becomes fd 3, `LISTEN_FDS=1`,
+    /// `LISTEN_FDNAMES=fd_name`, `LISTEN_PID` its own PID (a shell puts the
+    /// socket in place and execs the binary, so the PID stays). The listener
+    /// stays open in the test process too, as systemd keeps it. `None` as
+    /// in [`Server::start_or_skip`].
+    pub fn serve_inheriting(
+        io: &str,
+        listener: &TcpListener,
+        fd_name: &str,
+        args: &[String],
+    ) -> Option<Server> {
+        let script = format!(
+            "exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={fd_name} exec \"$0\" \"$@\""
+        );
+        let mut argv = vec!["-c".to_string(), script, bin().display().to_string()];
+        argv.extend(args.iter().cloned());
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let copy = listener
+            .try_clone()
+            .expect("duplicate the listening socket");
+        let sh = Path::new("/bin/sh");
+        let proc = Proc::spawn_bin_stdin(sh, "ringcache", &refs, Stdio::from(OwnedFd::from(copy)));
+        match Server::wait_ready(proc, READY_DEADLINE) {
+            Ok(s) => Some(s),
+            Err(StartError::Exited { transcript, .. })
+                if io == "uring" && transcript.contains("io_uring") =>
+            {
+                println!("SKIPPED: io_uring is unavailable here; the server said:\n{transcript}");
+                eprintln!("SKIPPED: io_uring is unavailable here");
+                None
+            }
+            Err(e) => panic!("{}", describe_start_error(sh, &refs, &e)),
         }
     }
 
