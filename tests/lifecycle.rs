@@ -107,6 +107,69 @@ fn sigterm_drains_in_flight(io: &str) {
     );
 }
 
+/// While draining, a request on a connection that was idle when SIGTERM
+/// came is answered, with `Connection: close`, and so is the next request
+/// on a connection whose response was in flight; a connection that stays
+/// idle is closed after `drain_idle_timeout`.
+fn drain_answers_open_connections(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        let delay = if req.path() == "/slow" { 800 } else { 0 };
+        Reply::After(
+            Duration::from_millis(delay),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "no-store")],
+                format!("answer to {}", req.path()).as_bytes(),
+            ))),
+        )
+    });
+    let Some((_dir, mut server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        1,
+        "[limits]\ndrain_idle_timeout = \"3s\"\n",
+    ) else {
+        return;
+    };
+    let mut idle = server.client();
+    assert_eq!(idle.get("/a").status, 200);
+    let mut silent = server.client();
+    assert_eq!(silent.get("/b").status, 200);
+    let mut busy = server.client();
+    busy.send(get_request("/slow").as_bytes());
+    assert!(
+        origin.wait_requests(3, IO_TIMEOUT),
+        "/slow never reached the origin"
+    );
+
+    server.sigterm();
+    assert!(
+        wait_until(IO_TIMEOUT, || server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("worker 0: stopped accepting"))),
+        "no drain line"
+    );
+    let r = idle.get("/after-sigterm");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body_str(), "answer to /after-sigterm");
+    assert!(r.connection_has("close"), "{}", r.summary());
+    idle.assert_closed(
+        Duration::from_secs(2),
+        "connection after its closing answer",
+    );
+
+    let r = busy.read_response();
+    assert_eq!(r.body_str(), "answer to /slow", "{}", r.summary());
+    let r = busy.get("/next");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(r.connection_has("close"), "{}", r.summary());
+
+    silent.assert_closed(Duration::from_secs(6), "idle connection while draining");
+    let status = server.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status:?}");
+}
+
 fn bad_config_fails_at_start(io: &str) {
     let (_dir, cfg) = config_file("[limits]\nheader_timeout = \"soon\"\n");
     let args = serve_args(io, None, 1, &["--config", cfg.to_str().unwrap()]);
@@ -417,6 +480,7 @@ both_io!(
     systemd_notify_ready_and_stopping,
     builtin_demo_origin,
     sigterm_drains_in_flight,
+    drain_answers_open_connections,
     bad_config_fails_at_start,
 );
 

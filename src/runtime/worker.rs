@@ -169,6 +169,11 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
                 io.remove_listener(fd);
             }
             proxy.begin_drain();
+            log::info!(
+                "worker {}: stopped accepting; draining {} connections",
+                spec.index,
+                proxy.clients_count()
+            );
             draining_since = Some(now);
         }
         proxy.flush();
