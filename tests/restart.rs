@@ -7,6 +7,9 @@
 //! the exit, start the next one on the same socket and store file.
 //! Connections that arrive in between wait in the socket's queue.
 //!
+//! One client thread asks for uncacheable answers that the origin gives
+//! slowly, so that fetches are in flight when a drain begins.
+//!
 //! Asserted: every request gets a complete, correct response (a keep-alive
 //! connection may end with `Connection: close`, after which the client
 //! opens a new one; nothing else counts as fine), every old process exits 0
@@ -26,8 +29,12 @@ use common::*;
 
 /// Keys stored before the load starts; the load asks only for these.
 const KEYS: u64 = 16;
-/// Client threads: even ones keep connections alive, odd ones open one per request.
-const CLIENT_THREADS: u64 = 4;
+/// Client threads: even ones keep connections alive, odd ones open one per
+/// request; the last one asks for uncacheable answers the origin is slow
+/// to give, so that fetches are in flight when a drain begins.
+const CLIENT_THREADS: u64 = 5;
+/// Time the origin takes to answer an uncacheable request.
+const PASS_DELAY: Duration = Duration::from_millis(20);
 /// Requests one client thread sends at most.
 const REQUESTS_PER_THREAD_MAX: u64 = 20_000;
 /// Requests the load must complete between two restarts (progress, not speed).
@@ -51,6 +58,19 @@ fn path_of(n: u64) -> String {
     format!("/item/{}", n % KEYS)
 }
 
+fn is_pass_thread(thread: u64) -> bool {
+    thread == CLIENT_THREADS - 1
+}
+
+/// Origin requests for cacheable keys.
+fn item_fetches(origin: &TestOrigin) -> usize {
+    origin
+        .all_requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/item/"))
+        .count()
+}
+
 fn expected_body(path: &str) -> String {
     format!("body of {path}")
 }
@@ -64,7 +84,11 @@ fn client_load(addr: SocketAddr, thread: u64, stop: Arc<AtomicBool>, stats: Arc<
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let path = path_of(n * CLIENT_THREADS + thread);
+        let path = if is_pass_thread(thread) {
+            format!("/pass/{n}")
+        } else {
+            path_of(n * CLIENT_THREADS + thread)
+        };
         let mut c = match conn.take() {
             Some(c) => c,
             None => match Client::try_connect(addr) {
@@ -126,6 +150,16 @@ fn wait_progress(stats: &LoadStats, from: u64) {
 
 fn restarts_drop_nothing_and_stay_warm(io: &str) {
     let origin = TestOrigin::start(|req| {
+        if req.path().starts_with("/pass/") {
+            return Reply::After(
+                PASS_DELAY,
+                Box::new(Reply::Send(response(
+                    200,
+                    &[("Cache-Control", "no-store")],
+                    expected_body(req.path()).as_bytes(),
+                ))),
+            );
+        }
         Reply::Send(response(
             200,
             &[("Cache-Control", "max-age=3600")],
@@ -165,7 +199,7 @@ fn restarts_drop_nothing_and_stay_warm(io: &str) {
             r.summary()
         );
     }
-    assert_eq!(origin.requests(), KEYS);
+    assert_eq!(item_fetches(&origin), KEYS as usize);
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(LoadStats::default());
@@ -209,9 +243,9 @@ fn restarts_drop_nothing_and_stay_warm(io: &str) {
             );
         }
         assert_eq!(
-            origin.requests(),
-            KEYS,
-            "restart {round}: the origin was asked again"
+            item_fetches(&origin),
+            KEYS as usize,
+            "restart {round}: the origin was asked again for a stored key"
         );
     }
     wait_progress(&stats, stats.responses.load(Ordering::Relaxed));
@@ -234,9 +268,13 @@ fn restarts_drop_nothing_and_stay_warm(io: &str) {
         &errors[..errors.len().min(10)]
     );
     assert_eq!(
-        origin.requests(),
-        KEYS,
-        "every request of the load was a hit"
+        item_fetches(&origin),
+        KEYS as usize,
+        "every request of the load for a stored key was a hit"
+    );
+    assert!(
+        origin.requests() > KEYS,
+        "the uncacheable requests reached the origin"
     );
     assert!(server.stop().success());
 }

@@ -1102,6 +1102,54 @@ mod tests {
         assert!(io.stats().recv_rearms_enobufs > 0, "{:?}", io.stats());
     }
 
+    /// A connection the multishot accept took before a removed listener's
+    /// cancel took effect is delivered, not closed: it left the socket's
+    /// queue, so nobody else could answer it (a restart behind a socket
+    /// held by the service manager). Each connection is either delivered
+    /// or still queued on the listener, on both ring setups.
+    #[test]
+    fn accepted_before_listener_cancel_is_delivered() {
+        for make in [make, make_plain] {
+            let Some(mut io) = make(&conformance::LIMITS) else {
+                return;
+            };
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let lfd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+            io.add_listener(lfd).unwrap();
+            let mut accepted = Vec::new();
+            let mut handler = |e: Event<'_>| {
+                if let Event::Accepted { fd } = e {
+                    accepted.push(fd);
+                }
+            };
+            io.poll(Duration::from_millis(10), &mut handler).unwrap();
+            let clients: Vec<_> = (0..4)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            io.remove_listener(lfd);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while io.accepting() {
+                assert!(Instant::now() < deadline, "the accept never ended");
+                io.poll(Duration::from_millis(10), &mut handler).unwrap();
+            }
+            let mut queued = 0;
+            while listener.accept().is_ok() {
+                queued += 1;
+            }
+            assert_eq!(
+                accepted.len() + queued,
+                clients.len(),
+                "delivered {} + queued {queued}",
+                accepted.len()
+            );
+            for fd in accepted {
+                sys::close(fd);
+            }
+        }
+    }
+
     #[test]
     fn short_writes_are_continued() {
         let Some(io) = conformance::large_send_slow_reader(make) else {
