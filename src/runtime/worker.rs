@@ -65,7 +65,7 @@ pub struct WorkerSpec {
     pub ready: SyncSender<Result<Option<usize>, String>>,
     /// The reloadable limits (SIGHUP), picked up once per tick.
     pub reload: Arc<Reload>,
-    /// Test fault (debug builds only, see `runtime::fault`): stop turning
+    /// Test fault (debug builds only, see `runtime::FAULT_STALL_WORKER_ENV`): stop turning
     /// the loop once a client connection has been closed.
     pub stall: bool,
 }
