@@ -41,6 +41,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::date::format_http_date;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, RequestLimits};
 use crate::http::reuse::RequestDirectives;
+use crate::http::validation::is_precondition_field;
 use crate::http::{headers, ParseError, Parsed};
 use crate::metrics::{Counter, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
@@ -695,8 +696,7 @@ impl Proxy {
             let plain = directives.is_none()
                 && !head.headers.iter().any(|f| {
                     let n = f.name.as_bytes();
-                    n.eq_ignore_ascii_case(b"if-none-match")
-                        || n.eq_ignore_ascii_case(b"if-modified-since")
+                    is_precondition_field(n) && !n.eq_ignore_ascii_case(b"if-range")
                 });
             found = self.respond_hit(
                 token,
@@ -875,9 +875,14 @@ impl Proxy {
             fill_id: None,
             found,
             target_key,
+            // A request whose answer is its own (206, 304, 412) neither
+            // leads nor joins a fill; ringcache's own validation replaces
+            // the client's If-None-Match / If-Modified-Since.
             personal: head.headers.iter().any(|f| {
                 let n = f.name.as_bytes();
                 n.eq_ignore_ascii_case(b"range")
+                    || n.eq_ignore_ascii_case(b"if-match")
+                    || n.eq_ignore_ascii_case(b"if-unmodified-since")
                     || (!revalidating
                         && (n.eq_ignore_ascii_case(b"if-none-match")
                             || n.eq_ignore_ascii_case(b"if-modified-since")))

@@ -925,8 +925,8 @@ fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
             super::Found::NotAccepted => b"request",
             super::Found::Fresh | super::Found::Absent => b"miss",
         }
-    } else if fetch.method.is_safe() {
-        b"request"
+    } else if matches!(fetch.method, Method::Get | Method::Head) {
+        b"bypass" // a GET or HEAD with a body is relayed, never looked up
     } else {
         b"method"
     }
