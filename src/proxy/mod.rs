@@ -691,20 +691,22 @@ impl Proxy {
         let mut refresh = false;
         if lookup {
             hash = key_hash(&self.key);
-            // The fast path answers plain requests for fresh items; the
-            // rest is decided over the stored head (see `revalidate`).
-            let plain = directives.is_none()
-                && !head.headers.iter().any(|f| {
+            // The fast path answers fresh items to requests without
+            // preconditions whose directives (if any) only bound the age;
+            // the rest is decided over the stored head (see `revalidate`).
+            let needs_head = matches!(directives, Some(d) if d.no_cache() || d.cc.min_fresh.is_some())
+                || head.headers.iter().any(|f| {
                     let n = f.name.as_bytes();
                     is_precondition_field(n) && !n.eq_ignore_ascii_case(b"if-range")
                 });
+            let age_max = directives.and_then(|d| d.cc.max_age).unwrap_or(u64::MAX);
             found = self.respond_hit(
                 token,
                 hash,
                 head.method == Method::Head,
                 keep_alive,
                 head.minor_version,
-                plain,
+                (!needs_head).then_some(age_max),
             );
             if matches!(found, Found::Stale | Found::NotAccepted) {
                 match self.lookup_stored(token, head, hash, directives, keep_alive) {
@@ -1056,11 +1058,12 @@ impl Proxy {
         self.dirty.push(token);
     }
 
-    /// Answer from the store when `self.key` holds a fresh item and the
-    /// request is `plain` (no cache directives, no preconditions): the
-    /// stored status line and fields, then ours, then the body, copied
-    /// straight into the client's output. Nothing is written otherwise;
-    /// `revalidate::lookup_stored` takes those cases.
+    /// Answer from the store when `self.key` holds a fresh item no older
+    /// than `age_max` (`None`: the request needs more than the fast path,
+    /// such as preconditions or `no-cache`): the stored status line and
+    /// fields, then ours, then the body, copied straight into the client's
+    /// output. Nothing is written otherwise; `revalidate::lookup_stored`
+    /// takes those cases.
     fn respond_hit(
         &mut self,
         token: Token,
@@ -1068,7 +1071,7 @@ impl Proxy {
         head_only: bool,
         keep_alive: bool,
         minor: u8,
-        plain: bool,
+        age_max: Option<u64>,
     ) -> Found {
         let now_secs = self.clock.unix_secs;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
@@ -1079,7 +1082,9 @@ impl Proxy {
             self.take_buffer()
         };
         let start = buf.len();
-        let usable = |hit: &crate::store::item::Hit| plain && hit.meta.is_fresh(now_secs);
+        let usable = |hit: &crate::store::item::Hit| {
+            hit.meta.is_fresh(now_secs) && age_max.is_some_and(|m| hit.meta.age_secs(now_secs) <= m)
+        };
         let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
             if !usable(hit) {
                 return false; // rolled back below
