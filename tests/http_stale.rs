@@ -264,6 +264,23 @@ fn stale_while_revalidate_status(io: &str) {
     assert!(wait_until(Duration::from_secs(5), || server.get("/w").body == b"y"));
 }
 
+/// RFC 9111 §4.3.3: a refresh answered with a full response that may not
+/// be stored leaves nothing stale behind; the next request asks the origin.
+fn refresh_not_storable_removes(io: &str) {
+    let origin = scripted(
+        ok("max-age=1, stale-while-revalidate=600", "10", b"old"),
+        |_, _| Reply::Send(response(200, &[("Cache-Control", "no-store")], b"new")),
+    );
+    let Some((origin, server)) = with_origin(io, 1, origin) else {
+        return;
+    };
+    server.get("/n");
+    assert_eq!(server.get("/n").body, b"old");
+    assert!(wait_until(Duration::from_secs(5), || server.get("/n").body == b"new"));
+    assert!(origin.requests() >= 3);
+    assert_eq!(server.metrics().value("ringcache_refreshes_total"), 1.0);
+}
+
 /// Past the stale-while-revalidate window the response is validated first.
 fn stale_while_revalidate_window_over(io: &str) {
     let origin = scripted(
@@ -411,6 +428,7 @@ both_io!(
     stale_while_revalidate,
     stale_while_revalidate_status,
     stale_while_revalidate_window_over,
+    refresh_not_storable_removes,
     stale_if_error,
     stale_if_error_connection,
     stale_if_error_timeout,

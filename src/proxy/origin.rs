@@ -727,6 +727,19 @@ impl Proxy {
                 p.not_stored = Some("too-large");
             }
         }
+        if let (Some((hash, key)), Some(_), false) =
+            (fetch.key.as_ref(), fetch.revalidation.as_ref(), stored)
+        {
+            // A full answer that replaces the stored response but may not
+            // be stored itself: the stored one is outdated (RFC 9111 §4.3.3).
+            let replaces = !unselected
+                && !p.validated
+                && !is_error_status(p.status)
+                && !matches!(p.status, 206 | 304);
+            if replaces {
+                self.store.remove(*hash, key);
+            }
+        }
         // Release the connection before answering, so a queued fetch can use it.
         if reusable && self.pool.idle.len() < self.pool.idle_max {
             let now = self.clock.now;

@@ -112,7 +112,8 @@ pub(super) fn policy() -> Policy {
     Policy::default()
 }
 
-/// A stored head (status line and fields, no final CRLF) as parseable text.
+/// A stored head (status line and field lines, without the empty line that
+/// ends a head) as parseable text.
 fn head_text(head: &[u8]) -> Vec<u8> {
     let mut text = Vec::with_capacity(head.len() + 2);
     text.extend_from_slice(head);
@@ -482,5 +483,84 @@ impl Proxy {
             storable,
             age_secs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed<'b>(text: &'b [u8], fields: &'b mut [Header<'b>]) -> &'b [Header<'b>] {
+        parse_head(text, fields).expect("a head").1
+    }
+
+    #[test]
+    fn stored_heads_parse_back() {
+        let text = head_text(b"HTTP/1.1 200 OK\r\nETag: \"a\"\r\nCache-Control: max-age=5\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let (status, fields) = parse_head(&text, &mut fields).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(fields.len(), 2);
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: y\r\n", &mut fields).is_none());
+    }
+
+    #[test]
+    fn rules_come_from_the_head_and_numbers_from_the_meta() {
+        let text = head_text(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60, must-revalidate, stale-if-error=9\r\nETag: \"a\"\r\n",
+        );
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let fields = parsed(&text, &mut fields);
+        let meta = ItemMeta::new(1_000, 10, 30);
+        let s = stored_rules(200, fields, meta, &Policy::default());
+        assert_eq!((s.lifetime_secs, s.response_time_secs), (30, 990));
+        assert!(s.must_revalidate && s.no_stale && s.has_validator);
+        assert_eq!(s.stale_if_error_secs, 9);
+        assert_eq!(s.age_secs(1_000), 10);
+        assert_eq!(ttl_secs(&meta, 1_000), 20);
+        assert_eq!(ttl_secs(&meta, 1_050), -30);
+        // A head decide() refuses is validated before any reuse.
+        let text = head_text(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let s = stored_rules(200, parsed(&text, &mut fields), meta, &Policy::default());
+        assert!(s.no_cache && s.no_stale);
+    }
+
+    #[test]
+    fn client_conditions_are_kept_and_judged() {
+        let req = [
+            Header {
+                name: "If-None-Match",
+                value: b"W/\"a\"",
+            },
+            Header {
+                name: "Accept",
+                value: b"*/*",
+            },
+        ];
+        let lines = client_conditions(&req).unwrap();
+        assert_eq!(&*lines, b"If-None-Match: W/\"a\"\r\n");
+        let head = b"HTTP/1.1 200 OK\r\nETag: \"a\"\r\n";
+        assert!(conditions_match(&lines, Method::Get, head));
+        assert!(!conditions_match(
+            &lines,
+            Method::Get,
+            b"HTTP/1.1 200 OK\r\nETag: \"b\"\r\n"
+        ));
+        assert!(client_conditions(&req[1..]).is_none());
+    }
+
+    #[test]
+    fn not_modified_head_carries_the_listed_fields() {
+        let mut out = Vec::new();
+        put_not_modified_head(
+            &mut out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: \"a\"\r\nCache-Control: max-age=5\r\n",
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\nCache-Control: max-age=5\r\n"
+        );
     }
 }
