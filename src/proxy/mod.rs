@@ -12,6 +12,11 @@
 //!  origin bytes ─▶ parse head ─▶ body (length | chunked | close) ─▶ store? ─▶ respond
 //! ```
 //!
+//! A lookup that finds a stale item, or a request with preconditions or
+//! `no-cache`/`min-fresh`, leaves the fast path for `revalidate`: it
+//! decides over the stored head whether to answer, answer and refresh in
+//! the background, or validate with the origin.
+//!
 //! Responses leave strictly in request order: each connection keeps a queue
 //! of exchanges; a response waits in its exchange until every earlier one
 //! has been written.
