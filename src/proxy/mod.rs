@@ -699,7 +699,8 @@ impl Proxy {
             // The fast path answers fresh items to requests without
             // preconditions whose directives (if any) only bound the age;
             // the rest is decided over the stored head (see `revalidate`).
-            let needs_head = matches!(directives, Some(d) if d.no_cache() || d.cc.min_fresh.is_some())
+            let needs_stored_head = directives
+                .is_some_and(|d| d.no_cache() || d.cc.min_fresh.is_some())
                 || head.headers.iter().any(|f| {
                     let n = f.name.as_bytes();
                     is_precondition_field(n) && !n.eq_ignore_ascii_case(b"if-range")
@@ -711,7 +712,7 @@ impl Proxy {
                 head.method == Method::Head,
                 keep_alive,
                 head.minor_version,
-                (!needs_head).then_some(age_max),
+                (!needs_stored_head).then_some(age_max),
             );
             if matches!(found, Found::Stale | Found::NotAccepted) {
                 match self.lookup_stored(token, head, hash, directives, keep_alive) {
