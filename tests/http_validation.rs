@@ -302,6 +302,36 @@ fn revalidation_coalesces(io: &str) {
     assert_eq!(origin.requests(), 2, "one validation for every waiter");
 }
 
+/// The same across workers: the fill lease makes one validation for the
+/// whole process; other workers answer from the validated object.
+fn revalidation_coalesces_across_workers(io: &str) {
+    let origin = validating_origin(|_, _| {
+        Reply::After(
+            Duration::from_millis(1000),
+            Box::new(not_modified(&[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"v1\""),
+            ])),
+        )
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/x");
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = server.addr;
+            thread::spawn(move || http_get(addr, "/x"))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"stored body");
+    }
+    assert_eq!(origin.requests(), 2, "one validation for the process");
+}
+
 /// §5.2.1.4: a client's no-cache on a fresh response with validators
 /// validates it (fwd=request; fwd-status=304) instead of a full fetch.
 fn no_cache_request_validates(io: &str) {
@@ -359,6 +389,7 @@ both_io!(
     if_match_forwarded,
     unselected_304_refetches,
     revalidation_coalesces,
+    revalidation_coalesces_across_workers,
     no_cache_request_validates,
     immutable_answers_reload,
 );
