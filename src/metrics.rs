@@ -47,6 +47,8 @@ pub enum Counter {
     HitForMiss,
     /// Stored objects removed because a write answered for them (RFC 9111 §4.4).
     Invalidated,
+    /// Background refreshes started for stale-while-revalidate (RFC 5861 §3).
+    Refreshes,
     /// Errors, by kind; see [`ERROR_KINDS`].
     ErrBadRequest,
     ErrHeadTooLarge,
@@ -240,6 +242,11 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", self.total(c));
         }
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_refreshes_total Background refreshes of stale objects (stale-while-revalidate).\n# TYPE ringcache_refreshes_total counter\nringcache_refreshes_total {}",
+            self.total(Counter::Refreshes)
+        );
         let _ = writeln!(
             out,
             "# HELP ringcache_errors_total Errors by kind.\n# TYPE ringcache_errors_total counter"

@@ -2,10 +2,12 @@
 //!
 //! [`decide`] is the one question the proxy asks when a response head
 //! arrives from the origin: may ringcache store it, and with which
-//! freshness numbers and reuse restrictions ([`Stored`])? The answer is
-//! kept beside the stored item, so a hit needs no header parsing: the
-//! reuse decision ([`super::reuse`]) reads only [`Stored`] and the
-//! request's directives.
+//! freshness numbers and reuse restrictions ([`Stored`])? The store keeps
+//! only the numbers (birth and lifetime), so a fresh hit needs no header
+//! parsing; once an item is stale, or a request asks for more than a
+//! plain hit, the proxy runs [`decide`] again over the stored header block
+//! to recover the restrictions (`proxy::revalidate`) and hands [`Stored`]
+//! to the reuse decision ([`super::reuse`]).
 //!
 //! Directives come from [`super::targeted::effective`]: a valid
 //! `Ringcache-Cache-Control` or `CDN-Cache-Control` replaces

@@ -2,8 +2,9 @@
 //! §5.2.1, §5.4; RFC 5861; RFC 8246)
 //!
 //! The proxy calls [`RequestDirectives::from_headers`] once per request
-//! and [`reuse`] on a lookup hit. Both read no stored headers: the stored
-//! side is the [`Stored`] decided when the response arrived.
+//! and [`reuse`] on a lookup hit the fast path did not answer. Both read
+//! no stored headers: the stored side is the [`Stored`] that
+//! `freshness::decide` gives for the stored header block.
 //!
 //! ```text
 //!  fresh, request content ─────────────────────────▶ Fresh

@@ -133,6 +133,40 @@ impl Proxy {
         self.dispatch(fetch);
     }
 
+    /// Refresh a stale key in the background (RFC 5861 §3): the refresh
+    /// leads a fill, so requests that must validate meanwhile wait for it.
+    /// Skipped when a fetch for the key is under way on this worker, or
+    /// another worker holds the key's lease: one refresh per key at a time.
+    pub(super) fn start_refresh(&mut self, mut fetch: Box<Fetch>) {
+        let Some((hash, key)) = fetch.key.as_ref().map(|(h, k)| (*h, k.clone())) else {
+            self.give_buffer(fetch.req);
+            return;
+        };
+        let now = self.clock.now;
+        if self.fills.by_hash.contains_key(&hash)
+            || !self.leases.try_acquire(self.worker_index, hash, &key, now)
+        {
+            self.give_buffer(fetch.req);
+            return;
+        }
+        let id = self.fills.next_id;
+        self.fills.next_id += 1;
+        self.fills.by_hash.insert(
+            hash,
+            Fill {
+                id,
+                key,
+                started: now,
+                waiters: Vec::new(),
+                remote: false,
+                leased: true,
+            },
+        );
+        fetch.fill_id = Some(id);
+        self.counters().incr(Counter::Refreshes);
+        self.dispatch(fetch);
+    }
+
     /// Another worker's fill for a key this worker waits on is over.
     pub(super) fn lease_notice(&mut self, notice: Notice) {
         let waiters = match self.fills.by_hash.get(&notice.hash) {

@@ -156,6 +156,38 @@ impl Leases {
         }
     }
 
+    /// Take `key`'s lease for `worker` only when no other worker holds it
+    /// (or its holder is overdue); never registers interest. For work that
+    /// is skipped rather than waited for, such as a background refresh.
+    pub fn try_acquire(&self, worker: usize, hash: u64, key: &[u8], now: Instant) -> bool {
+        let mut shard = self.shard(hash);
+        match shard.get_mut(&hash) {
+            Some(lease)
+                if *lease.key != *key
+                    || now.saturating_duration_since(lease.taken) < self.takeover_after =>
+            {
+                false
+            }
+            Some(lease) => {
+                lease.owner = worker;
+                lease.taken = now;
+                true
+            }
+            None => {
+                shard.insert(
+                    hash,
+                    Lease {
+                        owner: worker,
+                        key: key.into(),
+                        taken: now,
+                        interested: Vec::new(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
     /// The filler is done: drop the lease and tell every interested worker.
     pub fn release(&self, worker: usize, hash: u64, key: &[u8], stored: bool) {
         let lease = {
@@ -225,6 +257,21 @@ mod tests {
         }
         // Released: the next miss fills again.
         assert_eq!(leases.acquire(2, 7, b"k", now), Acquire::Filler);
+    }
+
+    #[test]
+    fn try_acquire_takes_a_free_lease_only() {
+        let (leases, _rx) = Leases::new(2, Duration::from_secs(10)).unwrap();
+        let now = Instant::now();
+        assert!(leases.try_acquire(0, 7, b"k", now));
+        assert!(!leases.try_acquire(1, 7, b"k", now), "held by worker 0");
+        assert!(
+            !leases.try_acquire(0, 7, b"k", now),
+            "one refresh at a time"
+        );
+        assert_eq!(leases.acquire(1, 7, b"k", now), Acquire::Waiting);
+        leases.release(0, 7, b"k", true);
+        assert!(leases.try_acquire(1, 7, b"k", now));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!  origin bytes ─▶ parse head ─▶ body (length | chunked | close) ─▶ store? ─▶ respond
 //! ```
 //!
+//! A lookup that finds a stale item, or a request with preconditions or
+//! `no-cache`/`min-fresh`, leaves the fast path for `revalidate`: it
+//! decides over the stored head whether to answer, answer and refresh in
+//! the background, or validate with the origin.
+//!
 //! Responses leave strictly in request order: each connection keeps a queue
 //! of exchanges; a response waits in its exchange until every earlier one
 //! has been written.
@@ -25,6 +30,7 @@ mod coalesce;
 mod compose;
 mod lease;
 mod origin;
+mod revalidate;
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -40,16 +46,18 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::date::format_http_date;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, RequestLimits};
 use crate::http::reuse::RequestDirectives;
+use crate::http::validation::is_precondition_field;
 use crate::http::{headers, ParseError, Parsed};
 use crate::metrics::{Counter, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
 use crate::store::{key_hash, Reader, SharedStore};
 
 use coalesce::Fills;
-use compose::{put_error, put_field, put_field_u64, VIA};
+use compose::{put_error, put_field, put_field_u64, put_u64, VIA};
 pub use lease::Leases;
 pub use origin::OriginTarget;
 use origin::{Fetch, OriginConn, Pool};
+use revalidate::{Plan, NO_CLIENT};
 
 /// Spare buffers a worker keeps for reuse.
 pub const SPARE_BUFFERS_MAX: usize = 256;
@@ -698,33 +706,58 @@ impl Proxy {
                     || f.name.eq_ignore_ascii_case("pragma")
             })
             .then(|| RequestDirectives::from_headers(head.headers));
+        let mut revalidation = None;
+        let mut refresh = false;
         if lookup {
             hash = key_hash(&self.key);
-            let age_max = match directives {
-                Some(d) if d.no_cache() => Some(None),
-                Some(d) => d.cc.max_age.map(Some),
-                None => None,
-            };
+            // The fast path answers fresh items to requests without
+            // preconditions whose directives (if any) only bound the age;
+            // the rest is decided over the stored head (see `revalidate`).
+            let needs_stored_head = directives
+                .is_some_and(|d| d.no_cache() || d.cc.min_fresh.is_some())
+                || head.headers.iter().any(|f| {
+                    let n = f.name.as_bytes();
+                    is_precondition_field(n) && !n.eq_ignore_ascii_case(b"if-range")
+                });
+            let age_max = directives.and_then(|d| d.cc.max_age).unwrap_or(u64::MAX);
             found = self.respond_hit(
                 token,
                 hash,
                 head.method == Method::Head,
                 keep_alive,
                 head.minor_version,
-                age_max,
+                (!needs_stored_head).then_some(age_max),
             );
+            if matches!(found, Found::Stale | Found::NotAccepted) {
+                match self.lookup_stored(token, head, hash, directives, keep_alive) {
+                    Plan::Answered => found = Found::Fresh,
+                    Plan::Refresh(rev) => {
+                        found = Found::Fresh;
+                        revalidation = Some(rev);
+                        refresh = true;
+                    }
+                    Plan::Forward(f, rev) => {
+                        found = f;
+                        revalidation = rev;
+                    }
+                }
+            }
             if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
-                self.pool.target.authority = authority;
                 if !keep_alive {
                     if let Some(c) = self.client(token) {
                         c.stop_reading = true;
                     }
                 }
-                return;
+                if !refresh {
+                    self.pool.target.authority = authority;
+                    return;
+                }
+                found = Found::Stale;
+            } else {
+                self.counters().incr(Counter::Misses);
             }
-            self.counters().incr(Counter::Misses);
-            if directives.is_some_and(|d| d.only_if_cached()) {
+            if !refresh && directives.is_some_and(|d| d.only_if_cached()) {
                 // §5.2.1.7: nothing usable stored, and the origin is off limits.
                 self.pool.target.authority = authority;
                 let date = self.clock.date;
@@ -764,6 +797,12 @@ impl Proxy {
                 || name.eq_ignore_ascii_case(b"expect")
             {
                 continue;
+            }
+            if revalidation.is_some()
+                && (name.eq_ignore_ascii_case(b"if-none-match")
+                    || name.eq_ignore_ascii_case(b"if-modified-since"))
+            {
+                continue; // ringcache validates its own copy (RFC 9111 §4.3.1)
             }
             if name.eq_ignore_ascii_case(b"x-forwarded-for") {
                 if xff_done {
@@ -809,6 +848,12 @@ impl Proxy {
             }
         }
         put_field(&mut req, b"Via", VIA);
+        if let Some(rev) = revalidation.as_mut() {
+            if !rev.conditional.is_empty() {
+                rev.conditional_at = Some(req.len());
+                req.extend_from_slice(&std::mem::take(&mut rev.conditional));
+            }
+        }
         self.pool.target.authority = authority;
         // An unsafe method's answer may invalidate its target (RFC 9111 §4.4).
         let target_key = (!head.method.is_safe()).then(|| self.key.clone().into_boxed_slice());
@@ -817,22 +862,28 @@ impl Proxy {
         } else {
             None
         };
-        let Some(c) = self.client(token) else {
-            self.give_buffer(req);
-            return;
+        let (client, seq) = if refresh {
+            (NO_CLIENT, 0)
+        } else {
+            let Some(c) = self.client(token) else {
+                self.give_buffer(req);
+                return;
+            };
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            c.queue.push_back(Exchange {
+                seq,
+                response: None,
+                close: !keep_alive,
+            });
+            if !keep_alive {
+                c.stop_reading = true;
+            }
+            (token, seq)
         };
-        let seq = c.next_seq;
-        c.next_seq += 1;
-        c.queue.push_back(Exchange {
-            seq,
-            response: None,
-            close: !keep_alive,
-        });
-        if !keep_alive {
-            c.stop_reading = true;
-        }
+        let revalidating = revalidation.is_some();
         let fetch = Box::new(Fetch {
-            client: token,
+            client,
             seq,
             method: head.method,
             client_head: head.method == Method::Head,
@@ -846,14 +897,27 @@ impl Proxy {
             fill_id: None,
             found,
             target_key,
+            // A request whose answer is its own (206, 304, 412) neither
+            // leads nor joins a fill; ringcache's own validation replaces
+            // the client's If-None-Match / If-Modified-Since.
             personal: head.headers.iter().any(|f| {
                 let n = f.name.as_bytes();
-                n.eq_ignore_ascii_case(b"if-none-match")
-                    || n.eq_ignore_ascii_case(b"if-modified-since")
-                    || n.eq_ignore_ascii_case(b"range")
+                n.eq_ignore_ascii_case(b"range")
+                    || n.eq_ignore_ascii_case(b"if-match")
+                    || n.eq_ignore_ascii_case(b"if-unmodified-since")
+                    || (!revalidating
+                        && (n.eq_ignore_ascii_case(b"if-none-match")
+                            || n.eq_ignore_ascii_case(b"if-modified-since")))
             }),
+            revalidation,
             body: Vec::new(),
         });
+        if refresh {
+            let mut fetch = fetch;
+            fetch.finish_request();
+            self.start_refresh(fetch);
+            return;
+        }
         let framing = match head.body {
             BodyFraming::None | BodyFraming::Length(0) => {
                 let mut fetch = fetch;
@@ -1014,14 +1078,12 @@ impl Proxy {
         self.dirty.push(token);
     }
 
-    /// Write a hit: status line and stored fields, then our fields, then the body.
-    /// Answer from the store when `self.key` holds a fresh item: the stored
-    /// status line and fields, then ours, then the body, copied straight
-    /// into the client's output. Nothing is written for a stale or absent one.
-    ///
-    /// `age_max`: the client's limit on the age of what it accepts —
-    /// `Some(None)` accepts nothing stored (no-cache), `Some(Some(n))` at
-    /// most `n` seconds (max-age).
+    /// Answer from the store when `self.key` holds a fresh item no older
+    /// than `age_max` (`None`: the request needs more than the fast path,
+    /// such as preconditions or `no-cache`): the stored status line and
+    /// fields, then ours, then the body, copied straight into the client's
+    /// output. Nothing is written otherwise; `revalidate::lookup_stored`
+    /// takes those cases.
     fn respond_hit(
         &mut self,
         token: Token,
@@ -1029,7 +1091,7 @@ impl Proxy {
         head_only: bool,
         keep_alive: bool,
         minor: u8,
-        age_max: Option<Option<u64>>,
+        age_max: Option<u64>,
     ) -> Found {
         let now_secs = self.clock.unix_secs;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
@@ -1041,20 +1103,18 @@ impl Proxy {
         };
         let start = buf.len();
         let usable = |hit: &crate::store::item::Hit| {
-            hit.meta.is_fresh(now_secs)
-                && match age_max {
-                    None => true,
-                    Some(None) => false,
-                    Some(Some(n)) => hit.meta.age_secs(now_secs) <= n,
-                }
+            hit.meta.is_fresh(now_secs) && age_max.is_some_and(|m| hit.meta.age_secs(now_secs) <= m)
         };
         let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
             if !usable(hit) {
                 return false; // rolled back below
             }
+            let age = hit.meta.age_secs(now_secs);
             put_field_u64(b, b"Content-Length", hit.body_len as u64);
-            put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
-            b.extend_from_slice(b"Cache-Status: ringcache; hit\r\nVia: 1.1 ringcache\r\n");
+            put_field_u64(b, b"Age", age);
+            b.extend_from_slice(b"Cache-Status: ringcache; hit; ttl=");
+            put_u64(b, u64::from(hit.meta.lifetime_secs).saturating_sub(age));
+            b.extend_from_slice(b"\r\nVia: 1.1 ringcache\r\n");
             put_connection(b, keep_alive, minor);
             b.extend_from_slice(b"\r\n");
             !head_only

@@ -14,10 +14,12 @@ use std::time::Instant;
 
 use crate::config::{Limits, HEADERS_COUNT_CAP};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::freshness::{storable, Storable};
+use crate::http::freshness::{decide, storable, Exchange, Storable};
 use crate::http::invalidation::{for_each_invalidated, Target};
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseFraming};
+use crate::http::reuse::is_error_status;
+use crate::http::sink::Out;
 use crate::http::{headers, Parsed};
 use crate::metrics::Counter;
 use crate::runtime::io::Token;
@@ -27,6 +29,7 @@ use super::coalesce::Outcome;
 use super::compose::{
     is_dropped_on_forward, put_error, put_field, put_field_u64, put_status_line, VIA,
 };
+use super::revalidate::{conditions_match, put_not_modified_head, Revalidation, NO_CLIENT};
 use super::{put_connection, Op, Proxy, Socket, TimeoutKind};
 
 /// Where misses go.
@@ -63,6 +66,9 @@ pub(super) struct Fetch {
     /// The request is conditional or asks for a range: its answer (304, 206)
     /// is its own, so it neither leads nor joins a fill.
     pub personal: bool,
+    /// Something is stored for this key: how to validate it and when its
+    /// stored response may stand in for an origin error (`revalidate`).
+    pub revalidation: Option<Box<Revalidation>>,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
 }
@@ -110,6 +116,10 @@ struct Progress {
     /// Keys this answer invalidates (RFC 9111 §4.4), removed once it is complete.
     invalidate: Vec<Box<[u8]>>,
     body: Vec<u8>,
+    /// A 304 validated the stored response this progress now holds.
+    validated: bool,
+    /// Why a response to a cacheable request is not stored (Cache-Status `detail`).
+    not_stored: Option<&'static str>,
 }
 
 enum Framing {
@@ -392,11 +402,23 @@ impl Proxy {
         let _ = req.parse(req_sent);
         let inbuf = std::mem::take(&mut o.inbuf);
         let mut skip = 0;
+        // 103 Early Hints go to the client ahead of the final response
+        // (RFC 9110 §15.2, RFC 8297); other 1xx are consumed here.
+        let mut interim = Vec::new();
         let result = loop {
             match parse_response(&inbuf[skip..], &mut fields[..headers_max], false, head_max) {
                 Ok(Parsed::Partial) => break Ok(None),
                 Ok(Parsed::Complete(h)) if (100..200).contains(&h.status) => {
-                    skip += h.head_len; // interim responses are not relayed
+                    if h.status == 103 {
+                        put_status_line(&mut interim, h.status, h.reason);
+                        for f in h.headers {
+                            if !is_dropped_on_forward(h.headers, f.name.as_bytes()) {
+                                put_field(&mut interim, f.name.as_bytes(), f.value);
+                            }
+                        }
+                        interim.extend_from_slice(b"\r\n");
+                    }
+                    skip += h.head_len;
                 }
                 Ok(Parsed::Complete(h)) => {
                     let mut head = Vec::with_capacity(h.head_len + 64);
@@ -429,6 +451,18 @@ impl Proxy {
                             response_time_secs,
                         )
                     });
+                    let not_stored = match (&fetch.key, &decision) {
+                        (Some(_), None) if varies => Some("vary"),
+                        (Some(_), None) => Some(not_stored_detail(&Exchange {
+                            method: fetch.origin_method(),
+                            request: req.headers,
+                            status: h.status,
+                            response: h.headers,
+                            request_time_secs: fetch.request_time_secs,
+                            response_time_secs,
+                        })),
+                        _ => None,
+                    };
                     let mut invalidate = Vec::new();
                     if let Some(target) = fetch.target_key.as_deref() {
                         let split = target.iter().position(|&b| b == 0).unwrap_or(0);
@@ -468,6 +502,8 @@ impl Proxy {
                             storable: decision,
                             invalidate,
                             body: Vec::new(),
+                            validated: false,
+                            not_stored,
                         },
                         skip + h.head_len,
                     )));
@@ -475,10 +511,17 @@ impl Proxy {
                 Err(e) => break Err(e),
             }
         };
+        let (client, seq, minor) = (fetch.client, fetch.seq, fetch.client_minor_version);
         let o = self.origin(token).expect("checked above");
         match result {
             Ok(None) => {
+                let mut inbuf = inbuf;
+                inbuf.drain(..skip); // interim responses are handled once
                 o.inbuf = inbuf;
+                self.relay_interim(client, seq, minor, interim);
+                let Some(o) = self.origin(token) else {
+                    return false;
+                };
                 if o.inbuf.len() > head_max {
                     self.origin_bad_response(token, "response head too large");
                 }
@@ -489,6 +532,7 @@ impl Proxy {
                 inbuf.drain(..consumed);
                 o.inbuf = inbuf;
                 o.progress = Some(progress);
+                self.relay_interim(client, seq, minor, interim);
                 true
             }
             Err(e) => {
@@ -639,7 +683,7 @@ impl Proxy {
         let object_max = self.limits.object_bytes_max;
         let draining = self.draining;
         let Some(o) = self.origin(token) else { return };
-        let (Some(fetch), Some(p)) = (o.fetch.take(), o.progress.take()) else {
+        let (Some(mut fetch), Some(mut p)) = (o.fetch.take(), o.progress.take()) else {
             return;
         };
         o.served += 1;
@@ -649,14 +693,51 @@ impl Proxy {
                 self.counters().incr(Counter::Invalidated);
             }
         }
+        // A 304 to ringcache's own conditional request (RFC 9111 §4.3.3).
+        let conditional = fetch
+            .revalidation
+            .as_ref()
+            .is_some_and(|r| r.conditional_at.is_some());
+        let mut unselected = false;
+        if p.status == 304 && conditional {
+            match self.not_modified(&fetch, &p.head, p.age_secs) {
+                Some(v) => {
+                    p.head = v.head;
+                    p.body = v.body;
+                    p.status = v.status;
+                    p.storable = v.storable;
+                    p.age_secs = Some(v.age_secs);
+                    p.validated = true;
+                    p.not_stored = None;
+                }
+                None => unselected = true,
+            }
+        }
         let mut stored = false;
-        if let (Some((hash, key)), Some(s)) = (fetch.key.as_ref(), p.storable.as_ref()) {
+        if let (Some((hash, key)), Some(s), false) =
+            (fetch.key.as_ref(), p.storable.as_ref(), unselected)
+        {
             if p.body.len() <= object_max && p.status == 200 {
                 let meta = ItemMeta::new(self.clock.unix_secs, s.initial_age_secs, s.lifetime_secs);
                 stored = self.store.insert(*hash, key, &p.head, &p.body, meta);
                 if stored {
                     self.counters().incr(Counter::Stored);
                 }
+            } else if p.status == 200 {
+                p.not_stored = Some("too-large");
+            }
+        }
+        if let (Some((hash, key)), Some(_), false) =
+            (fetch.key.as_ref(), fetch.revalidation.as_ref(), stored)
+        {
+            // A full answer that replaces the stored response but may not
+            // be stored itself: the stored one is outdated (RFC 9111 §4.3.3).
+            let replaces = !unselected
+                && !p.validated
+                && !is_error_status(p.status)
+                && !matches!(p.status, 206 | 304);
+            if replaces {
+                self.store.remove(*hash, key);
             }
         }
         // Release the connection before answering, so a queued fetch can use it.
@@ -670,7 +751,35 @@ impl Proxy {
         } else {
             self.close_socket(token);
         }
-        let resp = self.compose_response(&fetch, &p, stored, false);
+        if unselected {
+            // The stored response is gone or is not the one the 304
+            // validates: ask again, without conditions.
+            let at = fetch
+                .revalidation
+                .as_mut()
+                .and_then(|r| r.conditional_at.take());
+            match at {
+                Some(at) if fetch.req.len() > at => {
+                    fetch.req.truncate(at);
+                    fetch.req.extend_from_slice(b"\r\n");
+                    self.dispatch(fetch);
+                }
+                _ => self.fail_fetch(fetch, 502, "origin-not-modified"),
+            }
+            return;
+        }
+        let background = fetch.client == NO_CLIENT;
+        let error = is_error_status(p.status);
+        let resp = if background {
+            None
+        } else if error {
+            Some(
+                self.stale_on_error(&fetch, p.status)
+                    .unwrap_or_else(|| self.compose_response(&fetch, &p, stored, false)),
+            )
+        } else {
+            Some(self.compose_response(&fetch, &p, stored, false))
+        };
         let shareable = p.storable.is_some() && p.status == 200;
         let outcome = if shareable || p.status >= 500 {
             Outcome::Share
@@ -678,10 +787,34 @@ impl Proxy {
             Outcome::Release
         };
         self.fill_complete(&fetch, outcome, stored, |proxy, waiter| {
+            if error {
+                if let Some(resp) = proxy.stale_on_error(waiter, p.status) {
+                    return resp;
+                }
+            }
             proxy.compose_response(waiter, &p, false, true)
         });
-        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        if let Some(resp) = resp {
+            self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        }
         self.give_buffer(fetch.req);
+    }
+
+    /// Relay interim responses (103) to the client of exchange `seq`, when
+    /// it speaks HTTP/1.1 and every earlier response has been queued
+    /// (an interim response must not overtake an earlier answer).
+    fn relay_interim(&mut self, client: Token, seq: u64, minor: u8, interim: Vec<u8>) {
+        if interim.is_empty() || minor == 0 {
+            return;
+        }
+        let Some(c) = self.client(client) else { return };
+        if c.queue
+            .front()
+            .is_some_and(|e| e.seq == seq && e.response.is_none())
+        {
+            c.out.extend_from_slice(&interim);
+            self.mark_dirty(client);
+        }
     }
 
     /// A response from the origin as `fetch`'s client gets it.
@@ -693,8 +826,21 @@ impl Proxy {
         collapsed: bool,
     ) -> Vec<u8> {
         let mut resp = self.take_buffer();
-        resp.extend_from_slice(&p.head);
-        let bodiless = (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
+        // The client's own preconditions, when ringcache validated for it
+        // (RFC 9111 §4.3.2): a 304 from the response it would get.
+        let not_modified = p.status == 200
+            && fetch
+                .revalidation
+                .as_ref()
+                .and_then(|r| r.client_conditions.as_deref())
+                .is_some_and(|c| conditions_match(c, fetch.method, &p.head));
+        let bodiless =
+            not_modified || (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
+        if not_modified {
+            put_not_modified_head(&mut resp, &p.head);
+        } else {
+            resp.extend_from_slice(&p.head);
+        }
         if !bodiless {
             put_field_u64(&mut resp, b"Content-Length", p.body.len() as u64);
         }
@@ -704,12 +850,23 @@ impl Proxy {
         resp.extend_from_slice(b"Cache-Status: ringcache; fwd=");
         resp.extend_from_slice(fwd_reason(fetch));
         resp.extend_from_slice(b"; fwd-status=");
-        super::compose::put_u64(&mut resp, u64::from(p.status));
+        let fwd_status = if p.validated { 304 } else { p.status };
+        super::compose::put_u64(&mut resp, u64::from(fwd_status));
+        if let (true, Some(s)) = (p.validated, p.storable.as_ref()) {
+            resp.extend_from_slice(b"; ttl=");
+            let ttl = s.lifetime_secs.min(i64::MAX as u64) as i64
+                - s.initial_age_secs.min(i64::MAX as u64) as i64;
+            let _ = Out::put_i64(&mut resp, ttl);
+        }
         if stored {
             resp.extend_from_slice(b"; stored");
         }
         if collapsed {
             resp.extend_from_slice(b"; collapsed");
+        }
+        if let (Some(detail), false) = (p.not_stored, stored) {
+            resp.extend_from_slice(b"; detail=");
+            resp.extend_from_slice(detail.as_bytes());
         }
         resp.extend_from_slice(b"\r\n");
         put_field(&mut resp, b"Via", VIA);
@@ -724,6 +881,17 @@ impl Proxy {
     /// Answer a fetch's client with an error ringcache generates.
     pub(super) fn fail_fetch(&mut self, fetch: Box<Fetch>, status: u16, detail: &str) {
         self.fill_failed(&fetch, status, detail);
+        if let Some(resp) = self.stale_on_error(&fetch, status) {
+            // RFC 5861 §4: the stored response stands in for the error.
+            self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+            self.give_buffer(fetch.req);
+            return;
+        }
+        // §5.2.2.2: a must-revalidate response that cannot be validated is a 504.
+        let status = match &fetch.revalidation {
+            Some(r) if r.must_revalidate && status == 502 => 504,
+            _ => status,
+        };
         let date = self.clock.date;
         let mut resp = self.take_buffer();
         put_error(
@@ -751,6 +919,17 @@ impl Proxy {
     }
 }
 
+/// Why a response to a cacheable request is not stored, for Cache-Status
+/// `detail` (RFC 9211 §2.8).
+fn not_stored_detail(x: &Exchange<'_>) -> &'static str {
+    match decide(x, &super::revalidate::policy()) {
+        Err(reason) => reason.detail(),
+        Ok(_) if x.status != 200 => "status",
+        Ok(s) if s.no_cache || s.lifetime_secs == 0 => "validate-only",
+        Ok(_) => "qualified-fields",
+    }
+}
+
 /// The Cache-Status `fwd` parameter (RFC 9211 §2.2) for a fetch.
 fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
     if fetch.lookup {
@@ -759,8 +938,8 @@ fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
             super::Found::NotAccepted => b"request",
             super::Found::Fresh | super::Found::Absent => b"miss",
         }
-    } else if fetch.method.is_safe() {
-        b"request"
+    } else if matches!(fetch.method, Method::Get | Method::Head) {
+        b"bypass" // a GET or HEAD with a body is relayed, never looked up
     } else {
         b"method"
     }

@@ -1,0 +1,395 @@
+//! Validation (RFC 9111 §4.3) and conditional requests answered from the
+//! cache (RFC 9111 §4.3.2, RFC 9110 §13). Each scenario runs on both I/O
+//! backends against a scripted origin that checks the request it got.
+//!
+//! Stale objects are made without waiting: the origin sends an `Age`
+//! beyond the freshness lifetime (RFC 9111 §4.2.3).
+
+#[macro_use]
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const LM: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
+
+fn with_origin(io: &str, workers: usize, origin: TestOrigin) -> Option<(TestOrigin, Server)> {
+    let server = Server::serve(io, Some(&origin.url()), workers, &[])?;
+    Some((origin, server))
+}
+
+fn request(server: &Server, method: &str, path: &str, fields: &str) -> Response {
+    let mut c = server.client();
+    c.send(
+        format!("{method} {path} HTTP/1.1\r\nHost: ringcache.test\r\n{fields}\r\n\r\n").as_bytes(),
+    );
+    if method == "HEAD" {
+        c.read_head_response()
+    } else {
+        c.read_response()
+    }
+}
+
+fn param(r: &Response, name: &str) -> Option<String> {
+    r.cache_status_params()
+        .into_iter()
+        .find_map(|p| p.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// First answer: a stale 200 with validators; then `later` for each request.
+fn validating_origin(later: impl Fn(u64, &Request) -> Reply + Send + Sync + 'static) -> TestOrigin {
+    let seen = Arc::new(AtomicU64::new(0));
+    TestOrigin::start(move |req| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            Reply::Send(response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=1"),
+                    ("Age", "10"),
+                    ("ETag", "\"v1\""),
+                    ("Last-Modified", LM),
+                    ("X-Version", "1"),
+                    ("Content-Type", "text/plain"),
+                ],
+                b"stored body",
+            ))
+        } else {
+            later(n, req)
+        }
+    })
+}
+
+fn not_modified(fields: &[(&str, &str)]) -> Reply {
+    Reply::Send(response(304, fields, b""))
+}
+
+/// §4.3.1: a stale response with validators is validated with
+/// If-None-Match and If-Modified-Since; §4.3.3/§4.3.4: the 304 selects it,
+/// its fields update the stored ones (§3.2), the object is stored again
+/// with the new freshness and its body served (fwd=stale; fwd-status=304).
+fn revalidation_304(io: &str) {
+    let origin = validating_origin(|_, req| {
+        let ok = req.header("if-none-match") == Some("\"v1\"")
+            && req.header("if-modified-since") == Some(LM);
+        if ok {
+            not_modified(&[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"v1\""),
+                ("X-Version", "2"),
+            ])
+        } else {
+            Reply::Send(response(500, &[], b"not conditional"))
+        }
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/v");
+    let r = server.get("/v");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body, b"stored body");
+    assert_eq!(r.header("x-version"), Some("2"), "{}", r.summary());
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let params = r.cache_status_params();
+    assert_eq!(
+        params[..2],
+        ["fwd=stale", "fwd-status=304"],
+        "{}",
+        r.summary()
+    );
+    assert!(params.iter().any(|p| p == "stored"), "{}", r.summary());
+    let ttl: i64 = param(&r, "ttl").unwrap().parse().unwrap();
+    assert!((590..=600).contains(&ttl), "{}", r.summary());
+    // Fresh again: a hit with the merged fields.
+    let r = server.get("/v");
+    assert!(r.is_hit(), "{}", r.summary());
+    assert_eq!(r.header("x-version"), Some("2"));
+    assert_eq!(r.body, b"stored body");
+    assert_eq!(origin.requests(), 2);
+}
+
+/// §4.3.3: a 200 to the conditional request replaces the stored response.
+fn revalidation_200_replaces(io: &str) {
+    let origin = validating_origin(|_, _| {
+        Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=600"), ("ETag", "\"v2\"")],
+            b"new body",
+        ))
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/r");
+    let r = server.get("/r");
+    assert_eq!(r.body, b"new body", "{}", r.summary());
+    assert_eq!(
+        r.cache_status_params(),
+        ["fwd=stale", "fwd-status=200", "stored"]
+    );
+    let r = server.get("/r");
+    assert!(r.is_hit());
+    assert_eq!(r.body, b"new body");
+    assert_eq!(r.header("etag"), Some("\"v2\""));
+    assert_eq!(origin.requests(), 2);
+}
+
+/// §4.3.1/§4.3.2: the client's own preconditions are not forwarded on
+/// ringcache's validation; they are evaluated against the response
+/// ringcache would serve (304 when they match, 200 otherwise).
+fn client_preconditions_not_forwarded(io: &str) {
+    let origin = validating_origin(|_, _| {
+        not_modified(&[
+            ("Cache-Control", "max-age=1"),
+            ("Age", "10"),
+            ("ETag", "\"v1\""),
+        ])
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/p");
+    let r = request(&server, "GET", "/p", "If-None-Match: \"other\"");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body, b"stored body");
+    let sent = origin.last_request().unwrap();
+    assert_eq!(
+        sent.headers_all("if-none-match"),
+        ["\"v1\""],
+        "{}",
+        sent.head_text()
+    );
+    let r = request(&server, "GET", "/p", "If-None-Match: W/\"v1\"");
+    assert_eq!(r.status, 304, "{}", r.summary());
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    assert_eq!(param(&r, "fwd-status").as_deref(), Some("304"));
+    assert_eq!(origin.requests(), 3);
+}
+
+/// §4.3.2, RFC 9110 §13.1.2/§13.1.3/§13.2.2: a fresh stored response
+/// answers If-None-Match (weak comparison) and, only without it,
+/// If-Modified-Since, with 304 and the fields §15.4.5 lists; no origin
+/// request.
+fn conditionals_from_cache(io: &str) {
+    let origin = TestOrigin::start(|_| {
+        Reply::Send(response(
+            200,
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "W/\"v1\""),
+                ("Last-Modified", LM),
+                ("Content-Type", "text/plain"),
+            ],
+            b"body",
+        ))
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/c");
+    let cases = [
+        ("If-None-Match: \"v1\"", 304),
+        ("If-None-Match: \"x\", W/\"v1\"", 304),
+        ("If-None-Match: *", 304),
+        ("If-None-Match: \"v2\"", 200),
+        ("If-Modified-Since: Mon, 01 Jan 2024 00:00:00 GMT", 304),
+        ("If-Modified-Since: Tue, 02 Jan 2024 00:00:00 GMT", 304),
+        ("If-Modified-Since: Sun, 31 Dec 2023 00:00:00 GMT", 200),
+        ("If-Modified-Since: not a date", 200),
+        (
+            "If-None-Match: \"v2\"\r\nIf-Modified-Since: Tue, 02 Jan 2024 00:00:00 GMT",
+            200,
+        ),
+    ];
+    for (fields, status) in cases {
+        let r = request(&server, "GET", "/c", fields);
+        assert_eq!(r.status, status, "{fields}: {}", r.summary());
+        assert!(r.is_hit(), "{fields}: {}", r.summary());
+        if status == 304 {
+            assert!(r.body.is_empty());
+            assert_eq!(r.header("etag"), Some("W/\"v1\""), "{}", r.summary());
+            assert_eq!(r.header("cache-control"), Some("max-age=600"));
+            assert!(r.header("content-type").is_none(), "{}", r.summary());
+            assert!(r.header("content-length").is_none(), "{}", r.summary());
+        } else {
+            assert_eq!(r.body, b"body");
+        }
+    }
+    // HEAD is answered from the stored GET, conditionally too.
+    let r = request(&server, "HEAD", "/c", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_length(), Some(4));
+    let r = request(&server, "HEAD", "/c", "If-None-Match: W/\"v1\"");
+    assert_eq!(r.status, 304, "{}", r.summary());
+    assert_eq!(origin.requests(), 1);
+}
+
+/// §4.3.2: If-Match and If-Unmodified-Since are for the origin: such a
+/// request is forwarded as it came.
+fn if_match_forwarded(io: &str) {
+    let origin = TestOrigin::fixed("max-age=600", "body");
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/m");
+    let r = request(&server, "GET", "/m", "If-Match: \"v1\"");
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.requests(), 2);
+    let sent = origin.last_request().unwrap();
+    assert_eq!(sent.header("if-match"), Some("\"v1\""));
+}
+
+/// §4.3.4: a 304 that selects no stored response (another validator) is
+/// not used; ringcache asks again without conditions.
+fn unselected_304_refetches(io: &str) {
+    let origin = validating_origin(|n, req| {
+        if n == 1 {
+            assert!(req.header("if-none-match").is_some());
+            not_modified(&[("ETag", "\"v9\"")])
+        } else {
+            assert!(req.header("if-none-match").is_none(), "{}", req.head_text());
+            Reply::Send(response(200, &[("Cache-Control", "max-age=600")], b"full"))
+        }
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/u");
+    let r = server.get("/u");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body, b"full");
+    assert_eq!(origin.requests(), 3);
+}
+
+/// §4.3 with §4 coalescing: concurrent requests for one stale key cause
+/// one conditional request; every client gets the validated body.
+fn revalidation_coalesces(io: &str) {
+    let origin = validating_origin(|_, _| {
+        Reply::After(
+            Duration::from_millis(1000),
+            Box::new(not_modified(&[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"v1\""),
+            ])),
+        )
+    });
+    let Some((origin, server)) = with_origin(io, 1, origin) else {
+        return;
+    };
+    server.get("/k");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = server.addr;
+            thread::spawn(move || http_get(addr, "/k"))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"stored body");
+        assert_eq!(
+            param(&r, "fwd-status").as_deref(),
+            Some("304"),
+            "{}",
+            r.summary()
+        );
+    }
+    assert_eq!(origin.requests(), 2, "one validation for every waiter");
+}
+
+/// The same across workers: the fill lease makes one validation for the
+/// whole process; other workers answer from the validated object.
+fn revalidation_coalesces_across_workers(io: &str) {
+    let origin = validating_origin(|_, _| {
+        Reply::After(
+            Duration::from_millis(1000),
+            Box::new(not_modified(&[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"v1\""),
+            ])),
+        )
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/x");
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = server.addr;
+            thread::spawn(move || http_get(addr, "/x"))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"stored body");
+    }
+    assert_eq!(origin.requests(), 2, "one validation for the process");
+}
+
+/// §5.2.1.4: a client's no-cache on a fresh response with validators
+/// validates it (fwd=request; fwd-status=304) instead of a full fetch.
+fn no_cache_request_validates(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            Reply::Send(response(304, &[("ETag", "\"v1\"")], b""))
+        } else {
+            Reply::Send(response(
+                200,
+                &[("Cache-Control", "max-age=600"), ("ETag", "\"v1\"")],
+                b"body",
+            ))
+        }
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/n");
+    let r = request(&server, "GET", "/n", "Cache-Control: no-cache");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"body");
+    assert_eq!(
+        r.cache_status_params()[..2],
+        ["fwd=request", "fwd-status=304"],
+        "{}",
+        r.summary()
+    );
+    assert_eq!(origin.requests(), 2);
+}
+
+/// RFC 8246 §2: a fresh immutable response answers a reload without
+/// asking the origin.
+fn immutable_answers_reload(io: &str) {
+    let origin = TestOrigin::fixed("max-age=600, immutable", "forever");
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    server.get("/i");
+    for field in [
+        "Cache-Control: no-cache",
+        "Cache-Control: max-age=0",
+        "Pragma: no-cache",
+    ] {
+        let r = request(&server, "GET", "/i", field);
+        assert!(r.is_hit(), "{field}: {}", r.summary());
+    }
+    assert_eq!(origin.requests(), 1);
+}
+
+both_io!(
+    revalidation_304,
+    revalidation_200_replaces,
+    client_preconditions_not_forwarded,
+    conditionals_from_cache,
+    if_match_forwarded,
+    unselected_304_refetches,
+    revalidation_coalesces,
+    revalidation_coalesces_across_workers,
+    no_cache_request_validates,
+    immutable_answers_reload,
+);
