@@ -292,17 +292,38 @@ impl Proc {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 
-    /// Wait up to `within` for the process to exit.
+    /// Wait up to `within` for the process to exit, and then (briefly) for
+    /// its output to be captured to the end, so that a line the process
+    /// wrote just before exiting is in `lines` when this returns.
     pub fn wait_timeout(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(st) = self.try_wait() {
+                self.wait_output_end(Duration::from_secs(2));
                 return Some(st);
             }
             if Instant::now() >= deadline {
                 return None;
             }
             thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait up to `within` for end of file on both captured streams.
+    fn wait_output_end(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut st = self.capture.state.lock().unwrap();
+        while !(st.stdout_eof && st.stderr_eof) {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            st = self
+                .capture
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
