@@ -695,9 +695,12 @@ pub struct BusConfig {
     pub stream: String,
     /// This node's name: entries it wrote are not applied again, acks carry it.
     pub node: String,
-    /// Directory of the resume-point file (default: beside the store file;
-    /// `None`: not persisted, a restart starts at the stream's end).
+    /// Directory of the resume-point file, `ringcache-bus-STREAM.state`
+    /// (one node per directory).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Without `state_dir`, the resume point lives beside this store file,
+    /// as `STORE.bus-STREAM.state`; with neither, it is not kept.
+    pub store_path: Option<std::path::PathBuf>,
     /// Entries the stream keeps, approximately (`XADD MAXLEN ~ N`).
     pub stream_len_max: u64,
     /// Entries read in one `XREAD` (COUNT).
@@ -758,6 +761,7 @@ impl BusConfig {
             stream,
             node: node.to_string(),
             state_dir: None,
+            store_path: None,
             stream_len_max: 100_000,
             batch_entries_max: 128,
             payload_bytes_max: 64 << 10,
@@ -796,11 +800,17 @@ impl BusConfig {
         Ok((authority.to_string(), stream.to_string()))
     }
 
-    /// The resume-point file, when there is a directory for it.
+    /// The resume-point file, when there is a place for it.
     pub fn state_file(&self) -> Option<std::path::PathBuf> {
-        self.state_dir
-            .as_ref()
-            .map(|d| d.join(format!("ringcache-bus-{}.state", self.stream)))
+        match (&self.state_dir, &self.store_path) {
+            (Some(d), _) => Some(d.join(format!("ringcache-bus-{}.state", self.stream))),
+            (None, Some(store)) => {
+                let mut name = store.file_name()?.to_os_string();
+                name.push(format!(".bus-{}.state", self.stream));
+                Some(store.with_file_name(name))
+            }
+            (None, None) => None,
+        }
     }
 
     fn load(
@@ -826,18 +836,8 @@ impl BusConfig {
             }
         };
         let mut b = BusConfig::new(&url, &node)?;
-        b.state_dir = file.state_dir.or_else(|| {
-            store
-                .and_then(Path::parent)
-                .map(|d| {
-                    if d.as_os_str().is_empty() {
-                        Path::new(".")
-                    } else {
-                        d
-                    }
-                })
-                .map(Path::to_path_buf)
-        });
+        b.state_dir = file.state_dir;
+        b.store_path = store.map(Path::to_path_buf);
         fn size(key: &str, v: Option<String>, into: &mut usize) -> Result<(), String> {
             if let Some(s) = v {
                 let n = parse_size(&s).map_err(|e| format!("bus.{key}: {e}"))?;
@@ -968,7 +968,10 @@ impl fmt::Display for BusConfig {
         writeln!(f, "node = \"{}\"", self.node)?;
         match &self.state_dir {
             Some(d) => writeln!(f, "state_dir = {:?}", d.display().to_string())?,
-            None => writeln!(f, "# state_dir: none, the resume point is not kept")?,
+            None => writeln!(
+                f,
+                "# state_dir: none, the resume point is kept beside the store file"
+            )?,
         }
         writeln!(f, "stream_len_max = {}", self.stream_len_max)?;
         writeln!(f, "batch_entries_max = {}", self.batch_entries_max)?;
@@ -1096,7 +1099,7 @@ mod tests {
         assert_eq!(bus.block_timeout, Duration::from_millis(250));
         assert_eq!(
             bus.state_file().unwrap(),
-            Path::new("/var/lib/ringcache/ringcache-bus-inv.state")
+            Path::new("/var/lib/ringcache/store.bus-inv.state")
         );
         std::fs::write(&path, c.to_string()).unwrap();
         let again = Config::load(&ServeArgs {
@@ -1151,7 +1154,13 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.bus.unwrap().state_file(), None);
+        let mut bus = c.bus.unwrap();
+        assert_eq!(bus.state_file(), None);
+        bus.state_dir = Some("/srv/n1".into());
+        assert_eq!(
+            bus.state_file().unwrap(),
+            Path::new("/srv/n1/ringcache-bus-s.state")
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -174,7 +174,7 @@ impl Bus {
             .map(|path| StateFile::new(path, &cfg.stream));
         if state.is_none() {
             warn!(
-                "bus: no state directory (bus.state_dir, or --store): the resume point is not kept and a restart starts at the stream's end"
+                "bus: neither bus.state_dir nor --store is set: the resume point is not kept and a restart starts at the stream's end"
             );
         }
         let shared = Arc::new(Shared {
