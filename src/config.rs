@@ -966,11 +966,15 @@ impl fmt::Display for BusConfig {
         writeln!(f, "[bus]")?;
         writeln!(f, "url = \"redis://{}/{}\"", self.redis_addr, self.stream)?;
         writeln!(f, "node = \"{}\"", self.node)?;
-        match &self.state_dir {
-            Some(d) => writeln!(f, "state_dir = {:?}", d.display().to_string())?,
-            None => writeln!(
+        match (&self.state_dir, &self.store_path) {
+            (Some(d), _) => writeln!(f, "state_dir = {:?}", d.display().to_string())?,
+            (None, Some(_)) => writeln!(
                 f,
                 "# state_dir: none, the resume point is kept beside the store file"
+            )?,
+            (None, None) => writeln!(
+                f,
+                "# state_dir: none and no store file, the resume point is not kept"
             )?,
         }
         writeln!(f, "stream_len_max = {}", self.stream_len_max)?;

@@ -420,3 +420,49 @@ fn acknowledgements_come_from_live_nodes_within_the_timeout() {
         vec![("a".into(), true)]
     );
 }
+
+/// Not a check, a figure: how fast entries go from one node to another on
+/// this machine. `cargo test --release --test bus -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn publish_to_apply_rate() {
+    let Some(redis) = Redis::start() else { return };
+    let (da, db) = (TempDir::new("a"), TempDir::new("b"));
+    let url = redis.url("inv");
+    let a = Node::start(config(&url, "a", &da.0));
+    let b = Node::start(config(&url, "b", &db.0));
+    const ENTRIES: usize = 5000;
+    let body = "{\"urls\":[\"/api/items/1\",\"/api/items/2\"]}";
+    let start = Instant::now();
+    for _ in 0..ENTRIES - 1 {
+        a.publish(body);
+    }
+    let published = start.elapsed();
+    a.publish("end");
+    b.wait_applied("end");
+    let applied = start.elapsed();
+    assert_eq!(b.applied().len(), ENTRIES);
+    println!(
+        "{ENTRIES} entries: published in {published:?} ({:.0}/s, one at a time), all applied on the other node after {applied:?} ({:.0}/s)",
+        ENTRIES as f64 / published.as_secs_f64(),
+        ENTRIES as f64 / applied.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_damaged_state_file_drops_the_cache_and_starts_over() {
+    let Some(redis) = Redis::start() else { return };
+    let (da, db) = (TempDir::new("a"), TempDir::new("b"));
+    let url = redis.url("inv");
+    let a = Node::start(config(&url, "a", &da.0));
+    let mut b = Node::start(config(&url, "b", &db.0));
+    a.publish("one");
+    b.wait_applied("one");
+    b.stop();
+    std::fs::write(db.0.join("ringcache-bus-inv.state"), "last_id 1-0\n").unwrap();
+    let b = Node::start(config(&url, "b", &db.0));
+    assert_eq!(b.drops(), 1);
+    a.publish("two");
+    b.wait_applied("two");
+    assert_eq!(b.applied(), ["two"]);
+}
