@@ -46,7 +46,7 @@
 //! `reconnect_backoff_min` and `reconnect_backoff_max`.
 //!
 //! The client is our own RESP2 over `std::net::TcpStream` ([`resp`]): the bus
-//! needs nine commands, every reply must be bounded (sizes, nesting, one
+//! needs a dozen commands, every reply must be bounded (sizes, nesting, one
 //! oversized entry must not wedge the reader), and every call needs a
 //! timeout; a blocking socket with those bounds is a few hundred lines, with
 //! no async runtime and no dependency.
@@ -919,6 +919,12 @@ impl Consumer {
 }
 
 /// Why entries after `pos` can no longer be read, if they cannot.
+///
+/// With Redis 7's `entries-added` (E) and the stream's `length` (L), the
+/// entries ever removed from the head number E − L; those after our position
+/// were lost when E − L exceeds our offset. Comparing ids instead ("the
+/// oldest entry is newer than last_id + 1") cannot tell a trim that stopped
+/// at our position from one that went past it, because ids are timestamps.
 fn lost_entries(pos: &Position, info: &StreamInfo) -> Option<String> {
     if !info.exists {
         return (pos.offset > 0 || pos.last_id > EntryId::ZERO)
@@ -934,7 +940,10 @@ fn lost_entries(pos: &Position, info: &StreamInfo) -> Option<String> {
             pos.last_id
         )),
         Some(_) => None,
-        // Before Redis 7: the oldest entry must follow what we applied.
+        // Before Redis 7 (no entries-added): the oldest entry must follow
+        // what we applied. Ids carry milliseconds, so this also fires when
+        // the trim stopped exactly at our position: a needless drop, never a
+        // missed one. From Redis 7 on, the offsets above are exact.
         None => info
             .first_entry
             .filter(|first| pos.last_id > EntryId::ZERO && *first > pos.last_id.successor())
