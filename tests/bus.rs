@@ -466,3 +466,29 @@ fn a_damaged_state_file_drops_the_cache_and_starts_over() {
     b.wait_applied("two");
     assert_eq!(b.applied(), ["two"]);
 }
+
+#[test]
+fn a_foreign_entry_over_the_payload_limit_is_skipped_not_wedging_the_reader() {
+    let Some(redis) = Redis::start() else { return };
+    let (da, db) = (TempDir::new("a"), TempDir::new("b"));
+    let url = redis.url("inv");
+    let a = Node::start(config(&url, "a", &da.0));
+    let b = Node::start(config(&url, "b", &db.0));
+    let big = vec![b'x'; 100 << 10];
+    let id = redis.command(&[b"XADD", b"inv", b"*", b"node", b"other", b"inv", &big]);
+    let id = EntryId::parse(id.text().unwrap()).unwrap();
+    redis.command(&[
+        b"XADD", b"inv", b"*", b"node", b"other", b"note", b"no body",
+    ]);
+    a.publish("after");
+    b.wait_applied("after");
+    assert_eq!(b.applied(), ["after"]);
+    let m = b.bus().metrics();
+    assert_eq!(m.apply_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(m.applied.load(Ordering::Relaxed), 1);
+    // Both nodes acknowledge it as not applied.
+    assert_eq!(
+        a.bus().wait_acks(id, Duration::from_millis(300)).unwrap(),
+        vec![("a".into(), false), ("b".into(), false)]
+    );
+}
