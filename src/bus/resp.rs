@@ -399,4 +399,69 @@ mod tests {
         let many = [b"*60\r\n".to_vec(), b"$10\r\n0123456789\r\n".repeat(60)].concat();
         assert!(matches!(parse(&many), Err(BusError::Protocol(_))));
     }
+
+    /// RESP2 bytes of `v` (what a server would send).
+    fn wire(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Simple(s) => out.extend_from_slice(format!("+{s}\r\n").as_bytes()),
+            Value::Error(s) => out.extend_from_slice(format!("-{s}\r\n").as_bytes()),
+            Value::Int(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Value::Bulk(b) => {
+                out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Value::Oversize(_) | Value::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Value::Array(items) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                for i in items {
+                    wire(i, out);
+                }
+            }
+        }
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            "[a-zA-Z0-9 ]{0,20}".prop_map(Value::Simple),
+            "[a-zA-Z0-9 ]{0,20}".prop_map(Value::Error),
+            any::<i64>().prop_map(Value::Int),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bulk),
+            Just(Value::Nil),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            proptest::collection::vec(inner, 0..6).prop_map(Value::Array)
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn replies_parse_back_to_what_was_sent(v in value()) {
+            let mut bytes = Vec::new();
+            wire(&v, &mut bytes);
+            let mut budget = 1 << 20;
+            let limits = ReplyLimits { reply_bytes_max: 1 << 20, bulk_bytes_max: 1 << 10 };
+            let got = read_value(&mut &bytes[..], limits, &mut budget, 0).unwrap();
+            proptest::prop_assert_eq!(got, v);
+        }
+
+        #[test]
+        fn any_bytes_give_a_value_or_an_error_never_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn mutated_replies_never_panic(v in value(), at in 0usize..512, byte in 0u8..=255) {
+            let mut bytes = Vec::new();
+            wire(&v, &mut bytes);
+            if !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            let _ = parse(&bytes);
+        }
+    }
 }
