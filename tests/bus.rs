@@ -492,3 +492,51 @@ fn a_foreign_entry_over_the_payload_limit_is_skipped_not_wedging_the_reader() {
         vec![("a".into(), false), ("b".into(), false)]
     );
 }
+
+#[test]
+fn lag_counts_the_entries_not_yet_applied() {
+    let Some(redis) = Redis::start() else { return };
+    let (da, db) = (TempDir::new("a"), TempDir::new("b"));
+    let url = redis.url("inv");
+    let a = Node::start(config(&url, "a", &da.0));
+    // B's apply takes one permit per entry and says when it started one.
+    let gate = Arc::new((Mutex::new((0u32, 0u32)), std::sync::Condvar::new()));
+    let g = Arc::clone(&gate);
+    let b = Bus::start(
+        config(&url, "b", &db.0),
+        move |_: &[u8]| {
+            let (m, c) = &*g;
+            let mut st = m.lock().unwrap();
+            st.1 += 1;
+            c.notify_all();
+            let deadline = Instant::now() + WAIT;
+            while st.0 == 0 && Instant::now() < deadline {
+                st = c.wait_timeout(st, Duration::from_millis(50)).unwrap().0;
+            }
+            st.0 = st.0.saturating_sub(1);
+            Ok(1)
+        },
+        || {},
+    )
+    .unwrap();
+    let m = b.metrics();
+    assert!(wait_until(|| m.connected.load(Ordering::Relaxed) == 1));
+    let started = || gate.0.lock().unwrap().1;
+    let release = |n: u32| {
+        gate.0.lock().unwrap().0 += n;
+        gate.1.notify_all();
+    };
+    a.publish("e1");
+    assert!(wait_until(|| started() == 1));
+    a.publish("e2");
+    a.publish("e3");
+    release(1);
+    // e1 done, e2 being applied: two entries are not applied yet.
+    assert!(wait_until(|| started() == 2));
+    assert!(wait_until(|| m.lag_entries.load(Ordering::Relaxed) == 2));
+    release(2);
+    assert!(wait_until(|| m.applied.load(Ordering::Relaxed) == 3));
+    assert!(wait_until(
+        || m.lag_entries.load(Ordering::Relaxed) == 0 && m.lag_ms.load(Ordering::Relaxed) == 0
+    ));
+}
