@@ -155,6 +155,8 @@ pub struct Config {
     /// `log_level` from the file (`None`: `RINGCACHE_LOG` or `info`).
     pub log_level: Option<log::LevelFilter>,
     pub limits: Limits,
+    /// The invalidation bus (`[bus]`, `--bus`); `None`: this node stands alone.
+    pub bus: Option<BusConfig>,
 }
 
 /// Where misses go: a plain-HTTP origin.
@@ -226,6 +228,12 @@ pub struct ServeArgs {
     /// header) empty instead of failing
     #[arg(long)]
     pub store_reset: bool,
+    /// Invalidation bus, redis://HOST:PORT/STREAM [default: none]
+    #[arg(long, env = "RINGCACHE_BUS")]
+    pub bus: Option<String>,
+    /// This node's name on the bus [default: hostname:admin-port]
+    #[arg(long, env = "RINGCACHE_BUS_NODE")]
+    pub bus_node: Option<String>,
     /// TOML configuration file; flags override it
     #[arg(long, env = "RINGCACHE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -245,6 +253,7 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default)]
     limits: FileLimits,
+    bus: Option<FileBus>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +316,8 @@ impl Config {
             Some(s) => parse_size(s).map_err(|e| format!("memory: {e}"))?,
             None => MEMORY_BYTES_DEFAULT,
         };
+        let store_path = args.store.clone().or(file.store);
+        let bus = BusConfig::load(args, file.bus, &admin_s, store_path.as_deref())?;
         let config = Config {
             listen: parse_addr("listen", &listen_s)?,
             origin,
@@ -314,7 +325,7 @@ impl Config {
             workers,
             io: args.io.or(file.io).unwrap_or(IoMode::Auto),
             memory_bytes,
-            store_path: args.store.clone().or(file.store),
+            store_path,
             store_reset: args.store_reset,
             log_level: match file.log_level.as_deref() {
                 Some(s) => Some(crate::logging::parse_level(s).ok_or_else(|| {
@@ -323,6 +334,7 @@ impl Config {
                 None => None,
             },
             limits: file.limits.apply(Limits::default())?,
+            bus,
         };
         config.validate()?;
         Ok(config)
@@ -403,6 +415,9 @@ impl Config {
                 d >= Duration::from_millis(10),
                 &format!("{name}: must be at least 10ms"),
             )?;
+        }
+        if let Some(bus) = &self.bus {
+            bus.validate()?;
         }
         Ok(())
     }
@@ -514,7 +529,11 @@ impl fmt::Display for Config {
             format_size(l.recv_buffer_bytes as u64)
         )?;
         writeln!(f, "recv_buffers_count = {}", l.recv_buffers_count)?;
-        writeln!(f, "ring_entries = {}", l.ring_entries)
+        writeln!(f, "ring_entries = {}", l.ring_entries)?;
+        match &self.bus {
+            Some(bus) => write!(f, "\n{bus}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -690,6 +709,327 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
+// ---------------------------------------------------------------------------
+// [bus]: the invalidation bus between nodes (Redis Streams), see `crate::bus`.
+// ---------------------------------------------------------------------------
+
+/// The `[bus]` table: where invalidations are shared between nodes, and the
+/// limits of the thread that carries them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusConfig {
+    /// `host:port` of the Redis server, resolved at each connect.
+    pub redis_addr: String,
+    /// The stream every node of the cluster writes to and reads from.
+    pub stream: String,
+    /// This node's name: entries it wrote are not applied again, acks carry it.
+    pub node: String,
+    /// Directory of the resume-point file, `ringcache-bus-STREAM.state`
+    /// (one node per directory).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Without `state_dir`, the resume point lives beside this store file,
+    /// as `STORE.bus-STREAM.state`; with neither, it is not kept.
+    pub store_path: Option<std::path::PathBuf>,
+    /// Entries the stream keeps, approximately (`XADD MAXLEN ~ N`).
+    pub stream_len_max: u64,
+    /// Entries read in one `XREAD` (COUNT).
+    pub batch_entries_max: usize,
+    /// Largest invalidation body published or applied, in bytes.
+    pub payload_bytes_max: usize,
+    /// Largest reply kept from Redis, in bytes.
+    pub reply_bytes_max: usize,
+    /// Invalidations kept while Redis is unreachable; the oldest go beyond.
+    pub outbox_entries_max: usize,
+    /// Nodes listed when collecting acknowledgements.
+    pub nodes_max: usize,
+    /// Time one `XREAD` blocks waiting for entries.
+    pub block_timeout: std::time::Duration,
+    /// Time to connect to Redis.
+    pub connect_timeout: std::time::Duration,
+    /// Time one command's write or reply may take.
+    pub io_timeout: std::time::Duration,
+    /// First wait before reconnecting; doubles up to `reconnect_backoff_max`.
+    pub reconnect_backoff_min: std::time::Duration,
+    pub reconnect_backoff_max: std::time::Duration,
+    /// Lifetime of a node's heartbeat key; refreshed every third of it.
+    pub heartbeat_ttl: std::time::Duration,
+    /// Lifetime of an entry's acknowledgements.
+    pub ack_ttl: std::time::Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBus {
+    url: Option<String>,
+    node: Option<String>,
+    state_dir: Option<std::path::PathBuf>,
+    stream_len_max: Option<u64>,
+    batch_entries_max: Option<usize>,
+    payload_bytes_max: Option<String>,
+    reply_bytes_max: Option<String>,
+    outbox_entries_max: Option<usize>,
+    nodes_max: Option<usize>,
+    block_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    io_timeout: Option<String>,
+    reconnect_backoff_min: Option<String>,
+    reconnect_backoff_max: Option<String>,
+    heartbeat_ttl: Option<String>,
+    ack_ttl: Option<String>,
+}
+
+/// Longest node or stream name, in bytes.
+pub const BUS_NAME_BYTES_MAX: usize = 128;
+
+impl BusConfig {
+    /// The defaults for one Redis URL and node name.
+    pub fn new(url: &str, node: &str) -> Result<BusConfig, String> {
+        let (redis_addr, stream) = Self::parse_url(url)?;
+        Ok(BusConfig {
+            redis_addr,
+            stream,
+            node: node.to_string(),
+            state_dir: None,
+            store_path: None,
+            stream_len_max: 100_000,
+            batch_entries_max: 128,
+            payload_bytes_max: 64 << 10,
+            reply_bytes_max: 16 << 20,
+            outbox_entries_max: 1024,
+            nodes_max: 256,
+            block_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(2),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            heartbeat_ttl: Duration::from_secs(15),
+            ack_ttl: Duration::from_secs(600),
+        })
+    }
+
+    /// `redis://HOST:PORT/STREAM` → (`HOST:PORT`, `STREAM`).
+    pub fn parse_url(url: &str) -> Result<(String, String), String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("bus.url {url:?}: expected redis://HOST:PORT/STREAM"))?;
+        let (authority, stream) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("bus.url {url:?}: the stream name is missing"))?;
+        let port_ok = authority
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(format!("bus.url {url:?}: expected HOST:PORT"));
+        }
+        if !bus_name_ok(stream) {
+            return Err(format!(
+                "bus.url {url:?}: the stream name must be 1 to 128 of A-Z a-z 0-9 . _ : -"
+            ));
+        }
+        Ok((authority.to_string(), stream.to_string()))
+    }
+
+    /// The resume-point file, when there is a place for it.
+    pub fn state_file(&self) -> Option<std::path::PathBuf> {
+        match (&self.state_dir, &self.store_path) {
+            (Some(d), _) => Some(d.join(format!("ringcache-bus-{}.state", self.stream))),
+            (None, Some(store)) => {
+                let mut name = store.file_name()?.to_os_string();
+                name.push(format!(".bus-{}.state", self.stream));
+                Some(store.with_file_name(name))
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn load(
+        args: &ServeArgs,
+        file: Option<FileBus>,
+        admin: &str,
+        store: Option<&Path>,
+    ) -> Result<Option<BusConfig>, String> {
+        let file = file.unwrap_or_default();
+        let Some(url) = args.bus.clone().or(file.url) else {
+            return Ok(None);
+        };
+        let node = match args.bus_node.clone().or(file.node) {
+            Some(n) => n,
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "ringcache".to_string());
+                let port = admin.rsplit_once(':').map_or("0", |(_, p)| p);
+                format!("{host}:{port}")
+            }
+        };
+        let mut b = BusConfig::new(&url, &node)?;
+        b.state_dir = file.state_dir;
+        b.store_path = store.map(Path::to_path_buf);
+        fn size(key: &str, v: Option<String>, into: &mut usize) -> Result<(), String> {
+            if let Some(s) = v {
+                let n = parse_size(&s).map_err(|e| format!("bus.{key}: {e}"))?;
+                *into = usize::try_from(n).map_err(|_| format!("bus.{key}: too large"))?;
+            }
+            Ok(())
+        }
+        fn dur(key: &str, v: Option<String>, into: &mut Duration) -> Result<(), String> {
+            if let Some(s) = v {
+                *into = parse_duration(&s).map_err(|e| format!("bus.{key}: {e}"))?;
+            }
+            Ok(())
+        }
+        if let Some(n) = file.stream_len_max {
+            b.stream_len_max = n;
+        }
+        if let Some(n) = file.batch_entries_max {
+            b.batch_entries_max = n;
+        }
+        if let Some(n) = file.outbox_entries_max {
+            b.outbox_entries_max = n;
+        }
+        if let Some(n) = file.nodes_max {
+            b.nodes_max = n;
+        }
+        size(
+            "payload_bytes_max",
+            file.payload_bytes_max,
+            &mut b.payload_bytes_max,
+        )?;
+        size(
+            "reply_bytes_max",
+            file.reply_bytes_max,
+            &mut b.reply_bytes_max,
+        )?;
+        dur("block_timeout", file.block_timeout, &mut b.block_timeout)?;
+        dur(
+            "connect_timeout",
+            file.connect_timeout,
+            &mut b.connect_timeout,
+        )?;
+        dur("io_timeout", file.io_timeout, &mut b.io_timeout)?;
+        dur(
+            "reconnect_backoff_min",
+            file.reconnect_backoff_min,
+            &mut b.reconnect_backoff_min,
+        )?;
+        dur(
+            "reconnect_backoff_max",
+            file.reconnect_backoff_max,
+            &mut b.reconnect_backoff_max,
+        )?;
+        dur("heartbeat_ttl", file.heartbeat_ttl, &mut b.heartbeat_ttl)?;
+        dur("ack_ttl", file.ack_ttl, &mut b.ack_ttl)?;
+        Ok(Some(b))
+    }
+
+    /// Check the relations between values; each error names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
+        check(
+            bus_name_ok(&self.node),
+            "bus.node: must be 1 to 128 of A-Z a-z 0-9 . _ : -",
+        )?;
+        check(
+            (1..=1 << 30).contains(&self.stream_len_max),
+            "bus.stream_len_max: must be between 1 and 2^30",
+        )?;
+        check(
+            (1..=10_000).contains(&self.batch_entries_max),
+            "bus.batch_entries_max: must be between 1 and 10000",
+        )?;
+        check(
+            (64..=64 << 20).contains(&self.payload_bytes_max),
+            "bus.payload_bytes_max: must be between 64 bytes and 64MiB",
+        )?;
+        check(
+            self.reply_bytes_max as u64
+                >= self.batch_entries_max as u64 * (self.payload_bytes_max as u64 + 1024),
+            "bus.reply_bytes_max: must hold batch_entries_max entries of payload_bytes_max (+1KiB each)",
+        )?;
+        check(
+            (1..=1 << 20).contains(&self.outbox_entries_max),
+            "bus.outbox_entries_max: must be between 1 and 1048576",
+        )?;
+        check(
+            (1..=65_536).contains(&self.nodes_max),
+            "bus.nodes_max: must be between 1 and 65536",
+        )?;
+        check(
+            self.reconnect_backoff_min <= self.reconnect_backoff_max,
+            "bus.reconnect_backoff_min: must not exceed bus.reconnect_backoff_max",
+        )?;
+        check(
+            self.heartbeat_ttl >= Duration::from_secs(1),
+            "bus.heartbeat_ttl: must be at least 1s (Redis expires in seconds)",
+        )?;
+        check(
+            self.ack_ttl >= Duration::from_secs(1),
+            "bus.ack_ttl: must be at least 1s (Redis expires in seconds)",
+        )?;
+        for (name, d) in [
+            ("bus.block_timeout", self.block_timeout),
+            ("bus.connect_timeout", self.connect_timeout),
+            ("bus.io_timeout", self.io_timeout),
+            ("bus.reconnect_backoff_min", self.reconnect_backoff_min),
+        ] {
+            check(
+                d >= Duration::from_millis(10),
+                &format!("{name}: must be at least 10ms"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn bus_name_ok(s: &str) -> bool {
+    (1..=BUS_NAME_BYTES_MAX).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+impl fmt::Display for BusConfig {
+    /// The `[bus]` table, in the TOML file's own syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "[bus]")?;
+        writeln!(f, "url = \"redis://{}/{}\"", self.redis_addr, self.stream)?;
+        writeln!(f, "node = \"{}\"", self.node)?;
+        match (&self.state_dir, &self.store_path) {
+            (Some(d), _) => writeln!(f, "state_dir = {:?}", d.display().to_string())?,
+            (None, Some(_)) => writeln!(
+                f,
+                "# state_dir: none, the resume point is kept beside the store file"
+            )?,
+            (None, None) => writeln!(
+                f,
+                "# state_dir: none and no store file, the resume point is not kept"
+            )?,
+        }
+        writeln!(f, "stream_len_max = {}", self.stream_len_max)?;
+        writeln!(f, "batch_entries_max = {}", self.batch_entries_max)?;
+        for (k, v) in [
+            ("payload_bytes_max", self.payload_bytes_max),
+            ("reply_bytes_max", self.reply_bytes_max),
+        ] {
+            writeln!(f, "{k} = \"{}\"", format_size(v as u64))?;
+        }
+        writeln!(f, "outbox_entries_max = {}", self.outbox_entries_max)?;
+        writeln!(f, "nodes_max = {}", self.nodes_max)?;
+        for (k, v) in [
+            ("block_timeout", self.block_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("io_timeout", self.io_timeout),
+            ("reconnect_backoff_min", self.reconnect_backoff_min),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
+            ("heartbeat_ttl", self.heartbeat_ttl),
+            ("ack_ttl", self.ack_ttl),
+        ] {
+            writeln!(f, "{k} = \"{}\"", format_duration(v))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +1104,95 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("limits.header_timeout"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bus_table_loads_validates_and_prints_back() {
+        let dir = std::env::temp_dir().join(format!("ringcache-cfg-bus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "store = \"/var/lib/ringcache/store\"\n[bus]\nurl = \"redis://127.0.0.1:6379/inv\"\nbatch_entries_max = 4\nblock_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            admin: Some("127.0.0.1:9181".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let bus = c.bus.clone().unwrap();
+        assert_eq!(bus.redis_addr, "127.0.0.1:6379");
+        assert_eq!(bus.stream, "inv");
+        assert!(bus.node.ends_with(":9181"), "{}", bus.node);
+        assert_eq!(bus.batch_entries_max, 4);
+        assert_eq!(bus.block_timeout, Duration::from_millis(250));
+        assert_eq!(
+            bus.state_file().unwrap(),
+            Path::new("/var/lib/ringcache/store.bus-inv.state")
+        );
+        std::fs::write(&path, c.to_string()).unwrap();
+        let again = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            bus_node: Some("n1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let again = again.bus.unwrap();
+        assert_eq!(again.node, "n1");
+        assert_eq!(
+            BusConfig {
+                node: bus.node.clone(),
+                ..again
+            },
+            bus
+        );
+
+        for (text, key) in [
+            ("[bus]\nurl = \"http://x:1/s\"\n", "bus.url"),
+            ("[bus]\nurl = \"redis://x/s\"\n", "bus.url"),
+            ("[bus]\nurl = \"redis://x:1/\"\n", "bus.url"),
+            (
+                "[bus]\nurl = \"redis://x:1/s\"\nnode = \"a b\"\n",
+                "bus.node",
+            ),
+            (
+                "[bus]\nurl = \"redis://x:1/s\"\nbatch_entries_max = 0\n",
+                "bus.batch_entries_max",
+            ),
+            (
+                "[bus]\nurl = \"redis://x:1/s\"\nreply_bytes_max = \"1MiB\"\n",
+                "bus.reply_bytes_max",
+            ),
+            (
+                "[bus]\nurl = \"redis://x:1/s\"\nheartbeat_ttl = \"500ms\"\n",
+                "bus.heartbeat_ttl",
+            ),
+            ("[bus]\nurl = \"redis://x:1/s\"\nsoon = 1\n", "soon"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        // The flag alone turns the bus on; no store file: no resume point.
+        let c = Config::load(&ServeArgs {
+            bus: Some("redis://127.0.0.1:6379/s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut bus = c.bus.unwrap();
+        assert_eq!(bus.state_file(), None);
+        bus.state_dir = Some("/srv/n1".into());
+        assert_eq!(
+            bus.state_file().unwrap(),
+            Path::new("/srv/n1/ringcache-bus-s.state")
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

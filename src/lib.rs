@@ -32,6 +32,8 @@
 
 #[cfg(not(loom))]
 pub mod admin;
+#[cfg(not(loom))]
+pub mod bus;
 pub mod config;
 pub mod demo_origin;
 pub mod http;

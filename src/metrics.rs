@@ -137,6 +137,8 @@ pub struct StoreGauges {
 /// All workers' counters.
 pub struct Metrics {
     workers: Box<[CachePadded<WorkerCounters>]>,
+    /// The invalidation bus's series, once a bus is attached.
+    bus: std::sync::OnceLock<std::sync::Arc<BusMetrics>>,
 }
 
 impl Metrics {
@@ -145,7 +147,13 @@ impl Metrics {
             workers: (0..workers_count)
                 .map(|_| CachePadded::new(WorkerCounters::new()))
                 .collect(),
+            bus: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Render the bus's series with the others from now on (once).
+    pub fn attach_bus(&self, bus: std::sync::Arc<BusMetrics>) {
+        let _ = self.bus.set(bus);
     }
 
     /// The block worker `index` writes.
@@ -339,7 +347,107 @@ impl Metrics {
                 "# HELP ringcache_clockpro_cold_target CLOCK-Pro's adaptive cold target m_c, entries.\n# TYPE ringcache_clockpro_cold_target gauge\nringcache_clockpro_cold_target {cold_target}"
             );
         }
+        if let Some(bus) = self.bus.get() {
+            bus.render(&mut out);
+        }
         out
+    }
+}
+
+/// The invalidation bus's series (see `crate::bus`). One writer, the bus's
+/// consumer thread, except `publish_errors` and `outbox_dropped` (publishers).
+#[derive(Default)]
+pub struct BusMetrics {
+    /// 1 while the consumer holds a working connection to Redis.
+    pub connected: AtomicU64,
+    /// Entries in the stream not yet applied by this node.
+    pub lag_entries: AtomicU64,
+    /// Age of the oldest entry not yet applied, in milliseconds (0 when caught up).
+    pub lag_ms: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Other nodes' entries applied.
+    pub applied: AtomicU64,
+    /// Other nodes' entries whose apply failed (skipped, acknowledged as failed).
+    pub apply_errors: AtomicU64,
+    /// Publishes that did not reach Redis (queued in the outbox or refused).
+    pub publish_errors: AtomicU64,
+    /// Queued invalidations dropped because the outbox was full.
+    pub outbox_dropped: AtomicU64,
+    /// Whole-cache drops because entries were lost (trimmed stream, lost Redis data).
+    pub cache_drops: AtomicU64,
+}
+
+impl BusMetrics {
+    /// Current value of one series (Relaxed: values read for reporting).
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let lag_secs = g(&self.lag_ms) as f64 / 1000.0;
+        let series: [(&str, &str, String, &str); 9] = [
+            (
+                "ringcache_bus_connected",
+                "gauge",
+                g(&self.connected).to_string(),
+                "1 while the invalidation bus is connected to Redis.",
+            ),
+            (
+                "ringcache_bus_lag_entries",
+                "gauge",
+                g(&self.lag_entries).to_string(),
+                "Bus entries not yet applied by this node.",
+            ),
+            (
+                "ringcache_bus_lag_seconds",
+                "gauge",
+                format!("{lag_secs:.3}"),
+                "Age of the oldest bus entry not yet applied.",
+            ),
+            (
+                "ringcache_bus_reconnects_total",
+                "counter",
+                g(&self.reconnects).to_string(),
+                "Bus connections to Redis re-established.",
+            ),
+            (
+                "ringcache_bus_applied_total",
+                "counter",
+                g(&self.applied).to_string(),
+                "Other nodes' invalidations applied.",
+            ),
+            (
+                "ringcache_bus_apply_errors_total",
+                "counter",
+                g(&self.apply_errors).to_string(),
+                "Other nodes' invalidations that failed to apply.",
+            ),
+            (
+                "ringcache_bus_publish_errors_total",
+                "counter",
+                g(&self.publish_errors).to_string(),
+                "Invalidations that could not be published at once.",
+            ),
+            (
+                "ringcache_bus_outbox_dropped_total",
+                "counter",
+                g(&self.outbox_dropped).to_string(),
+                "Unpublished invalidations dropped from the full outbox.",
+            ),
+            (
+                "ringcache_bus_cache_drops_total",
+                "counter",
+                g(&self.cache_drops).to_string(),
+                "Whole-cache drops because bus entries were lost.",
+            ),
+        ];
+        for (name, kind, v, help) in series {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
     }
 }
 
@@ -375,6 +483,23 @@ mod tests {
             text.contains("ringcache_clockpro_cold_target 8\n"),
             "{text}"
         );
+        assert!(!text.contains("ringcache_bus_"));
+        let bus = std::sync::Arc::new(BusMetrics::default());
+        bus.connected.store(1, Ordering::Relaxed);
+        bus.lag_ms.store(1500, Ordering::Relaxed);
+        m.attach_bus(bus);
+        let text = m.render(&StoreGauges {
+            bytes_used: 1,
+            bytes_max: 2,
+            items: 3,
+            evictions: 0,
+            expirations: 0,
+            recovered: 0,
+            dropped: 0,
+            clockpro: None,
+        });
+        assert!(text.contains("ringcache_bus_connected 1\n"), "{text}");
+        assert!(text.contains("ringcache_bus_lag_seconds 1.500\n"), "{text}");
     }
 
     #[test]
