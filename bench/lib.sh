@@ -367,7 +367,7 @@ per_key = [stats["by_path"].get(prefix + str(k), 0) for k in range(keys)]
 print("fetches_per_key_max=%d fetches_per_key_mean=%.2f origin_requests=%d"
       % (max(per_key), sum(per_key) / keys, stats["requests"]))
 ' "$prefix" "$keys" 2>/dev/null || echo "fetches_per_key_max=-1 fetches_per_key_mean=-1 origin_requests=-1")
-    echo "server=$server round=$round clients=$clients keys=$keys ${line#HERD_RESULT } $counts" >>"$out"
+    echo "server=$server tag=$tag round=$round clients=$clients keys=$keys ${line#HERD_RESULT } $counts" >>"$out"
     log "  herd $tag round $round $server: ${line#HERD_RESULT } $counts"
 }
 
