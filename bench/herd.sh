@@ -96,13 +96,20 @@ save_counters "$RAW" "$SERVERS"
 {
     echo "# ringcache herd bench, $STAMP"
     echo
-    echo "Load average at start: $(grep -m1 'loadavg at start' "$RAW/env.txt" | cut -d: -f2-); see env.txt."
+    echo "Load average at start: $(grep -m1 'loadavg at start' "$RAW/env.txt" | cut -d: -f2- | cut -d' ' -f2-4), at the end: $(cut -d' ' -f1-3 /proc/loadavg); see env.txt."
     herd_table "$ROWS" "herd" "$SERVERS" "$HERD_DELAY_MS"
     echo
     echo "Target for ringcache: 1 origin fetch per key, p99 within 10 ms of the origin delay."
-    echo "nginx: proxy_cache_lock on, proxy_cache_lock_timeout 5s, proxy_cache_lock_age 5s;"
-    echo "its waiters look at the lock on a 500 ms timer. Varnish: default waiting list (rush_exponent $(rush_exponent))."
-    echo "\`origin\`: the herd straight to the demo origin, no cache: the client's own floor."
+    if has_word "$SERVERS" nginx; then
+        echo "nginx: proxy_cache_lock on, proxy_cache_lock_timeout 5s, proxy_cache_lock_age 5s;"
+        echo "its waiters look at the lock on a 500 ms timer."
+    fi
+    if has_word "$SERVERS" varnish; then
+        echo "Varnish: default waiting list (rush_exponent $(rush_exponent))."
+    fi
+    if has_word "$SERVERS" origin; then
+        echo "\`origin\`: the herd straight to the demo origin, no cache: the client's own floor."
+    fi
 } >"$RAW/summary.md"
 cat "$RAW/summary.md"
 echo

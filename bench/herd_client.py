@@ -39,6 +39,7 @@ def parse_args():
     p.add_argument("--keys", type=int, required=True, help="distinct keys")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole herd")
     p.add_argument("--connect-timeout", type=float, default=10.0)
+    p.add_argument("--dump", help="write one line per request: key, send offset ms, latency ms, status")
     p.add_argument("--connect-batch", type=int, default=100,
                    help="connections opened before each pause")
     p.add_argument("--connect-pause", type=float, default=0.02, help="seconds")
@@ -228,6 +229,13 @@ def main():
     for c in conns:
         c.sock.close()
     latencies_ms.sort()
+    if a.dump:
+        with open(a.dump, "w") as out:
+            out.write("# key send_offset_ms latency_ms status error\n")
+            for c in conns:
+                lat = (c.done_ns - c.sent_ns) / 1e6 if c.done_ns and c.sent_ns else -1
+                off = (c.sent_ns - first_ns) / 1e6 if c.sent_ns else -1
+                out.write("%d %.3f %.3f %d %s\n" % (c.key, off, lat, c.status, c.error or "-"))
     errors = total - len(latencies_ms)
     kinds = {}
     for c in conns:

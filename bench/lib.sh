@@ -352,7 +352,7 @@ herd_once() {
     timeout $((HERD_TIMEOUT + 30)) taskset -c "$CLIENT_CPU" \
         python3 "$BENCH_DIR/herd_client.py" --port "$port" --prefix "$prefix" \
         --query "size=1024&max_age=86400&delay_ms=$delay" --clients "$clients" \
-        --keys "$keys" --timeout "$HERD_TIMEOUT" >"$raw" 2>&1 ||
+        --keys "$keys" --timeout "$HERD_TIMEOUT" --dump "${raw%.txt}-requests.txt" >"$raw" 2>&1 ||
         log "$server: herd client exited non-zero (see $raw)"
     line=$(grep -m1 '^HERD_RESULT ' "$raw" || echo "HERD_RESULT ok=0 errors=$((clients * keys)) p50_ms=0 p99_ms=0 max_ms=0 spread_ms=0")
     # Settle: a late fetch still counts.
