@@ -19,7 +19,7 @@
 #   BODY_BYTES    response body size [1024]
 #   ZIPF_KEYS     keys of the Zipf workload [100000]
 #   ZIPF_S        Zipf exponent [0.99]
-#   ZIPF_SEED     seed of the key sequence [1]
+#   ZIPF_SEED     seed of the key sequence; round r uses ZIPF_SEED + r [1]
 #   WARM_SECS     unmeasured wrk run per server before the zipf sweep [DURATION]
 #   HERD_KEYS     cold keys per herd; clients per key = connections / keys [8]
 #   HERD_DELAY_MS origin delay in the herd [100]
@@ -181,7 +181,10 @@ wrk_run() {
     url="http://127.0.0.1:$port$(printf "${W_FMT/\%s/%d}" 0)"
     before=$(origin_requests)
     children_cpu_secs c0
-    WRK_MODE=$W_MODE WRK_PATH_FMT=$W_FMT WRK_KEYS=$ZIPF_KEYS ZIPF_S=$ZIPF_S ZIPF_SEED=$ZIPF_SEED \
+    # Round r draws with seed ZIPF_SEED + r (the warm-up is round 0): every
+    # server gets the same sequence in a round, and a round is not a replay
+    # of the sequence the caches have already seen.
+    WRK_MODE=$W_MODE WRK_PATH_FMT=$W_FMT WRK_KEYS=$ZIPF_KEYS ZIPF_S=$ZIPF_S ZIPF_SEED=$((ZIPF_SEED + round)) \
         WRK_RUN_ID="$STAMP-$workload-c$conns-r$round-$server" \
         timeout $((secs + 60)) taskset -c "$CLIENT_CPU" \
         wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$BENCH_DIR/workload.lua" "$url" \
@@ -529,7 +532,7 @@ SUMMARY=$RAW/summary.md
         echo
         case $workload in
             hot) echo "## hot: one key, always a hit" ;;
-            zipf) echo "## zipf: $ZIPF_KEYS keys, Zipf s=$ZIPF_S, seed $ZIPF_SEED (warmed ${WARM_SECS}s per server first)" ;;
+            zipf) echo "## zipf: $ZIPF_KEYS keys, Zipf s=$ZIPF_S, seed $ZIPF_SEED + round (warmed ${WARM_SECS}s per server first, round 0)" ;;
             miss) echo "## miss: every request a new key (origin fetch, store, answer)" ;;
         esac
         echo

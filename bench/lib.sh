@@ -252,12 +252,16 @@ start_nginx() {
     if ((EUID == 0)); then
         user_line="user root root;"
     fi
+    # MEMORY in nginx's size syntax: 256MiB -> 256m, 1GiB -> 1g, bytes as they are.
+    local max_size
+    max_size=$(sed -e 's/[iI]\?[bB]$//' <<<"$MEMORY" | tr 'KMG' 'kmg')
     local fill_1024 fill_1013
     fill_1024=$(printf '%*s' 1024 '' | tr ' ' 'x')
     fill_1013=$(printf '%*s' 1013 '' | tr ' ' 'x')
     sed -e "s|@DIR@|$WORK|g" -e "s|@CACHE_DIR@|$CACHE_DIR|g" \
         -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" -e "s|@NGINX_PORT@|$NGINX_PORT|g" \
         -e "s|@BARE_PORT@|$BARE_PORT|g" -e "s|@USER_LINE@|$user_line|" \
+        -e "s|@MAX_SIZE@|$max_size|g" \
         -e "s|@FILL_1024@|$fill_1024|" -e "s|@FILL_1013@|$fill_1013|" \
         "$BENCH_DIR/nginx.conf.in" >"$WORK/nginx.conf"
     "$NGINX_BIN" -t -q -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-t.log" ||

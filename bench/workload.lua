@@ -5,8 +5,8 @@
 --                  static request path)
 --   WRK_MODE=zipf  key ranks drawn from a Zipf distribution over WRK_KEYS
 --                  keys with exponent ZIPF_S (P(rank k) ~ 1/k^s), from a
---                  generator seeded with ZIPF_SEED, so every run of every
---                  server sends the same sequence of keys. Rank k is key k-1
+--                  generator seeded with ZIPF_SEED, so every server given
+--                  the same seed gets the same sequence of keys. Rank k is key k-1
 --                  of WRK_PATH_FMT (a string.format pattern with one %d).
 --   WRK_MODE=miss  every request a key never asked for before:
 --                  WRK_PATH_FMT with one %s, filled with WRK_RUN_ID and a
