@@ -279,15 +279,12 @@ done
 
 if has_word "$WORKLOADS" herd; then
     HERD_TAG=$STAMP
-    RAW_SAVED=$RAW
     for conns in $CONNS; do
         clients=$((conns / HERD_KEYS))
         ((clients >= 1)) || clients=1
         for ((round = 1; round <= ROUNDS; round++)); do
             for server in $HERD_SERVERS; do
-                RAW=$RAW_SAVED/herd
                 herd_once "$server" "$round" "$clients" "$HERD_KEYS" "$HERD_DELAY_MS" "$HERD_TAG-c$conns" "$HERD_ROWS"
-                RAW=$RAW_SAVED
                 sleep 0.5
             done
         done

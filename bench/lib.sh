@@ -346,12 +346,15 @@ save_counters() {
 # client pinned to CLIENT_CPU), then reads the origin's per-path counts.
 # Appends one line to OUT: the client's HERD_RESULT line plus
 # fetches_per_key_max=... fetches_per_key_mean=... origin_requests=...
+# The client's raw output and its per-request dump go in OUT's directory.
+# Needs HERD_TIMEOUT.
 herd_once() {
     local server=$1 round=$2 clients=$3 keys=$4 delay=$5 tag=$6 out=$7 port prefix raw line
     port=$(server_port "$server")
     # Keys nobody asked for before: the run's tag, round and server are in the path.
     prefix="/api/items/herd-$tag-r$round-$server-"
-    raw="$RAW/herd-$tag-r$round-$server.txt"
+    # Raw client output goes beside OUT.
+    raw="$(dirname "$out")/herd-$tag-r$round-$server.txt"
     origin_reset
     timeout $((HERD_TIMEOUT + 30)) taskset -c "$CLIENT_CPU" \
         python3 "$BENCH_DIR/herd_client.py" --port "$port" --prefix "$prefix" \
