@@ -93,6 +93,9 @@ find_peers
 SERVERS=$(keep_installed "$SERVERS")
 [[ -n $SERVERS ]] || die "no server left to measure"
 check_cpus
+for c in $CONNS; do
+    check_fds "$c"
+done
 
 PLOTS=1
 if ! command -v gnuplot >/dev/null; then

@@ -59,6 +59,7 @@ find_peers
 SERVERS=$(keep_installed "$SERVERS")
 [[ -n $SERVERS ]] || die "no server left to measure"
 check_cpus
+check_fds $((HERD_CLIENTS * HERD_KEYS))
 build_ringcache
 
 n_runs=$(($(count_words "$SERVERS") * ROUNDS))

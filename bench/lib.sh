@@ -79,6 +79,15 @@ check_cpus() {
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 }
 
+# check_fds N: dies unless N connections fit under the open-files limit
+# (after check_cpus raised it), with room for the rest of the process.
+check_fds() {
+    local limit
+    limit=$(ulimit -n)
+    [[ $limit == unlimited ]] && return 0
+    ((limit >= $1 + 64)) || die "$1 connections need more open files than ulimit -n ($limit) allows"
+}
+
 # Builds the release binary unless SKIP_BUILD=1, then checks it is there.
 build_ringcache() {
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
