@@ -295,6 +295,7 @@ if has_word "$WORKLOADS" herd; then
 fi
 
 save_counters "$RAW" "$SERVERS"
+echo "loadavg at end: $(cat /proc/loadavg)" >>"$RAW/env.txt"
 
 # ---------------------------------------------------------------- report
 

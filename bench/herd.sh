@@ -93,6 +93,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 save_counters "$RAW" "$SERVERS"
+echo "loadavg at end: $(cat /proc/loadavg)" >>"$RAW/env.txt"
 
 {
     echo "# ringcache herd bench, $STAMP"

@@ -321,6 +321,7 @@ done
 
 # Counters at the end, kept with the results: what each cache says it did.
 save_counters "$RAW" "$SERVERS"
+echo "loadavg at end: $(cat /proc/loadavg)" >>"$RAW/env.txt"
 
 echo
 echo "All tables: $SUMMARY"
