@@ -7,7 +7,7 @@
 # medians, min-max and peer ratios, the raw wrk outputs, env.txt, and plots
 # (SVG and PNG, gnuplot).
 #
-# Usage: bench/capacity.sh                                  (~30 minutes)
+# Usage: bench/capacity.sh                                  (~35 minutes)
 #        ROUNDS=1 DURATION=3 CONNS="16 256" bench/capacity.sh (a quick pass)
 #
 # Knobs (environment; bench/README.md has the full table):
