@@ -19,7 +19,8 @@
 #   BODY_BYTES    response body size [1024]
 #   ZIPF_KEYS     keys of the Zipf workload [100000]
 #   ZIPF_S        Zipf exponent [0.99]
-#   ZIPF_SEED     seed of the key sequence; round r uses ZIPF_SEED + r [1]
+#   ZIPF_SEED     seed of the key sequence of the warm-up; the b-th block of
+#                 (connections, round) uses ZIPF_SEED + b [1]
 #   WARM_SECS     unmeasured wrk run per server before the zipf sweep [DURATION]
 #   HERD_KEYS     cold keys per herd; clients per key = connections / keys [8]
 #   HERD_DELAY_MS origin delay in the herd [100]
@@ -178,29 +179,32 @@ workload_def() {
 # wrk_run WORKLOAD CONNS ROUND SERVER SECONDS OUT: one wrk run; prints the
 # BENCH_RESULT line followed by origin=N cpu=SECONDS.
 wrk_run() {
-    local workload=$1 conns=$2 round=$3 server=$4 secs=$5 out=$6 port url before after c0 c1
+    local workload=$1 conns=$2 round=$3 server=$4 secs=$5 out=$6 seed=$7 port url after c0 c1
     port=$(server_port "$server")
     # shellcheck disable=SC2059 # W_FMT is our own format string
     url="http://127.0.0.1:$port$(printf "${W_FMT/\%s/%d}" 0)"
-    before=$(origin_requests)
+    # Zeroed before every run: the count after it is the run's, and the
+    # origin's per-path table (and so its stats answer) stays small.
+    origin_reset || log "$server: the origin did not confirm the reset of its counters"
     children_cpu_secs c0
-    # Round r draws with seed ZIPF_SEED + r (the warm-up is round 0): every
-    # server gets the same sequence in a round, and a round is not a replay
-    # of the sequence the caches have already seen.
-    WRK_MODE=$W_MODE WRK_PATH_FMT=$W_FMT WRK_KEYS=$ZIPF_KEYS ZIPF_S=$ZIPF_S ZIPF_SEED=$((ZIPF_SEED + round)) \
+    WRK_MODE=$W_MODE WRK_PATH_FMT=$W_FMT WRK_KEYS=$ZIPF_KEYS ZIPF_S=$ZIPF_S ZIPF_SEED=$seed \
         WRK_RUN_ID="$STAMP-$workload-c$conns-r$round-$server" \
         timeout $((secs + 60)) taskset -c "$CLIENT_CPU" \
         wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$BENCH_DIR/workload.lua" "$url" \
         >"$out" 2>&1 || log "$server: wrk exited non-zero (see $out)"
     children_cpu_secs c1
-    after=$(origin_requests)
+    after=$(origin_count)
     local line
     line=$(grep -m1 '^BENCH_RESULT ' "$out" || true)
     if [[ -z $line ]]; then
         log "$server: no BENCH_RESULT line from wrk (see $out); recording 0 req/s"
         line="BENCH_RESULT rps=0 p50_us=0 p90_us=0 p99_us=0 requests=0 duration_us=0 err_connect=0 err_read=0 err_write=0 err_timeout=0 non2xx=0"
     fi
-    echo "$line origin=$((after - before)) cpu=$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')"
+    if [[ -z $after ]]; then
+        log "$server: could not read the origin's counter after the run; origin requests and hit ratio unknown"
+        after=-1
+    fi
+    echo "$line origin=$after cpu=$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.3f", b - a }')"
 }
 
 # field NAME LINE: the value of NAME=... in LINE.
@@ -220,7 +224,7 @@ record() {
     orq=$(field origin "$line")
     [[ $server == bare ]] && orq=0
     hit=$(awk -v r="$req" -v o="$orq" -v s="$server" 'BEGIN {
-        if (s == "bare" || r == 0) { print "-"; exit }
+        if (s == "bare" || r == 0 || o < 0) { print "-"; exit }
         h = 1 - o / r; if (h < 0) h = 0; printf "%.4f", h }')
     cpu_pct=$(awk -v c="$(field cpu "$line")" -v d="$dus" 'BEGIN {
         if (d <= 0) { print 0; exit } printf "%.0f", 100 * c / (d / 1e6) }')
@@ -248,7 +252,6 @@ HERD_ROWS=$RAW/herd/herd-rows.txt
 
 for workload in $WRK_WORKLOADS; do
     workload_def "$workload"
-    origin_reset
     ok=1
     for server in $SERVERS; do
         # shellcheck disable=SC2059
@@ -264,15 +267,21 @@ for workload in $WRK_WORKLOADS; do
     if [[ $workload == zipf ]]; then
         log "zipf: ${WARM_SECS}s unmeasured warm-up per server (64 connections), the same key sequence as the runs"
         for server in $SERVERS; do
-            line=$(wrk_run zipf 64 0 "$server" "$WARM_SECS" "$RAW/wrk/zipf-warm-$server.txt")
+            line=$(wrk_run zipf 64 0 "$server" "$WARM_SECS" "$RAW/wrk/zipf-warm-$server.txt" "$ZIPF_SEED")
             log "  zipf warm-up $server: $(field rps "$line") req/s"
         done
     fi
+    # Block b (a connection count and a round, counted from 1 in the order
+    # they run) draws Zipf keys with seed ZIPF_SEED + b; the warm-up uses
+    # ZIPF_SEED. Every server gets the same sequence in a block, and no block
+    # replays a sequence the caches have already seen.
+    block=0
     for conns in $CONNS; do
         for ((round = 1; round <= ROUNDS; round++)); do
+            block=$((block + 1))
             for server in $SERVERS; do
                 line=$(wrk_run "$workload" "$conns" "$round" "$server" "$DURATION" \
-                    "$RAW/wrk/$workload-c$conns-r$round-$server.txt")
+                    "$RAW/wrk/$workload-c$conns-r$round-$server.txt" $((ZIPF_SEED + block)))
                 record "$workload" "$conns" "$round" "$server" "$line"
                 sleep 1
             done
@@ -324,7 +333,8 @@ aggregate() {
             if ($13 != "-") hit[k] = hit[k] " " $13
             if (!(k in lo) || $5 + 0 < lo[k]) lo[k] = $5 + 0
             if (!(k in hi) || $5 + 0 > hi[k]) hi[k] = $5 + 0
-            err[k] += $10; nx[k] += $11; orq[k] += $12
+            err[k] += $10; nx[k] += $11
+            if ($12 >= 0) orq[k] += $12
         }
         END {
             for (i = 1; i <= n; i++) {
@@ -533,7 +543,7 @@ SUMMARY=$RAW/summary.md
         echo
         case $workload in
             hot) echo "## hot: one key, always a hit" ;;
-            zipf) echo "## zipf: $ZIPF_KEYS keys, Zipf s=$ZIPF_S, seed $ZIPF_SEED + round (warmed ${WARM_SECS}s per server first, round 0)" ;;
+            zipf) echo "## zipf: $ZIPF_KEYS keys, Zipf s=$ZIPF_S, seed $ZIPF_SEED + block (warmed ${WARM_SECS}s per server first with seed $ZIPF_SEED)" ;;
             miss) echo "## miss: every request a new key (origin fetch, store, answer)" ;;
         esac
         echo

@@ -308,9 +308,23 @@ origin_requests() {
         grep -o '"requests": *[0-9]*' | head -n1 | grep -o '[0-9]*$' || echo 0
 }
 
-# Zeroes the origin's counters (also its bounded per-path table).
+# Zeroes the origin's counters (also its bounded per-path table); fails
+# unless the origin confirms.
 origin_reset() {
-    curl -s -o /dev/null --max-time 2 -X POST "http://127.0.0.1:$ORIGIN_PORT/__origin/reset" || true
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST \
+        "http://127.0.0.1:$ORIGIN_PORT/__origin/reset" || true)
+    [[ $code == 2?? ]]
+}
+
+# The origin's request counter, or nothing when the stats cannot be read
+# (their per-path table makes them large after a miss-heavy run).
+origin_count() {
+    local n
+    n=$(curl -s --max-time 10 "http://127.0.0.1:$ORIGIN_PORT/__origin/stats" |
+        grep -o '"requests": *[0-9]*' | head -n1 | grep -o '[0-9]*$' || true)
+    [[ -n $n ]] && echo "$n"
+    return 0
 }
 
 # write_env FILE EXTRA...: machine, load, versions, and EXTRA lines.
@@ -364,7 +378,7 @@ herd_once() {
     prefix="/api/items/herd-$tag-r$round-$server-"
     # Raw client output goes beside OUT.
     raw="$(dirname "$out")/herd-$tag-r$round-$server.txt"
-    origin_reset
+    origin_reset || log "$server: the origin did not confirm the reset of its counters"
     timeout $((HERD_TIMEOUT + 30)) taskset -c "$CLIENT_CPU" \
         python3 "$BENCH_DIR/herd_client.py" --port "$port" --prefix "$prefix" \
         --query "size=1024&max_age=86400&delay_ms=$delay" --clients "$clients" \
