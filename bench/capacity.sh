@@ -494,9 +494,9 @@ make_plots() {
                     echo "set terminal $png_term"
                 fi
                 echo "set output '$RAW/latency-herd.$ext'"
-                echo "set title 'herd: client latency vs herd size ($HERD_KEYS cold keys, origin delay ${HERD_DELAY_MS} ms; p50 solid, p99 dashed)'"
+                echo "set title 'herd: client latency vs herd size ($HERD_KEYS cold keys, origin delay ${HERD_DELAY_MS} ms; p50 solid, p99 dashed; log scale)'"
                 echo "set xlabel 'requests in the herd'; set ylabel 'latency, ms'"
-                echo "set logscale x 2; unset logscale y; set yrange [0:*]; set xrange [*:*]"
+                echo "set logscale x 2; set logscale y 10; set yrange [*:*]; set xrange [*:*]"
                 first=1
                 style=1
                 printf "plot"
