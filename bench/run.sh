@@ -29,6 +29,9 @@ set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -50,14 +53,6 @@ KEEP_TMP=${KEEP_TMP:-0}
 # Objects must not expire while the bench runs.
 MAX_AGE=86400
 UNIFORM_KEYS=10000
-# Seconds a server gets to come up before the run is abandoned.
-START_TIMEOUT=30
-
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-is_posint() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
-has_word() { [[ " $1 " == *" $2 "* ]]; }
 
 # ---------------------------------------------------------------- checks
 
@@ -79,51 +74,13 @@ for tool in wrk taskset curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y wrk util-linux curl)"
 done
 
-NGINX_BIN=$(command -v nginx || true)
-[[ -z $NGINX_BIN && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
-VARNISHD_BIN=$(command -v varnishd || true)
-[[ -z $VARNISHD_BIN && -x /usr/sbin/varnishd ]] && VARNISHD_BIN=/usr/sbin/varnishd
-
-wanted=$SERVERS
-SERVERS=""
-for s in $wanted; do
-    case $s in
-        nginx | bare)
-            if [[ -z $NGINX_BIN ]]; then
-                log "nginx is not installed: skipping '$s' (apt-get install -y nginx)"
-                continue
-            fi
-            ;;
-        varnish)
-            if [[ -z $VARNISHD_BIN ]]; then
-                log "varnishd is not installed: skipping 'varnish' (apt-get install -y varnish)"
-                continue
-            fi
-            ;;
-    esac
-    SERVERS+="${SERVERS:+ }$s"
-done
+find_peers
+SERVERS=$(keep_installed "$SERVERS")
 [[ -n $SERVERS ]] || die "no server left to measure"
-
-ncpu=$(nproc --all 2>/dev/null || echo 1)
-allowed=$(taskset -cp $$ 2>/dev/null | sed 's/.*: //')
-if ((ncpu < 2)); then
-    log "warning: only $ncpu CPU: client and servers share core 0; figures mean little"
-    SERVER_CPU=0
-    CLIENT_CPU=0
-fi
-taskset -c "$SERVER_CPU" true 2>/dev/null || die "cannot pin to SERVER_CPU=$SERVER_CPU (allowed: $allowed)"
-taskset -c "$CLIENT_CPU" true 2>/dev/null || die "cannot pin to CLIENT_CPU=$CLIENT_CPU (allowed: $allowed)"
-
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+check_cpus
 
 # ---------------------------------------------------------------- plan
 
-count_words() {
-    local -a words
-    read -ra words <<<"$1"
-    echo "${#words[@]}"
-}
 n_scen=$(count_words "$SCENARIOS")
 n_conns=$(count_words "$CONNS")
 n_serv=$(count_words "$SERVERS")
@@ -143,11 +100,7 @@ if has_word "$SERVERS" ringcache || [[ $ORIGIN == ringcache ]]; then
     need_ringcache=1
 fi
 if ((need_ringcache)); then
-    if [[ $SKIP_BUILD != 1 ]]; then
-        log "building ringcache (cargo build --release; SKIP_BUILD=1 skips this)"
-        (cd "$REPO_DIR" && cargo build --release --bin ringcache)
-    fi
-    [[ -x $RINGCACHE_BIN ]] || die "no ringcache binary at $RINGCACHE_BIN (set RINGCACHE_BIN or build it)"
+    build_ringcache
 fi
 if [[ $ORIGIN == stub ]]; then
     command -v python3 >/dev/null || die "ORIGIN=stub needs python3"
@@ -156,179 +109,9 @@ fi
 
 # ---------------------------------------------------------------- processes
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ringcache-bench.XXXXXX")
-CACHE_DIR=""
-PIDS=()
-RAW=""
+init_work
 FAILED_SCENARIOS=()
-
-cleanup() {
-    local rc=$? i pid n
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[i]}
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for ((n = 0; n < 50; n++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n ${RAW:-} && -d ${RAW:-} ]]; then
-        # Keep the generated configurations and server logs with the results.
-        cp "$WORK"/*.log "$WORK"/*.conf "$WORK"/*.vcl "$RAW"/ 2>/dev/null || true
-    fi
-    [[ -n $CACHE_DIR ]] && rm -rf "$CACHE_DIR"
-    if [[ $KEEP_TMP == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-TAKEN_PORTS=" "
-port_in_use() {
-    if command -v ss >/dev/null; then
-        [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-    fi
-}
-# Listening ports come from below the kernel's ephemeral range, so wrk's and
-# the proxies' outgoing connections never collide with them.
-EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-PORT_LOW=10000
-PORT_SPAN=$((EPHEMERAL_LOW - PORT_LOW))
-((PORT_SPAN >= 1000)) || PORT_SPAN=20000
-free_port() {
-    local p n
-    for ((n = 0; n < 200; n++)); do
-        p=$((PORT_LOW + RANDOM % PORT_SPAN))
-        has_word "$TAKEN_PORTS" "$p" && continue
-        port_in_use "$p" && continue
-        TAKEN_PORTS+="$p "
-        echo "$p"
-        return 0
-    done
-    die "no free port found"
-}
-
-# start NAME LOGFILE CMD... : run CMD pinned to the server core, in the background.
-start() {
-    local name=$1 logf=$2
-    shift 2
-    taskset -c "$SERVER_CPU" "$@" >"$logf" 2>&1 &
-    PIDS+=("$!")
-    LAST_PID=$!
-    log "started $name (pid $LAST_PID): $*"
-}
-
-# wait_http NAME PID URL LOGFILE: until URL answers with any HTTP status.
-wait_http() {
-    local name=$1 pid=$2 url=$3 logf=$4 n
-    for ((n = 0; n < START_TIMEOUT * 10; n++)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$logf" >&2 || true
-            die "$name exited during start-up (log above)"
-        fi
-        if curl -s -o /dev/null --max-time 1 "$url"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$logf" >&2 || true
-    die "$name did not answer $url within ${START_TIMEOUT}s"
-}
-
-ORIGIN_PORT=$(free_port)
-RC_PORT=$(free_port)
-RC_ADMIN_PORT=$(free_port)
-NGINX_PORT=$(free_port)
-BARE_PORT=$(free_port)
-VARNISH_PORT=$(free_port)
-
-# The demo origin.
-if [[ $ORIGIN == ringcache ]]; then
-    start origin "$WORK/origin.log" "$RINGCACHE_BIN" origin --listen "127.0.0.1:$ORIGIN_PORT" --threads 1
-else
-    start origin "$WORK/origin.log" python3 "$BENCH_DIR/stub_origin.py" --listen "127.0.0.1:$ORIGIN_PORT"
-fi
-wait_http origin "$LAST_PID" "http://127.0.0.1:$ORIGIN_PORT/__origin/stats" "$WORK/origin.log"
-
-RINGCACHE_IO_USED=""
-if has_word "$SERVERS" ringcache; then
-    start ringcache "$WORK/ringcache.log" "$RINGCACHE_BIN" serve \
-        --listen "127.0.0.1:$RC_PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" \
-        --admin "127.0.0.1:$RC_ADMIN_PORT" --workers 1 --io "$RINGCACHE_IO" --memory "$MEMORY"
-    rc_pid=$LAST_PID
-    for ((n = 0; ; n++)); do
-        if ! kill -0 "$rc_pid" 2>/dev/null; then
-            tail -n 20 "$WORK/ringcache.log" >&2 || true
-            die "ringcache exited during start-up (log above)"
-        fi
-        grep -q 'ready: ' "$WORK/ringcache.log" && break
-        ((n < START_TIMEOUT * 10)) || die "ringcache printed no 'ready:' line within ${START_TIMEOUT}s"
-        sleep 0.1
-    done
-    ready_line=$(grep -m1 'ready: ' "$WORK/ringcache.log")
-    RINGCACHE_IO_USED=$(sed -n 's/.* io=\([a-z_]*\).*/\1/p' <<<"$ready_line")
-    log "ringcache: $ready_line"
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$RC_ADMIN_PORT/healthz" || true)
-    [[ $code == 200 ]] || die "ringcache admin /healthz answered '$code', not 200"
-fi
-
-if has_word "$SERVERS" nginx || has_word "$SERVERS" bare; then
-    # The cache lives in memory when /dev/shm is there, as the others' do.
-    if [[ -d /dev/shm && -w /dev/shm ]]; then
-        CACHE_DIR=$(mktemp -d /dev/shm/ringcache-bench-nginx.XXXXXX)
-    else
-        CACHE_DIR=$WORK/nginx-cache
-        mkdir -p "$CACHE_DIR"
-    fi
-    user_line="# (not root: workers run as the invoking user)"
-    if ((EUID == 0)); then
-        user_line="user root root;"
-    fi
-    fill_1024=$(printf '%*s' 1024 '' | tr ' ' 'x')
-    fill_1013=$(printf '%*s' 1013 '' | tr ' ' 'x')
-    sed -e "s|@DIR@|$WORK|g" -e "s|@CACHE_DIR@|$CACHE_DIR|g" \
-        -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" -e "s|@NGINX_PORT@|$NGINX_PORT|g" \
-        -e "s|@BARE_PORT@|$BARE_PORT|g" -e "s|@USER_LINE@|$user_line|" \
-        -e "s|@FILL_1024@|$fill_1024|" -e "s|@FILL_1013@|$fill_1013|" \
-        "$BENCH_DIR/nginx.conf.in" >"$WORK/nginx.conf"
-    "$NGINX_BIN" -t -q -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/nginx-t.log" ||
-        { cat "$WORK/nginx-t.log" >&2; die "generated nginx.conf does not pass nginx -t"; }
-    start nginx "$WORK/nginx.log" "$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK"
-    nginx_pid=$LAST_PID
-    wait_http nginx "$nginx_pid" "http://127.0.0.1:$BARE_PORT/" "$WORK/nginx.log"
-fi
-
-if has_word "$SERVERS" varnish; then
-    sed -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" "$BENCH_DIR/varnish.vcl" >"$WORK/varnish.vcl"
-    # -F: foreground, so the pid we hold is the manager's; -j none: no
-    # privilege separation (works as root in a container and as a user).
-    start varnish "$WORK/varnish.log" "$VARNISHD_BIN" -F -j none -n "$WORK/varnish" \
-        -a "127.0.0.1:$VARNISH_PORT" -f "$WORK/varnish.vcl" -s "malloc,${MEMORY%iB}" \
-        -p thread_pools=1
-    varnish_pid=$LAST_PID
-    wait_http varnish "$varnish_pid" "http://127.0.0.1:$VARNISH_PORT/__bench_ready" "$WORK/varnish.log"
-fi
-
-server_port() {
-    case $1 in
-        ringcache) echo "$RC_PORT" ;;
-        nginx) echo "$NGINX_PORT" ;;
-        varnish) echo "$VARNISH_PORT" ;;
-        bare) echo "$BARE_PORT" ;;
-    esac
-}
+start_servers "$SERVERS"
 
 # ---------------------------------------------------------------- scenarios
 
@@ -342,11 +125,6 @@ scenario_def() {
     S_FMT="/api/items/%d?size=$S_SIZE&max_age=$MAX_AGE"
     # shellcheck disable=SC2059 # S_FMT is our own format string
     S_PATH=$(printf "$S_FMT" 1)
-}
-
-origin_requests() {
-    curl -s --max-time 2 "http://127.0.0.1:$ORIGIN_PORT/__origin/stats" |
-        grep -o '"requests": *[0-9]*' | head -n1 | grep -o '[0-9]*$' || echo 0
 }
 
 # check_hit SERVER PATH: 0 if PATH is answered 200, with the scenario's body
@@ -419,18 +197,9 @@ CSV=$RESULTS_DIR/bench-$STAMP.csv
 RAW=$RESULTS_DIR/bench-$STAMP
 mkdir -p "$RAW"
 echo "stamp,scenario,conns,round,server,rps,p50_us,p99_us,requests,err_connect,err_read,err_write,err_timeout,non2xx,origin_requests,duration_s,ringcache_io,origin" >"$CSV"
-{
-    echo "date: $(date -Is)"
-    echo "git: $(git -C "$REPO_DIR" rev-parse HEAD 2>/dev/null || echo unknown)"
-    echo "kernel: $(uname -r)"
-    echo "cpus: $ncpu ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'))"
-    echo "loadavg at start: $(cat /proc/loadavg)"
-    echo "wrk: $(wrk -v 2>&1 | head -n1)"
-    [[ -n $NGINX_BIN ]] && echo "nginx: $("$NGINX_BIN" -v 2>&1)"
-    [[ -n $VARNISHD_BIN ]] && echo "varnishd: $("$VARNISHD_BIN" -V 2>&1 | head -n1)"
-    echo "servers: $SERVERS; scenarios: $SCENARIOS; conns: $CONNS; rounds: $ROUNDS; duration: ${DURATION}s"
-    echo "ringcache io: ${RINGCACHE_IO_USED:-n/a} (asked: $RINGCACHE_IO); origin: $ORIGIN; warm uniform: $WARM_UNIFORM"
-} >"$RAW/env.txt"
+write_env "$RAW/env.txt" \
+    "servers: $SERVERS; scenarios: $SCENARIOS; conns: $CONNS; rounds: $ROUNDS; duration: ${DURATION}s" \
+    "warm uniform: $WARM_UNIFORM"
 
 # run_one SCENARIO CONNS ROUND SERVER
 run_one() {
@@ -551,13 +320,8 @@ for scen in $SCENARIOS; do
 done
 
 # Counters at the end, kept with the results: what each cache says it did.
-curl -s --max-time 2 "http://127.0.0.1:$ORIGIN_PORT/__origin/stats" >"$RAW/origin-stats.json" || true
-if has_word "$SERVERS" ringcache; then
-    curl -s --max-time 2 "http://127.0.0.1:$RC_ADMIN_PORT/metrics" >"$RAW/ringcache-metrics.txt" || true
-fi
-if has_word "$SERVERS" varnish && command -v varnishstat >/dev/null; then
-    varnishstat -n "$WORK/varnish" -1 >"$RAW/varnishstat.txt" 2>&1 || true
-fi
+save_counters "$RAW" "$SERVERS"
+echo "loadavg at end: $(cat /proc/loadavg)" >>"$RAW/env.txt"
 
 echo
 echo "All tables: $SUMMARY"
