@@ -21,10 +21,14 @@
 //! (`Client::inflight`, `Fetch::req`). A socket's slot is freed only on
 //! `Closed`, so those buffers outlive every operation that uses them.
 
+mod admission;
 mod coalesce;
 mod compose;
+mod key;
 mod lease;
 mod origin;
+mod ranges;
+mod variants;
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -185,6 +189,8 @@ pub struct ProxyConfig {
     pub leases: Arc<Leases>,
     /// This worker's end of its wake socket.
     pub wake: std::os::unix::net::UnixStream,
+    /// Cache key options, variants and storability switches.
+    pub cache: crate::config::CacheConfig,
 }
 
 /// One worker's proxy state.
@@ -214,6 +220,11 @@ pub struct Proxy {
     key: Vec<u8>,
     error_logs_this_sec: u32,
     error_logs_sec: u64,
+    /// How requests become keys (`[cache]` key options).
+    key_rules: std::rc::Rc<key::KeyRules>,
+    /// Storability switches (`[cache]`).
+    policy: crate::http::policy::Policy,
+    variants_per_key_max: usize,
 }
 
 /// Slots a worker needs: every client, every origin connection, the wake socket.
@@ -226,7 +237,12 @@ impl Proxy {
         let slots = slots_max(&config.limits);
         let store = Arc::clone(reader.store());
         let wake = config.wake;
+        let key_rules = std::rc::Rc::new(key::KeyRules::new(&config.cache));
+        let policy = admission::policy_of(&config.cache);
         let mut proxy = Proxy {
+            key_rules,
+            policy,
+            variants_per_key_max: config.cache.variants_per_key_max,
             reader,
             ops: Vec::with_capacity(1024),
             slots: Slab::with_capacity(slots),
@@ -668,11 +684,10 @@ impl Proxy {
         let mut hash = 0;
         let mut found = Found::Absent;
         self.key.clear();
-        for &b in host {
-            self.key.push(b.to_ascii_lowercase());
-        }
-        self.key.push(0);
-        self.key.extend_from_slice(path);
+        self.key_rules.write(host, path, &mut self.key);
+        let range = (head.method == Method::Get && lookup)
+            .then(|| ranges::RangeAsk::of(head.headers))
+            .flatten();
         // Request directives (RFC 9111 §5.2.1), read only when the client
         // sent any: no-cache and max-age limit what the store may answer,
         // only-if-cached forbids asking the origin.
@@ -691,14 +706,28 @@ impl Proxy {
                 Some(d) => d.cc.max_age.map(Some),
                 None => None,
             };
-            found = self.respond_hit(
-                token,
-                hash,
-                head.method == Method::Head,
-                keep_alive,
-                head.minor_version,
-                age_max,
-            );
+            found = match range.as_deref() {
+                Some(ask) => self.respond_range(
+                    token,
+                    &mut hash,
+                    head.headers,
+                    &ranges::RangeHit {
+                        ask,
+                        keep_alive,
+                        minor: head.minor_version,
+                        age_max,
+                    },
+                ),
+                None => self.respond_hit(
+                    token,
+                    &mut hash,
+                    head.headers,
+                    head.method == Method::Head,
+                    keep_alive,
+                    head.minor_version,
+                    age_max,
+                ),
+            };
             if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
                 self.pool.target.authority = authority;
@@ -729,6 +758,9 @@ impl Proxy {
         } else {
             self.counters().incr(Counter::Passes);
         }
+        // A range miss fetches the whole response, unless the key is known
+        // not to be storable: then the range goes to the origin as asked.
+        let range = range.filter(|_| !self.is_hit_for_miss(hash, &self.key));
         // Miss or pass: build the origin request now, while the head is borrowed.
         let mut req = self.take_buffer();
         let peer = self.client(token).and_then(|c| c.peer);
@@ -748,6 +780,9 @@ impl Proxy {
             let name = f.name.as_bytes();
             if compose::is_dropped_on_forward(head.headers, name)
                 || name.eq_ignore_ascii_case(b"expect")
+                || (range.is_some()
+                    && (name.eq_ignore_ascii_case(b"range")
+                        || name.eq_ignore_ascii_case(b"if-range")))
             {
                 continue;
             }
@@ -795,9 +830,15 @@ impl Proxy {
             }
         }
         put_field(&mut req, b"Via", VIA);
-        self.pool.target.authority = authority;
         // An unsafe method's answer may invalidate its target (RFC 9111 §4.4).
-        let target_key = (!head.method.is_safe()).then(|| self.key.clone().into_boxed_slice());
+        let target_key = (!head.method.is_safe()).then(|| {
+            let mut target = Vec::with_capacity(host.len() + 1 + path.len());
+            target.extend(host.iter().map(u8::to_ascii_lowercase));
+            target.push(0);
+            target.extend_from_slice(path);
+            target.into_boxed_slice()
+        });
+        self.pool.target.authority = authority;
         let key = if lookup {
             Some((hash, self.key.clone().into_boxed_slice()))
         } else {
@@ -839,6 +880,7 @@ impl Proxy {
                     || n.eq_ignore_ascii_case(b"range")
             }),
             body: Vec::new(),
+            range,
         });
         let framing = match head.body {
             BodyFraming::None | BodyFraming::Length(0) => {
@@ -1007,11 +1049,14 @@ impl Proxy {
     ///
     /// `age_max`: the client's limit on the age of what it accepts —
     /// `Some(None)` accepts nothing stored (no-cache), `Some(Some(n))` at
-    /// most `n` seconds (max-age).
+    /// most `n` seconds (max-age). `hash` becomes the hash of the key
+    /// `self.key` ends on (a variant's, when the URL's responses vary).
+    #[allow(clippy::too_many_arguments)]
     fn respond_hit(
         &mut self,
         token: Token,
-        hash: u64,
+        hash: &mut u64,
+        request: &[httparse::Header<'_>],
         head_only: bool,
         keep_alive: bool,
         minor: u8,
@@ -1026,26 +1071,22 @@ impl Proxy {
             self.take_buffer()
         };
         let start = buf.len();
-        let usable = |hit: &crate::store::item::Hit| {
-            hit.meta.is_fresh(now_secs)
-                && match age_max {
-                    None => true,
-                    Some(None) => false,
-                    Some(Some(n)) => hit.meta.age_secs(now_secs) <= n,
-                }
-        };
-        let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
-            if !usable(hit) {
+        let (hit, final_hash, varied) = self.lookup_varied(*hash, request, &mut buf, |b, hit| {
+            if !usable(hit, now_secs, age_max) {
                 return false; // rolled back below
             }
-            put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            // RFC 9110 §8.6: no Content-Length in a 204.
+            if hit.body_len > 0 || !b[b.len() - hit.head_len..].starts_with(b"HTTP/1.1 204") {
+                put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            }
             put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
             b.extend_from_slice(b"Cache-Status: ringcache; hit\r\nVia: 1.1 ringcache\r\n");
             put_connection(b, keep_alive, minor);
             b.extend_from_slice(b"\r\n");
             !head_only
         });
-        let fresh = hit.as_ref().is_some_and(usable);
+        *hash = final_hash;
+        let fresh = hit.as_ref().is_some_and(|h| usable(h, now_secs, age_max));
         if !fresh {
             buf.truncate(start);
         }
@@ -1069,6 +1110,7 @@ impl Proxy {
             _ if fresh => Found::Fresh,
             Some(h) if h.meta.is_fresh(now_secs) => Found::NotAccepted,
             Some(_) => Found::Stale,
+            None if varied == variants::Varied::NotListed => Found::VaryMiss,
             None => Found::Absent,
         }
     }
@@ -1211,7 +1253,23 @@ pub(crate) enum Found {
     /// Fresh, but the request's directives did not accept it (`fwd=request`).
     NotAccepted,
     Stale,
+    /// The URL's responses vary, and none stored matches this request
+    /// (`fwd=vary-miss`, RFC 9211 §2.2).
+    VaryMiss,
     Absent,
+}
+
+/// May a stored item answer a request? Fresh, and within the client's
+/// limit on age: `age_max` is `Some(None)` for no-cache (nothing stored),
+/// `Some(Some(n))` for max-age=n.
+#[inline]
+fn usable(hit: &crate::store::item::Hit, now_secs: u64, age_max: Option<Option<u64>>) -> bool {
+    hit.meta.is_fresh(now_secs)
+        && match age_max {
+            None => true,
+            Some(None) => false,
+            Some(Some(n)) => hit.meta.age_secs(now_secs) <= n,
+        }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,15 +14,15 @@ use std::time::Instant;
 
 use crate::config::{Limits, HEADERS_COUNT_CAP};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::freshness::{storable, Storable};
 use crate::http::invalidation::{for_each_invalidated, Target};
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::{headers, Parsed};
 use crate::metrics::Counter;
 use crate::runtime::io::Token;
-use crate::store::{key_hash, ItemMeta};
+use crate::store::ItemMeta;
 
+use super::admission::{admit, Admission, Heads};
 use super::coalesce::Outcome;
 use super::compose::{
     is_dropped_on_forward, put_error, put_field, put_field_u64, put_status_line, VIA,
@@ -65,6 +65,8 @@ pub(super) struct Fetch {
     pub personal: bool,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
+    /// A range request fetched whole: the client gets its range of the answer.
+    pub range: Option<Box<super::ranges::RangeAsk>>,
 }
 
 impl Fetch {
@@ -106,7 +108,7 @@ struct Progress {
     head: Vec<u8>,
     /// The origin's Age value, passed on to this client only.
     age_secs: Option<u64>,
-    storable: Option<Storable>,
+    storable: Option<Box<Admission>>,
     /// Keys this answer invalidates (RFC 9111 §4.4), removed once it is complete.
     invalidate: Vec<Box<[u8]>>,
     body: Vec<u8>,
@@ -373,6 +375,8 @@ impl Proxy {
         let head_max = self.limits.head_bytes_max.max(64 << 10);
         let headers_max = self.limits.headers_count_max;
         let response_time_secs = self.clock.unix_secs;
+        let policy = self.policy;
+        let key_rules = std::rc::Rc::clone(&self.key_rules);
         let Some(o) = self.origin(token) else {
             return false;
         };
@@ -415,20 +419,20 @@ impl Proxy {
                         }
                         put_field(&mut head, name, f.value);
                     }
-                    // Until secondary keys (issue 5) exist, a response that
-                    // varies is relayed, never stored or shared.
-                    let varies = headers::values(h.headers, b"vary")
-                        .any(|v| !headers::trim_ows(v).is_empty());
-                    let decision = fetch.key.as_ref().filter(|_| !varies).and_then(|_| {
-                        storable(
-                            fetch.origin_method(),
-                            req.headers,
-                            h.status,
-                            h.headers,
-                            fetch.request_time_secs,
-                            response_time_secs,
-                        )
-                    });
+                    let heads = Heads {
+                        method: fetch.origin_method(),
+                        request: req.headers,
+                        status: h.status,
+                        reason: h.reason,
+                        response: h.headers,
+                        request_time_secs: fetch.request_time_secs,
+                        response_time_secs,
+                    };
+                    let decision = fetch
+                        .key
+                        .as_ref()
+                        .and_then(|_| admit(&heads, &policy))
+                        .map(Box::new);
                     let mut invalidate = Vec::new();
                     if let Some(target) = fetch.target_key.as_deref() {
                         let split = target.iter().position(|&b| b == 0).unwrap_or(0);
@@ -444,9 +448,7 @@ impl Proxy {
                             h.headers,
                             |host, path| {
                                 let mut key = Vec::with_capacity(host.len() + 1 + path.len());
-                                key.extend(host.iter().map(u8::to_ascii_lowercase));
-                                key.push(0);
-                                key.extend_from_slice(path);
+                                key_rules.write(host, path, &mut key);
                                 invalidate.push(key.into_boxed_slice());
                             },
                         );
@@ -645,19 +647,24 @@ impl Proxy {
         o.served += 1;
         let reusable = p.keep_alive && !draining && !o.sending && o.inbuf.is_empty();
         for key in &p.invalidate {
-            if self.store.remove(key_hash(key), key) {
+            if self.remove_variants(key) {
                 self.counters().incr(Counter::Invalidated);
             }
         }
         let mut stored = false;
-        if let (Some((hash, key)), Some(s)) = (fetch.key.as_ref(), p.storable.as_ref()) {
-            if p.body.len() <= object_max && p.status == 200 {
+        if let (Some((_, key)), Some(a)) = (fetch.key.as_ref(), p.storable.as_deref()) {
+            if p.body.len() <= object_max {
+                let s = &a.stored;
                 let meta = ItemMeta::new(self.clock.unix_secs, s.initial_age_secs, s.lifetime_secs);
-                stored = self.store.insert(*hash, key, &p.head, &p.body, meta);
+                let head = a.head.as_deref().unwrap_or(&p.head);
+                stored = self.store_response(key, a.variant.as_ref(), head, &p.body, meta);
                 if stored {
                     self.counters().incr(Counter::Stored);
                 }
             }
+        }
+        if fetch.range.is_some() && !stored {
+            self.mark_hit_for_miss(&fetch); // later ranges of it go to the origin as ranges
         }
         // Release the connection before answering, so a queued fetch can use it.
         if reusable && self.pool.idle.len() < self.pool.idle_max {
@@ -671,11 +678,11 @@ impl Proxy {
             self.close_socket(token);
         }
         let resp = self.compose_response(&fetch, &p, stored, false);
-        let shareable = p.storable.is_some() && p.status == 200;
-        let outcome = if shareable || p.status >= 500 {
-            Outcome::Share
-        } else {
-            Outcome::Release
+        let outcome = match p.storable.as_deref() {
+            Some(a) if a.shared_as_relayed() => Outcome::Share,
+            Some(_) if stored => Outcome::FromStore,
+            _ if p.status >= 500 => Outcome::Share,
+            _ => Outcome::Release,
         };
         self.fill_complete(&fetch, outcome, stored, |proxy, waiter| {
             proxy.compose_response(waiter, &p, false, true)
@@ -692,6 +699,9 @@ impl Proxy {
         stored: bool,
         collapsed: bool,
     ) -> Vec<u8> {
+        if let Some(ask) = fetch.range.as_deref().filter(|_| p.status == 200) {
+            return self.compose_ranged(fetch, ask, &p.head, &p.body, p.age_secs, p.status, stored);
+        }
         let mut resp = self.take_buffer();
         resp.extend_from_slice(&p.head);
         let bodiless = (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
@@ -752,11 +762,12 @@ impl Proxy {
 }
 
 /// The Cache-Status `fwd` parameter (RFC 9211 §2.2) for a fetch.
-fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
+pub(super) fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
     if fetch.lookup {
         match fetch.found {
             super::Found::Stale => b"stale",
             super::Found::NotAccepted => b"request",
+            super::Found::VaryMiss => b"vary-miss",
             super::Found::Fresh | super::Found::Absent => b"miss",
         }
     } else if fetch.method.is_safe() {

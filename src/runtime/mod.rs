@@ -270,6 +270,7 @@ pub fn serve(config: Config) -> Result<(), String> {
             listener,
             backend,
             limits: config.limits,
+            cache: config.cache.clone(),
             origin: origin.clone(),
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
