@@ -902,7 +902,8 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:7000\"\nworkers = 3\n[limits]\nhead_bytes_max = \"8KiB\"\nheader_timeout = \"2s\"\n",
+            "listen = \"127.0.0.1:7000\"\nworkers = 3\n[limits]\nhead_bytes_max = \"8KiB\"\nheader_timeout = \"2s\"\n\
+             [cache]\nkey_ignore_params = [\"utm_*\"]\nset_cookie = \"strip\"\ndefault_ttl = \"1m\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -923,6 +924,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(again.limits, c.limits);
+        assert_eq!(again.cache, c.cache);
+        assert_eq!(c.cache.set_cookie, SetCookieMode::Strip);
+        assert_eq!(c.cache.default_ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.key_ignore_params, ["utm_*"]);
         assert_eq!(again.workers, 1);
 
         std::fs::write(&path, "[limits]\nhead_bytes_maxx = 3\n").unwrap();

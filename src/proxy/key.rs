@@ -57,16 +57,15 @@ impl KeyRules {
             out.extend(host.iter().map(u8::to_ascii_lowercase));
         }
         out.push(0);
-        let split = target.iter().position(|&b| b == b'?');
-        let (path, query) = match split {
-            Some(i) if self.sort_query || !self.ignore.is_empty() => {
-                (&target[..i], &target[i + 1..])
-            }
-            _ => {
-                out.extend_from_slice(target);
-                return;
-            }
+        // Without options the query is not even looked for.
+        let split = (self.sort_query || !self.ignore.is_empty())
+            .then(|| target.iter().position(|&b| b == b'?'))
+            .flatten();
+        let Some(i) = split else {
+            out.extend_from_slice(target);
+            return;
         };
+        let (path, query) = (&target[..i], &target[i + 1..]);
         out.extend_from_slice(path);
         let mut spans = [(0u32, 0u32); KEY_QUERY_PARAMS_MAX];
         let mut n = 0;
