@@ -28,7 +28,7 @@ fn scripted_origin() -> TestOrigin {
         let status: u16 = req.path().split('/').nth(1).unwrap().parse().unwrap();
         let query = req.target.split_once("?h=").map_or("", |(_, q)| q);
         let date = http_date(0);
-        let text = query.replace("%20", " ");
+        let text = query.replace("%20", " ").replace("%22", "\"");
         let mut fields: Vec<(&str, &str)> = text
             .split('|')
             .filter(|f| !f.is_empty())
@@ -125,6 +125,14 @@ fn no_store_and_private(io: &str) {
     let t = "/200/req?h=Cache-Control:max-age=60";
     assert!(!stored_twice(&server, t, &[("Cache-Control", "no-store")]));
     assert!(stored_twice(&server, t, &[]));
+    // A qualified private="X-User" stores the response without that field;
+    // the client that caused the fetch still gets it.
+    let t = "/200/q?h=Cache-Control:private=%22X-User%22,%20max-age=60|X-User:alice";
+    let first = get_with(&server, t, &[]);
+    assert_eq!(first.header("x-user"), Some("alice"), "{}", first.summary());
+    let hit = get_with(&server, t, &[]);
+    assert!(hit.is_hit(), "{}", hit.summary());
+    assert!(!hit.has_header("x-user"), "{}", hit.summary());
 }
 
 /// RFC 9111 §3.5: a request with Authorization is stored only when the

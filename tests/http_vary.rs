@@ -280,6 +280,42 @@ fn coalesced_waiters_get_their_variant(io: &str) {
     }
 }
 
+/// RFC 9110 §14 on a varying URL: the range comes from the variant the
+/// request's fields select.
+fn range_of_a_variant(io: &str) {
+    let origin = language_origin("max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    for lang in ["en", "fr"] {
+        get_with(&server, "/rv", &[("Accept-Language", lang)]);
+    }
+    for lang in ["en", "fr"] {
+        let r = get_with(
+            &server,
+            "/rv",
+            &[("Accept-Language", lang), ("Range", "bytes=5-6")],
+        );
+        assert_eq!(r.status, 206, "{}", r.summary());
+        assert!(r.is_hit(), "{}", r.summary());
+        assert_eq!(r.body_str(), lang);
+    }
+    let r = get_with(
+        &server,
+        "/rv",
+        &[("Accept-Language", "de"), ("Range", "bytes=5-6")],
+    );
+    assert_eq!(r.status, 206, "{}", r.summary());
+    assert_eq!(r.body_str(), "de");
+    assert_eq!(
+        r.cache_status_params()[0],
+        "fwd=vary-miss",
+        "{}",
+        r.summary()
+    );
+    assert_eq!(origin.requests(), 3);
+}
+
 both_io!(
     variants_stored_and_selected,
     normalised_field_values,
@@ -288,4 +324,5 @@ both_io!(
     invalidation_removes_every_variant,
     vary_appears_and_disappears,
     coalesced_waiters_get_their_variant,
+    range_of_a_variant,
 );
