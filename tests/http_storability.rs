@@ -158,6 +158,40 @@ fn authorization(io: &str) {
     }
 }
 
+/// RFC 9111 §3.5 with a request holding as many fields as the limit
+/// allows: the fields ringcache adds toward the origin (Via,
+/// X-Forwarded-For) must not hide its Authorization from the decision.
+fn authorization_with_fields_at_the_limit(io: &str) {
+    let origin = scripted_origin();
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        1,
+        "[limits]\nheaders_count_max = 8\n",
+    ) else {
+        return;
+    };
+    let t = "/200/limit?h=Cache-Control:max-age=60";
+    let fields = [
+        ("Authorization", "Bearer secret"),
+        ("X-A", "1"),
+        ("X-B", "2"),
+        ("X-C", "3"),
+        ("X-D", "4"),
+        ("X-E", "5"),
+        ("X-F", "6"),
+    ];
+    let r = get_with(&server, t, &fields);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(!r.cache_status().ends_with("stored"), "{}", r.summary());
+    let other = get_with(&server, t, &[]);
+    assert!(
+        !other.is_hit(),
+        "an authorized answer is not shared: {}",
+        other.summary()
+    );
+}
+
 /// RFC 9111 §5.2.2.3: `must-understand` overrides `no-store` for a status
 /// ringcache understands, and only then.
 fn must_understand(io: &str) {
@@ -268,6 +302,7 @@ both_io!(
     statuses,
     no_store_and_private,
     authorization,
+    authorization_with_fields_at_the_limit,
     must_understand,
     set_cookie_policy,
     heuristic_freshness,

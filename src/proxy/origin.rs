@@ -387,13 +387,17 @@ impl Proxy {
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_CAP];
         // The request as sent, for the storability rules (Authorization, no-store).
         let mut req_fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
-        let mut req = httparse::Request::new(&mut req_fields[..headers_max]);
+        // The whole array: the forwarded request has a few fields more than
+        // the client sent (Via, X-Forwarded-For, Host).
+        let mut req = httparse::Request::new(&mut req_fields);
         let req_sent = if fetch.req.is_empty() {
             &o.req_inflight
         } else {
             &fetch.req
         };
-        let _ = req.parse(req_sent);
+        // A request that does not parse back gives no fields to decide on
+        // (Authorization, Vary): its answer is relayed, never stored.
+        let req_whole = matches!(req.parse(req_sent), Ok(httparse::Status::Complete(_)));
         let inbuf = std::mem::take(&mut o.inbuf);
         let mut skip = 0;
         let result = loop {
@@ -431,6 +435,7 @@ impl Proxy {
                     let decision = fetch
                         .key
                         .as_ref()
+                        .filter(|_| req_whole)
                         .and_then(|_| admit(&heads, &policy))
                         .map(Box::new);
                     let mut invalidate = Vec::new();
