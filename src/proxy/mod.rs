@@ -16,6 +16,12 @@
 //! of exchanges; a response waits in its exchange until every earlier one
 //! has been written.
 //!
+//! Caching decisions live beside this file: `key` (the primary key and its
+//! `[cache]` options), `variants` (Vary: a marker item and one item per
+//! variant), `ranges` (206/416 from complete responses), `admission`
+//! (what is stored, under the `[cache]` switches), `coalesce` and `lease`
+//! (one origin fetch per key).
+//!
 //! Buffers lent to the kernel: a send hands out a pointer into a `Vec` that
 //! is not touched again until the `Sent` or `Closed` event for its token
 //! (`Client::inflight`, `Fetch::req`). A socket's slot is freed only on

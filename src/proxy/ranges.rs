@@ -134,7 +134,10 @@ pub(super) fn put_ranged(
     };
     let Some(resolved) = resolved else {
         out.extend_from_slice(head);
-        put_field_u64(out, b"Content-Length", len);
+        // RFC 9110 §8.6: no Content-Length in a 204.
+        if !head.starts_with(b"HTTP/1.1 204 ") {
+            put_field_u64(out, b"Content-Length", len);
+        }
         ours(out);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
@@ -347,6 +350,10 @@ mod tests {
         assert_eq!(r, Ranged::Partial);
         let (r, _) = answer(&ask("bytes=0-1", None), b"HTTP/1.1 404 Not Found\r\n");
         assert_eq!(r, Ranged::Full);
+        let mut out = Vec::new();
+        let a = ask("bytes=0-1", None);
+        put_ranged(&mut out, b"HTTP/1.1 204 No Content\r\n", b"", &a, 1, |_| {});
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\n\r\n");
     }
 
     #[test]
