@@ -316,6 +316,32 @@ fn range_of_a_variant(io: &str) {
     assert_eq!(origin.requests(), 3);
 }
 
+/// Variants survive a warm restart (SIGTERM, same `--store`): the marker
+/// and every variant are items like any other.
+fn variants_survive_restart(io: &str) {
+    let origin = language_origin("max-age=600");
+    let dir = TempDir::new("vary-restart");
+    let store = dir.path().join("store");
+    let extra = ["--store", store.to_str().unwrap(), "--memory", "16MiB"];
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &extra) else {
+        return;
+    };
+    for lang in ["en", "fr"] {
+        let r = get_with(&server, "/warm", &[("Accept-Language", lang)]);
+        assert!(r.cache_status().ends_with("stored"), "{}", r.summary());
+    }
+    assert!(server.stop().success());
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &extra) else {
+        return;
+    };
+    for lang in ["en", "fr"] {
+        let r = get_with(&server, "/warm", &[("Accept-Language", lang)]);
+        assert!(r.is_hit(), "{lang} after restart: {}", r.summary());
+        assert_eq!(r.body_str(), format!("lang={lang}"));
+    }
+    assert_eq!(origin.requests(), 2);
+}
+
 both_io!(
     variants_stored_and_selected,
     normalised_field_values,
@@ -325,4 +351,5 @@ both_io!(
     vary_appears_and_disappears,
     coalesced_waiters_get_their_variant,
     range_of_a_variant,
+    variants_survive_restart,
 );
