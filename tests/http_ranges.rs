@@ -251,6 +251,65 @@ fn head_ignores_range(io: &str) {
     assert_eq!(origin.requests(), 1);
 }
 
+/// Concurrent range requests for a cold key share one whole fetch: each
+/// client gets its own range (and a plain GET among them the whole body).
+fn concurrent_ranges_share_one_fetch(io: &str) {
+    let inner = body_origin("max-age=60");
+    let inner_addr = inner.addr;
+    // A slow front for the body origin, so the requests overlap.
+    let origin = TestOrigin::start(move |req| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut c = Client::connect(inner_addr);
+        c.send(&req.raw);
+        let r = c.read_response();
+        let fields: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length"))
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        Reply::Send(response(r.status, &fields, &r.body))
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let addr = server.addr;
+    let clients: Vec<_> = (0..10usize)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let range = if i == 9 {
+                    String::new()
+                } else {
+                    format!("Range: bytes={i}-{}\r\n", i + 1)
+                };
+                c.send(
+                    format!("GET /herd HTTP/1.1\r\nHost: ringcache.test\r\n{range}\r\n").as_bytes(),
+                );
+                (i, c.read_response())
+            })
+        })
+        .collect();
+    for t in clients {
+        let (i, r) = t.join().unwrap();
+        if i == 9 {
+            assert_eq!((r.status, &r.body[..]), (200, BODY), "{}", r.summary());
+        } else {
+            assert_eq!(r.status, 206, "{}", r.summary());
+            assert_eq!(r.body, &BODY[i..=i + 1], "{}", r.summary());
+            assert_eq!(
+                r.header("content-range"),
+                Some(format!("bytes {i}-{}/20", i + 1).as_str())
+            );
+        }
+    }
+    assert_eq!(origin.requests(), 1, "one whole fetch for every range");
+    assert!(
+        server.metrics().value("ringcache_coalesced_total") >= 1.0,
+        "some requests waited on the fill"
+    );
+}
+
 both_io!(
     single_ranges_from_store,
     multipart_from_store,
@@ -259,4 +318,5 @@ both_io!(
     miss_fetches_whole_and_stores,
     partial_content_never_stored,
     head_ignores_range,
+    concurrent_ranges_share_one_fetch,
 );

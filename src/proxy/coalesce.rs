@@ -162,6 +162,9 @@ impl Proxy {
         let Some((hash, key)) = waiter.key.as_ref().map(|(h, k)| (*h, k.clone())) else {
             return Err(waiter);
         };
+        if waiter.range.is_some() {
+            return self.respond_collapsed_range(waiter, hash, &key);
+        }
         let now_secs = self.clock.unix_secs;
         let (keep_alive, minor, head_only) = (
             waiter.keep_alive,

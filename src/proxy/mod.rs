@@ -879,11 +879,13 @@ impl Proxy {
             fill_id: None,
             found,
             target_key,
+            // A range fetched whole is a plain GET toward the origin: it
+            // may lead or join a fill (each client gets its own range).
             personal: head.headers.iter().any(|f| {
                 let n = f.name.as_bytes();
                 n.eq_ignore_ascii_case(b"if-none-match")
                     || n.eq_ignore_ascii_case(b"if-modified-since")
-                    || n.eq_ignore_ascii_case(b"range")
+                    || (n.eq_ignore_ascii_case(b"range") && range.is_none())
             }),
             body: Vec::new(),
             range,

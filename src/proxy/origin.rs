@@ -705,7 +705,8 @@ impl Proxy {
         collapsed: bool,
     ) -> Vec<u8> {
         if let Some(ask) = fetch.range.as_deref().filter(|_| p.status == 200) {
-            return self.compose_ranged(fetch, ask, &p.head, &p.body, p.age_secs, p.status, stored);
+            let (head, body, age) = (&p.head[..], &p.body[..], p.age_secs);
+            return self.compose_ranged(fetch, ask, head, body, age, (stored, collapsed));
         }
         let mut resp = self.take_buffer();
         resp.extend_from_slice(&p.head);

@@ -17,10 +17,13 @@
 //! `multipart/byteranges`. Other statuses are sent whole. HEAD ignores
 //! `Range`.
 //!
-//! Range requests neither lead nor join a coalesced fill: a full fetch
-//! made for a range is that request's own. A full fetch whose answer
-//! cannot be stored marks the key hit-for-miss, so the next range
-//! requests for it go to the origin as ranges.
+//! A range fetched whole is a plain GET toward the origin, so it leads or
+//! joins the key's coalesced fill like any miss: waiters answered from
+//! the filler's response or from the store each get their own range
+//! (`compose_ranged`, `respond_collapsed_range`). A range passed on as a
+//! range is that request's own (a 206 cannot be shared). A full fetch
+//! whose answer cannot be stored marks the key hit-for-miss, so the next
+//! range requests for it go to the origin as ranges.
 
 use httparse::Header;
 
@@ -33,7 +36,7 @@ use crate::http::range::{
 
 use crate::runtime::io::Token;
 
-use super::compose::{put_field, put_field_u64, put_status_line, put_u64, VIA};
+use super::compose::{put_field, put_field_u64, put_status_line, VIA};
 use super::origin::{fwd_reason, Fetch};
 use super::variants::Varied;
 use super::{put_connection, usable, Found, Proxy};
@@ -262,8 +265,8 @@ impl Proxy {
     }
 
     /// The answer to a range request whose whole response came from the
-    /// origin (`head` as relayed, `body` complete, status 200).
-    #[allow(clippy::too_many_arguments)]
+    /// origin (`head` as relayed, `body` complete, status 200); `flags`:
+    /// (stored, collapsed) for Cache-Status.
     pub(super) fn compose_ranged(
         &mut self,
         fetch: &Fetch,
@@ -271,8 +274,7 @@ impl Proxy {
         head: &[u8],
         body: &[u8],
         age_secs: Option<u64>,
-        status: u16,
-        stored: bool,
+        (stored, collapsed): (bool, bool),
     ) -> Vec<u8> {
         let mut resp = self.take_buffer();
         let seed = self.clock.unix_secs ^ fetch.seq.rotate_left(17);
@@ -282,16 +284,66 @@ impl Proxy {
             }
             b.extend_from_slice(b"Cache-Status: ringcache; fwd=");
             b.extend_from_slice(fwd_reason(fetch));
-            b.extend_from_slice(b"; fwd-status=");
-            put_u64(b, u64::from(status));
+            b.extend_from_slice(b"; fwd-status=200");
             if stored {
                 b.extend_from_slice(b"; stored");
+            }
+            if collapsed {
+                b.extend_from_slice(b"; collapsed");
             }
             b.extend_from_slice(b"\r\n");
             put_field(b, b"Via", VIA);
             put_connection(b, fetch.keep_alive, fetch.client_minor_version);
         });
         resp
+    }
+
+    /// A range request that waited for another request's fetch of its key:
+    /// its range of what that fetch stored; `Err` gives the waiter back
+    /// when no fresh item is there.
+    pub(super) fn respond_collapsed_range(
+        &mut self,
+        waiter: Box<Fetch>,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<(), Box<Fetch>> {
+        let now_secs = self.clock.unix_secs;
+        let mut stored = self.take_buffer();
+        self.key.clear();
+        self.key.extend_from_slice(key);
+        let hit = {
+            // The waiter's own fields choose its variant.
+            let mut fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
+            let mut req = httparse::Request::new(&mut fields);
+            let request: &[Header<'_>] = match req.parse(&waiter.req) {
+                Ok(_) => req.headers,
+                Err(_) => &[],
+            };
+            let fresh = |_: &mut Vec<u8>, h: &crate::store::item::Hit| h.meta.is_fresh(now_secs);
+            self.lookup_varied(hash, request, &mut stored, fresh).0
+        };
+        let (Some(hit), Some(ask)) = (
+            hit.filter(|h| h.meta.is_fresh(now_secs)),
+            waiter.range.as_deref(),
+        ) else {
+            self.give_buffer(stored);
+            return Err(waiter);
+        };
+        let (head, body) = stored.split_at(hit.head_len);
+        let mut resp = self.take_buffer();
+        let (keep_alive, minor) = (waiter.keep_alive, waiter.client_minor_version);
+        put_ranged(&mut resp, head, body, ask, hash ^ now_secs, |b| {
+            put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
+            b.extend_from_slice(b"Cache-Status: ringcache; fwd=miss; fwd-status=");
+            b.extend_from_slice(head.get(9..12).unwrap_or(b"200"));
+            b.extend_from_slice(b"; collapsed\r\n");
+            put_field(b, b"Via", VIA);
+            put_connection(b, keep_alive, minor);
+        });
+        self.give_buffer(stored);
+        self.client_respond(waiter.client, Some(waiter.seq), resp, !keep_alive);
+        self.give_buffer(waiter.req);
+        Ok(())
     }
 }
 
