@@ -691,20 +691,20 @@ impl Proxy {
         let mut found = Found::Absent;
         self.key.clear();
         self.key_rules.write(host, path, &mut self.key);
-        let range = (head.method == Method::Get && lookup)
-            .then(|| ranges::RangeAsk::of(head.headers))
-            .flatten();
         // Request directives (RFC 9111 §5.2.1), read only when the client
         // sent any: no-cache and max-age limit what the store may answer,
         // only-if-cached forbids asking the origin.
-        let directives = head
-            .headers
-            .iter()
-            .any(|f| {
-                f.name.eq_ignore_ascii_case("cache-control")
-                    || f.name.eq_ignore_ascii_case("pragma")
-            })
-            .then(|| RequestDirectives::from_headers(head.headers));
+        // One pass over the fields finds both, and `Range` (RFC 9110 §14).
+        let (mut has_directives, mut has_range) = (false, false);
+        for f in head.headers {
+            has_directives |= f.name.eq_ignore_ascii_case("cache-control")
+                || f.name.eq_ignore_ascii_case("pragma");
+            has_range |= f.name.eq_ignore_ascii_case("range");
+        }
+        let directives = has_directives.then(|| RequestDirectives::from_headers(head.headers));
+        let range = (has_range && head.method == Method::Get && lookup)
+            .then(|| ranges::RangeAsk::of(head.headers))
+            .flatten();
         if lookup {
             hash = key_hash(&self.key);
             let age_max = match directives {
