@@ -33,7 +33,10 @@
 //! each rewrite the marker from the same old list, and one variant then
 //! drops out of the list: it is unreachable from then on (the hit path
 //! only looks up listed variants) and is replaced by the next fetch of that
-//! variant or evicted. A miss, never a wrong answer.
+//! variant or evicted. A miss, never a wrong answer. The same holds when
+//! eviction takes the marker before its variants (unlikely: every lookup
+//! of the URL references the marker): the variants wait, unreachable, for
+//! their own eviction, and the next fetch writes a new marker.
 
 use httparse::Header;
 
