@@ -239,6 +239,49 @@ fn set_cookie_policy(io: &str) {
     }
 }
 
+/// `set_cookie = "strip"` under a herd: one fetch; only the client whose
+/// request fetched it gets the cookie, every waiter the stored form.
+fn stripped_cookie_not_shared_with_waiters(io: &str) {
+    let origin = TestOrigin::start(|_| {
+        Reply::After(
+            Duration::from_millis(300),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "max-age=60"), ("Set-Cookie", "id=1")],
+                b"herd",
+            ))),
+        )
+    });
+    let Some((_dir, server)) = serve(io, &origin, "set_cookie = \"strip\"\n") else {
+        return;
+    };
+    let addr = server.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(b"GET /herd HTTP/1.1\r\nHost: ringcache.test\r\n\r\n");
+                c.read_response()
+            })
+        })
+        .collect();
+    let responses: Vec<Response> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    for r in &responses {
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"herd"[..]),
+            "{}",
+            r.summary()
+        );
+    }
+    let with_cookie = responses
+        .iter()
+        .filter(|r| r.has_header("set-cookie"))
+        .count();
+    assert_eq!(origin.requests(), 1, "one fetch for the herd");
+    assert_eq!(with_cookie, 1, "only the filler's client gets Set-Cookie");
+}
+
 /// RFC 9111 §4.2.2: heuristic freshness is off by default; on, a response
 /// with Last-Modified and no explicit lifetime is fresh for a share of
 /// its age, capped by `heuristic_max`, and only for statuses that allow it.
@@ -305,6 +348,7 @@ both_io!(
     authorization_with_fields_at_the_limit,
     must_understand,
     set_cookie_policy,
+    stripped_cookie_not_shared_with_waiters,
     heuristic_freshness,
     default_ttl,
 );
