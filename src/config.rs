@@ -155,6 +155,7 @@ pub struct Config {
     /// `log_level` from the file (`None`: `RINGCACHE_LOG` or `info`).
     pub log_level: Option<log::LevelFilter>,
     pub limits: Limits,
+    pub cache: CacheConfig,
     /// The invalidation bus (`[bus]`, `--bus`); `None`: this node stands alone.
     pub bus: Option<BusConfig>,
 }
@@ -253,6 +254,8 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    cache: FileCache,
     bus: Option<FileBus>,
 }
 
@@ -334,6 +337,7 @@ impl Config {
                 None => None,
             },
             limits: file.limits.apply(Limits::default())?,
+            cache: file.cache.apply(CacheConfig::default())?,
             bus,
         };
         config.validate()?;
@@ -416,6 +420,7 @@ impl Config {
                 &format!("{name}: must be at least 10ms"),
             )?;
         }
+        self.cache.validate()?;
         if let Some(bus) = &self.bus {
             bus.validate()?;
         }
@@ -530,6 +535,7 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "recv_buffers_count = {}", l.recv_buffers_count)?;
         writeln!(f, "ring_entries = {}", l.ring_entries)?;
+        write!(f, "{}", self.cache)?;
         match &self.bus {
             Some(bus) => write!(f, "\n{bus}"),
             None => Ok(()),
@@ -628,6 +634,205 @@ impl FileLimits {
         count(self.recv_buffers_count, &mut l.recv_buffers_count);
         count(self.ring_entries, &mut l.ring_entries);
         Ok(l)
+    }
+}
+
+// ----- [cache]: cache key, variants and storability switches -------------
+
+/// Most `Vary` variants kept per URL, at most.
+pub const VARIANTS_PER_KEY_CAP: usize = 64;
+/// Query parameters of one request that the cache key sorts or filters;
+/// a query with more is keyed as written.
+pub const KEY_QUERY_PARAMS_MAX: usize = 64;
+/// Entries of `cache.key_ignore_params`, at most.
+pub const KEY_IGNORE_PARAMS_MAX: usize = 64;
+/// Largest `cache.heuristic_max` and `cache.default_ttl`: a year.
+pub const CACHE_TTL_SECS_CAP: u64 = 365 * 24 * 3600;
+
+/// What to do with a response carrying `Set-Cookie` (`cache.set_cookie`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetCookieMode {
+    /// Not stored (the default).
+    #[default]
+    Refuse,
+    /// Stored without its `Set-Cookie` fields.
+    Strip,
+    /// Stored as received.
+    Store,
+}
+
+impl fmt::Display for SetCookieMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SetCookieMode::Refuse => "refuse",
+            SetCookieMode::Strip => "strip",
+            SetCookieMode::Store => "store",
+        })
+    }
+}
+
+/// The `[cache]` table: how the cache key is built, how many variants a
+/// URL keeps, and the storability switches (RFC 9111 §3, §4.2.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Variants (distinct `Vary` secondary keys) stored per URL; the
+    /// oldest gives way beyond it.
+    pub variants_per_key_max: usize,
+    /// Sort the query's parameters in the key (`b=1&a=2` = `a=2&b=1`).
+    pub key_sort_query: bool,
+    /// Query parameters left out of the key: exact names, or prefixes
+    /// written with a trailing `*` (`utm_*`).
+    pub key_ignore_params: Vec<String>,
+    /// The request's host is part of the key (off: one origin, one site).
+    pub key_include_host: bool,
+    pub set_cookie: SetCookieMode,
+    /// Heuristic freshness (RFC 9111 §4.2.2) for responses without an
+    /// explicit lifetime, on statuses cacheable by default.
+    pub heuristic: bool,
+    /// Heuristic lifetime as a percentage of the time since Last-Modified.
+    pub heuristic_percent: u8,
+    /// Cap on any heuristic lifetime.
+    pub heuristic_max: Duration,
+    /// Lifetime given to a response with a validator (ETag or
+    /// Last-Modified) but no explicit freshness; zero: off.
+    pub default_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            variants_per_key_max: 8,
+            key_sort_query: false,
+            key_ignore_params: Vec::new(),
+            key_include_host: true,
+            set_cookie: SetCookieMode::Refuse,
+            heuristic: false,
+            heuristic_percent: 10,
+            heuristic_max: Duration::from_secs(24 * 3600),
+            default_ttl: Duration::ZERO,
+        }
+    }
+}
+
+impl CacheConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=VARIANTS_PER_KEY_CAP).contains(&self.variants_per_key_max) {
+            return Err(format!(
+                "cache.variants_per_key_max: must be between 1 and {VARIANTS_PER_KEY_CAP}"
+            ));
+        }
+        if self.key_ignore_params.len() > KEY_IGNORE_PARAMS_MAX {
+            return Err(format!(
+                "cache.key_ignore_params: at most {KEY_IGNORE_PARAMS_MAX} entries"
+            ));
+        }
+        for p in &self.key_ignore_params {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            if (name.is_empty() && !p.ends_with('*'))
+                || name
+                    .bytes()
+                    .any(|b| b == b'&' || b == b'=' || b == b'*' || b <= b' ')
+            {
+                return Err(format!(
+                    "cache.key_ignore_params: {p:?} is not a parameter name (or prefix with a trailing *)"
+                ));
+            }
+        }
+        if self.heuristic_percent > 100 {
+            return Err("cache.heuristic_percent: must be between 0 and 100".to_string());
+        }
+        for (name, d) in [
+            ("cache.heuristic_max", self.heuristic_max),
+            ("cache.default_ttl", self.default_ttl),
+        ] {
+            if d.as_secs() > CACHE_TTL_SECS_CAP || d.subsec_nanos() != 0 {
+                return Err(format!("{name}: whole seconds, at most a year"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CacheConfig {
+    /// The `[cache]` table in the TOML file's syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\n[cache]")?;
+        writeln!(f, "variants_per_key_max = {}", self.variants_per_key_max)?;
+        writeln!(f, "key_sort_query = {}", self.key_sort_query)?;
+        let params: Vec<String> = self
+            .key_ignore_params
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect();
+        writeln!(f, "key_ignore_params = [{}]", params.join(", "))?;
+        writeln!(f, "key_include_host = {}", self.key_include_host)?;
+        writeln!(f, "set_cookie = \"{}\"", self.set_cookie)?;
+        writeln!(f, "heuristic = {}", self.heuristic)?;
+        writeln!(f, "heuristic_percent = {}", self.heuristic_percent)?;
+        writeln!(
+            f,
+            "heuristic_max = \"{}\"",
+            format_duration(self.heuristic_max)
+        )?;
+        writeln!(f, "default_ttl = \"{}\"", format_duration(self.default_ttl))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    variants_per_key_max: Option<usize>,
+    key_sort_query: Option<bool>,
+    key_ignore_params: Option<Vec<String>>,
+    key_include_host: Option<bool>,
+    set_cookie: Option<String>,
+    heuristic: Option<bool>,
+    heuristic_percent: Option<u8>,
+    heuristic_max: Option<String>,
+    default_ttl: Option<String>,
+}
+
+impl FileCache {
+    fn apply(self, mut c: CacheConfig) -> Result<CacheConfig, String> {
+        let dur = |key: &str, v: Option<String>, into: &mut Duration| -> Result<(), String> {
+            if let Some(s) = v {
+                *into = parse_duration(&s).map_err(|e| format!("cache.{key}: {e}"))?;
+            }
+            Ok(())
+        };
+        if let Some(n) = self.variants_per_key_max {
+            c.variants_per_key_max = n;
+        }
+        if let Some(b) = self.key_sort_query {
+            c.key_sort_query = b;
+        }
+        if let Some(v) = self.key_ignore_params {
+            c.key_ignore_params = v;
+        }
+        if let Some(b) = self.key_include_host {
+            c.key_include_host = b;
+        }
+        if let Some(s) = self.set_cookie {
+            c.set_cookie = match s.as_str() {
+                "refuse" => SetCookieMode::Refuse,
+                "strip" => SetCookieMode::Strip,
+                "store" => SetCookieMode::Store,
+                other => {
+                    return Err(format!(
+                        "cache.set_cookie: {other:?} is not one of refuse, strip, store"
+                    ))
+                }
+            };
+        }
+        if let Some(b) = self.heuristic {
+            c.heuristic = b;
+        }
+        if let Some(n) = self.heuristic_percent {
+            c.heuristic_percent = n;
+        }
+        dur("heuristic_max", self.heuristic_max, &mut c.heuristic_max)?;
+        dur("default_ttl", self.default_ttl, &mut c.default_ttl)?;
+        Ok(c)
     }
 }
 
@@ -1066,7 +1271,8 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:7000\"\nworkers = 3\n[limits]\nhead_bytes_max = \"8KiB\"\nheader_timeout = \"2s\"\n",
+            "listen = \"127.0.0.1:7000\"\nworkers = 3\n[limits]\nhead_bytes_max = \"8KiB\"\nheader_timeout = \"2s\"\n\
+             [cache]\nkey_ignore_params = [\"utm_*\"]\nset_cookie = \"strip\"\ndefault_ttl = \"1m\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -1087,6 +1293,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(again.limits, c.limits);
+        assert_eq!(again.cache, c.cache);
+        assert_eq!(c.cache.set_cookie, SetCookieMode::Strip);
+        assert_eq!(c.cache.default_ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.key_ignore_params, ["utm_*"]);
         assert_eq!(again.workers, 1);
 
         std::fs::write(&path, "[limits]\nhead_bytes_maxx = 3\n").unwrap();

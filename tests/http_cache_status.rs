@@ -39,10 +39,12 @@ fn origin() -> TestOrigin {
             fields.push(("Age", "30"));
         }
         if req.path() == "/vary" {
-            fields.push(("Vary", "Accept"));
+            fields.push(("Vary", "*"));
         }
-        if req.path() == "/notfound" {
-            return Reply::Send(response(404, &[("Cache-Control", "max-age=100")], b"none"));
+        if req.path() == "/found" {
+            // 302 is not cacheable by default (RFC 9110 §15.1) and carries
+            // no explicit freshness here.
+            return Reply::Send(response(302, &[("Location", "/fresh")], b""));
         }
         Reply::Send(response(200, &fields, b"body"))
     })
@@ -117,8 +119,8 @@ fn detail_not_stored(io: &str) {
     for (path, detail) in [
         ("/nostore", "no-store"),
         ("/private", "private"),
-        ("/vary", "vary"),
-        ("/notfound", "status"),
+        ("/vary", "vary-star"),
+        ("/found", "status"),
     ] {
         let r = server.get(path);
         let params = r.cache_status_params();

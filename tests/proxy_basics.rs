@@ -131,27 +131,6 @@ fn no_cache_not_stored(io: &str) {
     check_not_stored(io, 5, "cc=no-cache%2C%20max-age%3D60");
 }
 
-/// Until secondary cache keys exist, a response that varies on a request
-/// field is relayed but neither stored nor shared (RFC 9111 §4.1).
-fn vary_not_stored(io: &str) {
-    let origin = TestOrigin::start(|_| {
-        Reply::Send(response(
-            200,
-            &[("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")],
-            b"varies",
-        ))
-    });
-    let Some((origin, server)) = with_origin(io, origin) else {
-        return;
-    };
-    for _ in 0..2 {
-        let r = server.get("/varies");
-        assert_eq!(r.body, b"varies");
-        assert_not_stored(&r);
-    }
-    assert_eq!(origin.requests(), 2);
-}
-
 fn max_age_zero_not_stored(io: &str) {
     check_not_stored(io, 6, "max_age=0");
 }
@@ -810,7 +789,6 @@ both_io!(
     stale_is_refetched,
     targeted_cache_control,
     writes_invalidate,
-    vary_not_stored,
     absolute_form_target,
     miss_then_hit,
     age_grows,

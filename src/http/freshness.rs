@@ -210,14 +210,18 @@ pub fn decide(x: &Exchange<'_>, policy: &Policy) -> Result<Stored, NotStored> {
     if explicit.is_none() && !by_default && !cc.public {
         return Err(NotStored::Status);
     }
-    let heuristic = explicit.is_none() && policy.heuristic;
-    let lifetime_secs = match explicit {
+    let has_validator =
+        get(x.response, b"etag").is_some() || get(x.response, b"last-modified").is_some();
+    let mut heuristic = explicit.is_none() && policy.heuristic;
+    let mut lifetime_secs = match explicit {
         Some(secs) => secs,
         None if heuristic => heuristic_lifetime_secs(x.response, x.response_time_secs, policy),
         None => 0,
     };
-    let has_validator =
-        get(x.response, b"etag").is_some() || get(x.response, b"last-modified").is_some();
+    if explicit.is_none() && lifetime_secs == 0 && has_validator && policy.default_ttl_secs > 0 {
+        heuristic = true;
+        lifetime_secs = policy.default_ttl_secs;
+    }
     if (lifetime_secs == 0 || cc.no_cache_whole) && !has_validator {
         return Err(NotStored::NotReusable);
     }
@@ -651,6 +655,22 @@ mod tests {
         };
         assert_eq!(decide(&x(&[], 200, &[]), &dflt).unwrap().lifetime_secs, 30);
         assert_eq!(decide(&x(&[], 200, &[]), &on), Err(NotStored::NotReusable));
+    }
+
+    #[test]
+    fn default_ttl_for_validated_responses_without_lifetime() {
+        let ttl = Policy {
+            default_ttl_secs: 120,
+            ..Policy::default()
+        };
+        let s = decide(&x(&[], 200, &[ETAG]), &ttl).unwrap();
+        assert_eq!((s.lifetime_secs, s.heuristic), (120, true));
+        // Explicit freshness wins; no validator, no default.
+        let e = [ETAG, MAX_AGE_60];
+        assert_eq!(decide(&x(&[], 200, &e), &ttl).unwrap().lifetime_secs, 60);
+        assert_eq!(decide(&x(&[], 200, &[]), &ttl), Err(NotStored::NotReusable));
+        // Only where a heuristic may apply.
+        assert_eq!(decide(&x(&[], 302, &[ETAG]), &ttl), Err(NotStored::Status));
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub struct Policy {
     /// Heuristic lifetime when there is no Last-Modified to work from
     /// (0: none, such responses need a validator or are not stored).
     pub heuristic_default_secs: u64,
+    /// Lifetime of a response that has a validator (`ETag` or
+    /// `Last-Modified`) but no explicit lifetime and no heuristic one
+    /// (0: none). A heuristic in the sense of RFC 9111 §4.2.2: it applies
+    /// only to statuses cacheable by default or marked `public`.
+    pub default_ttl_secs: u64,
     pub set_cookie: SetCookie,
     /// RFC 8246: while a response marked `immutable` is fresh, a client's
     /// reload (`Cache-Control: no-cache` or `max-age=0`, `Pragma:
@@ -45,6 +50,7 @@ impl Default for Policy {
             heuristic_percent: 10,
             heuristic_secs_max: 24 * 3600,
             heuristic_default_secs: 0,
+            default_ttl_secs: 0,
             set_cookie: SetCookie::Refuse,
             immutable_ignores_reload: true,
         }

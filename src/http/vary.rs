@@ -41,6 +41,27 @@ pub fn has_vary(response: &[Header<'_>]) -> bool {
         .is_some()
 }
 
+/// Write the field names a response's `Vary` nominates, normalised:
+/// lowercased, in order, joined by `,` (all `Vary` lines as one list).
+/// Read back as a `Vary` value by [`write_secondary_key`], so a cache can
+/// keep the names alone and key later requests by them.
+pub fn write_vary_names(response: &[Header<'_>], out: &mut impl Out) -> Result<(), VaryError> {
+    let mut first = true;
+    for name in values(response, b"vary").flat_map(list_elements) {
+        if name == b"*" {
+            return Err(VaryError::Star);
+        }
+        if !first {
+            out.put(b",")?;
+        }
+        first = false;
+        for &b in name {
+            out.put(&[b.to_ascii_lowercase()])?;
+        }
+    }
+    Ok(())
+}
+
 /// Write the secondary key of `request` for a response with these fields
 /// (its `Vary`); nothing when it has no `Vary`. The proxy appends it to
 /// the primary key when it stores a variant.
@@ -199,6 +220,21 @@ mod tests {
             &[h("Accept-Language", b"en"), h("Origin", b"https://a")]
         ));
         assert!(variant_matches(&[], b"", &[]));
+    }
+
+    #[test]
+    fn rfc9111_4_1_names_read_back_as_vary() {
+        let resp = [h("Vary", b"Accept-Encoding , ACCEPT"), h("vary", b"Origin")];
+        let mut names = Vec::new();
+        write_vary_names(&resp, &mut names).unwrap();
+        assert_eq!(names, b"accept-encoding,accept,origin");
+        let req = [h("accept", b"a"), h("Origin", b"o")];
+        let as_vary = [h("vary", &names)];
+        assert_eq!(key(&resp, &req), key(&as_vary, &req));
+        assert_eq!(
+            write_vary_names(&[h("Vary", b"*")], &mut Vec::new()),
+            Err(VaryError::Star)
+        );
     }
 
     #[test]

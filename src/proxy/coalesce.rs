@@ -64,6 +64,10 @@ pub(super) enum Outcome {
     Share,
     /// Not shareable: every waiter asks the origin itself.
     Release,
+    /// Stored, but not as relayed (it varies, or fields were stripped):
+    /// each waiter is answered from the store, or asks the origin itself
+    /// when its variant is not there.
+    FromStore,
 }
 
 impl Fills {
@@ -192,6 +196,9 @@ impl Proxy {
         let Some((hash, key)) = waiter.key.as_ref().map(|(h, k)| (*h, k.clone())) else {
             return Err(waiter);
         };
+        if waiter.range.is_some() {
+            return self.respond_collapsed_range(waiter, hash, &key);
+        }
         let now_secs = self.clock.unix_secs;
         let (keep_alive, minor, head_only) = (
             waiter.keep_alive,
@@ -199,15 +206,32 @@ impl Proxy {
             waiter.client_head,
         );
         let mut buf = self.take_buffer();
-        let hit = self.reader.lookup(hash, &key, &mut buf, |b, hit| {
+        // The waiter's own fields choose its variant when the response varies.
+        let mut fields = [httparse::EMPTY_HEADER; crate::config::HEADERS_COUNT_CAP];
+        let mut req = httparse::Request::new(&mut fields);
+        let request = match req.parse(&waiter.req) {
+            Ok(_) => &*req.headers,
+            Err(_) => &[][..],
+        };
+        self.key.clear();
+        self.key.extend_from_slice(&key);
+        let (hit, _, _) = self.lookup_varied(hash, request, &mut buf, |b, hit| {
             if !hit.meta.is_fresh(now_secs) {
                 return false;
             }
-            put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            // The stored status line: `HTTP/1.1 NNN ...`.
+            let mut status = *b"200";
+            if let Some(s) = b[b.len() - hit.head_len..].get(9..12) {
+                status.copy_from_slice(s);
+            }
+            // RFC 9110 §8.6: no Content-Length in a 204.
+            if hit.body_len > 0 || &status != b"204" {
+                put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            }
             put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
-            b.extend_from_slice(
-                b"Cache-Status: ringcache; fwd=miss; fwd-status=200; collapsed\r\nVia: 1.1 ringcache\r\n",
-            );
+            b.extend_from_slice(b"Cache-Status: ringcache; fwd=miss; fwd-status=");
+            b.extend_from_slice(&status);
+            b.extend_from_slice(b"; collapsed\r\nVia: 1.1 ringcache\r\n");
             put_connection(b, keep_alive, minor);
             b.extend_from_slice(b"\r\n");
             !head_only
@@ -255,6 +279,11 @@ impl Proxy {
         }
         for waiter in waiters {
             match outcome {
+                Outcome::FromStore => {
+                    if let Err(waiter) = self.respond_collapsed(waiter) {
+                        self.dispatch(waiter);
+                    }
+                }
                 Outcome::Share => {
                     let resp = answer(self, &waiter);
                     self.client_respond(waiter.client, Some(waiter.seq), resp, !waiter.keep_alive);
@@ -275,7 +304,15 @@ impl Proxy {
         }
     }
 
-    fn mark_hit_for_miss(&mut self, fetch: &Fetch) {
+    /// Is this key remembered as not storable?
+    pub(super) fn is_hit_for_miss(&self, hash: u64, key: &[u8]) -> bool {
+        self.fills
+            .hit_for_miss
+            .get(&hash)
+            .is_some_and(|(k, until)| &k[..] == key && *until > self.clock.unix_secs)
+    }
+
+    pub(super) fn mark_hit_for_miss(&mut self, fetch: &Fetch) {
         let Some((hash, key)) = fetch.key.as_ref() else {
             return;
         };

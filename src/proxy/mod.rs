@@ -21,16 +21,26 @@
 //! of exchanges; a response waits in its exchange until every earlier one
 //! has been written.
 //!
+//! Caching decisions live beside this file: `key` (the primary key and its
+//! `[cache]` options), `variants` (Vary: a marker item and one item per
+//! variant), `ranges` (206/416 from complete responses), `admission`
+//! (what is stored, under the `[cache]` switches), `coalesce` and `lease`
+//! (one origin fetch per key).
+//!
 //! Buffers lent to the kernel: a send hands out a pointer into a `Vec` that
 //! is not touched again until the `Sent` or `Closed` event for its token
 //! (`Client::inflight`, `Fetch::req`). A socket's slot is freed only on
 //! `Closed`, so those buffers outlive every operation that uses them.
 
+mod admission;
 mod coalesce;
 mod compose;
+mod key;
 mod lease;
 mod origin;
+mod ranges;
 mod revalidate;
+mod variants;
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -193,6 +203,8 @@ pub struct ProxyConfig {
     pub leases: Arc<Leases>,
     /// This worker's end of its wake socket.
     pub wake: std::os::unix::net::UnixStream,
+    /// Cache key options, variants and storability switches.
+    pub cache: crate::config::CacheConfig,
 }
 
 /// One worker's proxy state.
@@ -224,6 +236,11 @@ pub struct Proxy {
     key: Vec<u8>,
     error_logs_this_sec: u32,
     error_logs_sec: u64,
+    /// How requests become keys (`[cache]` key options).
+    key_rules: std::rc::Rc<key::KeyRules>,
+    /// Storability switches (`[cache]`).
+    policy: crate::http::policy::Policy,
+    variants_per_key_max: usize,
 }
 
 /// Slots a worker needs: every client, every origin connection, the wake socket.
@@ -236,7 +253,12 @@ impl Proxy {
         let slots = slots_max(&config.limits);
         let store = Arc::clone(reader.store());
         let wake = config.wake;
+        let key_rules = std::rc::Rc::new(key::KeyRules::new(&config.cache));
+        let policy = admission::policy_of(&config.cache);
         let mut proxy = Proxy {
+            key_rules,
+            policy,
+            variants_per_key_max: config.cache.variants_per_key_max,
             reader,
             ops: Vec::with_capacity(1024),
             slots: Slab::with_capacity(slots),
@@ -690,45 +712,66 @@ impl Proxy {
         let mut hash = 0;
         let mut found = Found::Absent;
         self.key.clear();
-        for &b in host {
-            self.key.push(b.to_ascii_lowercase());
-        }
-        self.key.push(0);
-        self.key.extend_from_slice(path);
+        self.key_rules.write(host, path, &mut self.key);
         // Request directives (RFC 9111 §5.2.1), read only when the client
         // sent any: no-cache and max-age limit what the store may answer,
         // only-if-cached forbids asking the origin.
-        let directives = head
-            .headers
-            .iter()
-            .any(|f| {
-                f.name.eq_ignore_ascii_case("cache-control")
-                    || f.name.eq_ignore_ascii_case("pragma")
-            })
-            .then(|| RequestDirectives::from_headers(head.headers));
+        // One pass over the fields finds the directives, `Range` (RFC 9110
+        // §14) and any precondition.
+        let (mut has_directives, mut has_range, mut has_precondition) = (false, false, false);
+        for f in head.headers {
+            let n = f.name.as_bytes();
+            has_directives |=
+                n.eq_ignore_ascii_case(b"cache-control") || n.eq_ignore_ascii_case(b"pragma");
+            has_range |= n.eq_ignore_ascii_case(b"range");
+            has_precondition |= is_precondition_field(n) && !n.eq_ignore_ascii_case(b"if-range");
+        }
+        let directives = has_directives.then(|| RequestDirectives::from_headers(head.headers));
+        let range = (has_range && head.method == Method::Get && lookup)
+            .then(|| ranges::RangeAsk::of(head.headers))
+            .flatten();
         let mut revalidation = None;
         let mut refresh = false;
         if lookup {
             hash = key_hash(&self.key);
-            // The fast path answers fresh items to requests without
-            // preconditions whose directives (if any) only bound the age;
-            // the rest is decided over the stored head (see `revalidate`).
-            let needs_stored_head = directives
-                .is_some_and(|d| d.no_cache() || d.cc.min_fresh.is_some())
-                || head.headers.iter().any(|f| {
-                    let n = f.name.as_bytes();
-                    is_precondition_field(n) && !n.eq_ignore_ascii_case(b"if-range")
-                });
-            let age_max = directives.and_then(|d| d.cc.max_age).unwrap_or(u64::MAX);
-            found = self.respond_hit(
-                token,
-                hash,
-                head.method == Method::Head,
-                keep_alive,
-                head.minor_version,
-                (!needs_stored_head).then_some(age_max),
-            );
-            if matches!(found, Found::Stale | Found::NotAccepted) {
+            // `age_max` is `Some(None)` when nothing stored may answer on the
+            // fast path, `Some(Some(n))` for a max-age bound. The fast path
+            // answers fresh items to requests without preconditions whose
+            // directives (if any) only bound the age; the rest is decided
+            // over the stored head (see `revalidate`). A range is answered
+            // from a fresh stored response or fetched whole.
+            let bound = match directives {
+                Some(d) if d.no_cache() => Some(None),
+                Some(d) => d.cc.max_age.map(Some),
+                None => None,
+            };
+            found = match range.as_deref() {
+                Some(ask) => self.respond_range(
+                    token,
+                    &mut hash,
+                    head.headers,
+                    &ranges::RangeHit {
+                        ask,
+                        keep_alive,
+                        minor: head.minor_version,
+                        age_max: bound,
+                    },
+                ),
+                None => {
+                    let needs_stored_head = has_precondition
+                        || directives.is_some_and(|d| d.no_cache() || d.cc.min_fresh.is_some());
+                    self.respond_hit(
+                        token,
+                        &mut hash,
+                        head.headers,
+                        head.method == Method::Head,
+                        keep_alive,
+                        head.minor_version,
+                        if needs_stored_head { Some(None) } else { bound },
+                    )
+                }
+            };
+            if range.is_none() && matches!(found, Found::Stale | Found::NotAccepted) {
                 match self.lookup_stored(token, head, hash, directives, keep_alive) {
                     Plan::Answered => found = Found::Fresh,
                     Plan::Refresh(rev) => {
@@ -776,6 +819,9 @@ impl Proxy {
         } else {
             self.counters().incr(Counter::Passes);
         }
+        // A range miss fetches the whole response, unless the key is known
+        // not to be storable: then the range goes to the origin as asked.
+        let range = range.filter(|_| !self.is_hit_for_miss(hash, &self.key));
         // Miss or pass: build the origin request now, while the head is borrowed.
         let mut req = self.take_buffer();
         let peer = self.client(token).and_then(|c| c.peer);
@@ -795,6 +841,9 @@ impl Proxy {
             let name = f.name.as_bytes();
             if compose::is_dropped_on_forward(head.headers, name)
                 || name.eq_ignore_ascii_case(b"expect")
+                || (range.is_some()
+                    && (name.eq_ignore_ascii_case(b"range")
+                        || name.eq_ignore_ascii_case(b"if-range")))
             {
                 continue;
             }
@@ -854,9 +903,15 @@ impl Proxy {
                 req.extend_from_slice(&std::mem::take(&mut rev.conditional));
             }
         }
-        self.pool.target.authority = authority;
         // An unsafe method's answer may invalidate its target (RFC 9111 §4.4).
-        let target_key = (!head.method.is_safe()).then(|| self.key.clone().into_boxed_slice());
+        let target_key = (!head.method.is_safe()).then(|| {
+            let mut target = Vec::with_capacity(host.len() + 1 + path.len());
+            target.extend(host.iter().map(u8::to_ascii_lowercase));
+            target.push(0);
+            target.extend_from_slice(path);
+            target.into_boxed_slice()
+        });
+        self.pool.target.authority = authority;
         let key = if lookup {
             Some((hash, self.key.clone().into_boxed_slice()))
         } else {
@@ -897,20 +952,23 @@ impl Proxy {
             fill_id: None,
             found,
             target_key,
-            // A request whose answer is its own (206, 304, 412) neither
-            // leads nor joins a fill; ringcache's own validation replaces
-            // the client's If-None-Match / If-Modified-Since.
+            // A request whose answer is its own (206 passed through, 304,
+            // 412) neither leads nor joins a fill; ringcache's own validation
+            // replaces the client's If-None-Match / If-Modified-Since, and a
+            // range fetched whole is a plain GET toward the origin (each
+            // client gets its own range).
             personal: head.headers.iter().any(|f| {
                 let n = f.name.as_bytes();
-                n.eq_ignore_ascii_case(b"range")
-                    || n.eq_ignore_ascii_case(b"if-match")
+                n.eq_ignore_ascii_case(b"if-match")
                     || n.eq_ignore_ascii_case(b"if-unmodified-since")
                     || (!revalidating
                         && (n.eq_ignore_ascii_case(b"if-none-match")
                             || n.eq_ignore_ascii_case(b"if-modified-since")))
+                    || (n.eq_ignore_ascii_case(b"range") && range.is_none())
             }),
             revalidation,
             body: Vec::new(),
+            range,
         });
         if refresh {
             let mut fetch = fetch;
@@ -1078,20 +1136,26 @@ impl Proxy {
         self.dirty.push(token);
     }
 
-    /// Answer from the store when `self.key` holds a fresh item no older
-    /// than `age_max` (`None`: the request needs more than the fast path,
-    /// such as preconditions or `no-cache`): the stored status line and
-    /// fields, then ours, then the body, copied straight into the client's
-    /// output. Nothing is written otherwise; `revalidate::lookup_stored`
-    /// takes those cases.
+    /// Answer from the store when `self.key` holds a fresh item the request
+    /// accepts: the stored status line and fields, then ours, then the body,
+    /// copied straight into the client's output. Nothing is written
+    /// otherwise; `revalidate::lookup_stored` takes those cases.
+    ///
+    /// `age_max`: the client's limit on the age of what it accepts —
+    /// `Some(None)` accepts nothing on this fast path (no-cache, or a request
+    /// that needs the stored head: preconditions, min-fresh), `Some(Some(n))`
+    /// at most `n` seconds (max-age). `hash` becomes the hash of the key
+    /// `self.key` ends on (a variant's, when the URL's responses vary).
+    #[allow(clippy::too_many_arguments)]
     fn respond_hit(
         &mut self,
         token: Token,
-        hash: u64,
+        hash: &mut u64,
+        request: &[httparse::Header<'_>],
         head_only: bool,
         keep_alive: bool,
         minor: u8,
-        age_max: Option<u64>,
+        age_max: Option<Option<u64>>,
     ) -> Found {
         let now_secs = self.clock.unix_secs;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
@@ -1102,15 +1166,15 @@ impl Proxy {
             self.take_buffer()
         };
         let start = buf.len();
-        let usable = |hit: &crate::store::item::Hit| {
-            hit.meta.is_fresh(now_secs) && age_max.is_some_and(|m| hit.meta.age_secs(now_secs) <= m)
-        };
-        let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
-            if !usable(hit) {
+        let (hit, final_hash, varied) = self.lookup_varied(*hash, request, &mut buf, |b, hit| {
+            if !usable(hit, now_secs, age_max) {
                 return false; // rolled back below
             }
+            // RFC 9110 §8.6: no Content-Length in a 204.
+            if hit.body_len > 0 || !b[b.len() - hit.head_len..].starts_with(b"HTTP/1.1 204") {
+                put_field_u64(b, b"Content-Length", hit.body_len as u64);
+            }
             let age = hit.meta.age_secs(now_secs);
-            put_field_u64(b, b"Content-Length", hit.body_len as u64);
             put_field_u64(b, b"Age", age);
             b.extend_from_slice(b"Cache-Status: ringcache; hit; ttl=");
             put_u64(b, u64::from(hit.meta.lifetime_secs).saturating_sub(age));
@@ -1119,7 +1183,8 @@ impl Proxy {
             b.extend_from_slice(b"\r\n");
             !head_only
         });
-        let fresh = hit.as_ref().is_some_and(usable);
+        *hash = final_hash;
+        let fresh = hit.as_ref().is_some_and(|h| usable(h, now_secs, age_max));
         if !fresh {
             buf.truncate(start);
         }
@@ -1143,6 +1208,7 @@ impl Proxy {
             _ if fresh => Found::Fresh,
             Some(h) if h.meta.is_fresh(now_secs) => Found::NotAccepted,
             Some(_) => Found::Stale,
+            None if varied == variants::Varied::NotListed => Found::VaryMiss,
             None => Found::Absent,
         }
     }
@@ -1285,7 +1351,23 @@ pub(crate) enum Found {
     /// Fresh, but the request's directives did not accept it (`fwd=request`).
     NotAccepted,
     Stale,
+    /// The URL's responses vary, and none stored matches this request
+    /// (`fwd=vary-miss`, RFC 9211 §2.2).
+    VaryMiss,
     Absent,
+}
+
+/// May a stored item answer a request? Fresh, and within the client's
+/// limit on age: `age_max` is `Some(None)` for no-cache (nothing stored),
+/// `Some(Some(n))` for max-age=n.
+#[inline]
+fn usable(hit: &crate::store::item::Hit, now_secs: u64, age_max: Option<Option<u64>>) -> bool {
+    hit.meta.is_fresh(now_secs)
+        && match age_max {
+            None => true,
+            Some(None) => false,
+            Some(Some(n)) => hit.meta.age_secs(now_secs) <= n,
+        }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::config::{Limits, HEADERS_COUNT_CAP};
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::freshness::{decide, storable, Exchange, Storable};
+use crate::http::freshness::{decide, Exchange};
 use crate::http::invalidation::{for_each_invalidated, Target};
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseFraming};
@@ -23,8 +23,9 @@ use crate::http::sink::Out;
 use crate::http::{headers, Parsed};
 use crate::metrics::Counter;
 use crate::runtime::io::Token;
-use crate::store::{key_hash, ItemMeta};
+use crate::store::ItemMeta;
 
+use super::admission::{admit, Admission, Heads};
 use super::coalesce::Outcome;
 use super::compose::{
     is_dropped_on_forward, put_error, put_field, put_field_u64, put_status_line, VIA,
@@ -71,6 +72,8 @@ pub(super) struct Fetch {
     pub revalidation: Option<Box<Revalidation>>,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
+    /// A range request fetched whole: the client gets its range of the answer.
+    pub range: Option<Box<super::ranges::RangeAsk>>,
 }
 
 impl Fetch {
@@ -112,7 +115,7 @@ struct Progress {
     head: Vec<u8>,
     /// The origin's Age value, passed on to this client only.
     age_secs: Option<u64>,
-    storable: Option<Storable>,
+    storable: Option<Box<Admission>>,
     /// Keys this answer invalidates (RFC 9111 §4.4), removed once it is complete.
     invalidate: Vec<Box<[u8]>>,
     body: Vec<u8>,
@@ -383,6 +386,8 @@ impl Proxy {
         let head_max = self.limits.head_bytes_max.max(64 << 10);
         let headers_max = self.limits.headers_count_max;
         let response_time_secs = self.clock.unix_secs;
+        let policy = self.policy;
+        let key_rules = std::rc::Rc::clone(&self.key_rules);
         let Some(o) = self.origin(token) else {
             return false;
         };
@@ -393,13 +398,17 @@ impl Proxy {
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_COUNT_CAP];
         // The request as sent, for the storability rules (Authorization, no-store).
         let mut req_fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
-        let mut req = httparse::Request::new(&mut req_fields[..headers_max]);
+        // The whole array: the forwarded request has a few fields more than
+        // the client sent (Via, X-Forwarded-For, Host).
+        let mut req = httparse::Request::new(&mut req_fields);
         let req_sent = if fetch.req.is_empty() {
             &o.req_inflight
         } else {
             &fetch.req
         };
-        let _ = req.parse(req_sent);
+        // A request that does not parse back gives no fields to decide on
+        // (Authorization, Vary): its answer is relayed, never stored.
+        let req_whole = matches!(req.parse(req_sent), Ok(httparse::Status::Complete(_)));
         let inbuf = std::mem::take(&mut o.inbuf);
         let mut skip = 0;
         // 103 Early Hints go to the client ahead of the final response
@@ -437,30 +446,33 @@ impl Proxy {
                         }
                         put_field(&mut head, name, f.value);
                     }
-                    // Until secondary keys (issue 5) exist, a response that
-                    // varies is relayed, never stored or shared.
-                    let varies = headers::values(h.headers, b"vary")
-                        .any(|v| !headers::trim_ows(v).is_empty());
-                    let decision = fetch.key.as_ref().filter(|_| !varies).and_then(|_| {
-                        storable(
-                            fetch.origin_method(),
-                            req.headers,
-                            h.status,
-                            h.headers,
-                            fetch.request_time_secs,
-                            response_time_secs,
-                        )
-                    });
+                    let heads = Heads {
+                        method: fetch.origin_method(),
+                        request: req.headers,
+                        status: h.status,
+                        reason: h.reason,
+                        response: h.headers,
+                        request_time_secs: fetch.request_time_secs,
+                        response_time_secs,
+                    };
+                    let decision = fetch
+                        .key
+                        .as_ref()
+                        .filter(|_| req_whole)
+                        .and_then(|_| admit(&heads, &policy))
+                        .map(Box::new);
                     let not_stored = match (&fetch.key, &decision) {
-                        (Some(_), None) if varies => Some("vary"),
-                        (Some(_), None) => Some(not_stored_detail(&Exchange {
-                            method: fetch.origin_method(),
-                            request: req.headers,
-                            status: h.status,
-                            response: h.headers,
-                            request_time_secs: fetch.request_time_secs,
-                            response_time_secs,
-                        })),
+                        (Some(_), None) => Some(not_stored_detail(
+                            &Exchange {
+                                method: fetch.origin_method(),
+                                request: req.headers,
+                                status: h.status,
+                                response: h.headers,
+                                request_time_secs: fetch.request_time_secs,
+                                response_time_secs,
+                            },
+                            &policy,
+                        )),
                         _ => None,
                     };
                     let mut invalidate = Vec::new();
@@ -478,9 +490,7 @@ impl Proxy {
                             h.headers,
                             |host, path| {
                                 let mut key = Vec::with_capacity(host.len() + 1 + path.len());
-                                key.extend(host.iter().map(u8::to_ascii_lowercase));
-                                key.push(0);
-                                key.extend_from_slice(path);
+                                key_rules.write(host, path, &mut key);
                                 invalidate.push(key.into_boxed_slice());
                             },
                         );
@@ -689,7 +699,7 @@ impl Proxy {
         o.served += 1;
         let reusable = p.keep_alive && !draining && !o.sending && o.inbuf.is_empty();
         for key in &p.invalidate {
-            if self.store.remove(key_hash(key), key) {
+            if self.remove_variants(key) {
                 self.counters().incr(Counter::Invalidated);
             }
         }
@@ -714,12 +724,20 @@ impl Proxy {
             }
         }
         let mut stored = false;
-        if let (Some((hash, key)), Some(s), false) =
-            (fetch.key.as_ref(), p.storable.as_ref(), unselected)
+        if let (Some((hash, key)), Some(a), false) =
+            (fetch.key.as_ref(), p.storable.as_deref(), unselected)
         {
-            if p.body.len() <= object_max && p.status == 200 {
+            if p.body.len() <= object_max {
+                let s = &a.stored;
                 let meta = ItemMeta::new(self.clock.unix_secs, s.initial_age_secs, s.lifetime_secs);
-                stored = self.store.insert(*hash, key, &p.head, &p.body, meta);
+                let head = a.head.as_deref().unwrap_or(&p.head);
+                stored = if p.validated {
+                    // A validated response keeps the key it was found
+                    // under (a variant's too: its marker still lists it).
+                    self.store.insert(*hash, key, head, &p.body, meta)
+                } else {
+                    self.store_response(key, a.variant.as_ref(), head, &p.body, meta)
+                };
                 if stored {
                     self.counters().incr(Counter::Stored);
                 }
@@ -739,6 +757,9 @@ impl Proxy {
             if replaces {
                 self.store.remove(*hash, key);
             }
+        }
+        if fetch.range.is_some() && !stored {
+            self.mark_hit_for_miss(&fetch); // later ranges of it go to the origin as ranges
         }
         // Release the connection before answering, so a queued fetch can use it.
         if reusable && self.pool.idle.len() < self.pool.idle_max {
@@ -780,11 +801,11 @@ impl Proxy {
         } else {
             Some(self.compose_response(&fetch, &p, stored, false))
         };
-        let shareable = p.storable.is_some() && p.status == 200;
-        let outcome = if shareable || p.status >= 500 {
-            Outcome::Share
-        } else {
-            Outcome::Release
+        let outcome = match p.storable.as_deref() {
+            Some(a) if a.shared_as_relayed() => Outcome::Share,
+            Some(_) if stored => Outcome::FromStore,
+            _ if p.status >= 500 => Outcome::Share,
+            _ => Outcome::Release,
         };
         self.fill_complete(&fetch, outcome, stored, |proxy, waiter| {
             if error {
@@ -825,6 +846,10 @@ impl Proxy {
         stored: bool,
         collapsed: bool,
     ) -> Vec<u8> {
+        if let Some(ask) = fetch.range.as_deref().filter(|_| p.status == 200) {
+            let (head, body, age) = (&p.head[..], &p.body[..], p.age_secs);
+            return self.compose_ranged(fetch, ask, head, body, age, (stored, collapsed));
+        }
         let mut resp = self.take_buffer();
         // The client's own preconditions, when ringcache validated for it
         // (RFC 9111 §4.3.2): a 304 from the response it would get.
@@ -854,8 +879,8 @@ impl Proxy {
         super::compose::put_u64(&mut resp, u64::from(fwd_status));
         if let (true, Some(s)) = (p.validated, p.storable.as_ref()) {
             resp.extend_from_slice(b"; ttl=");
-            let ttl = s.lifetime_secs.min(i64::MAX as u64) as i64
-                - s.initial_age_secs.min(i64::MAX as u64) as i64;
+            let ttl = s.stored.lifetime_secs.min(i64::MAX as u64) as i64
+                - s.stored.initial_age_secs.min(i64::MAX as u64) as i64;
             let _ = Out::put_i64(&mut resp, ttl);
         }
         if stored {
@@ -921,21 +946,23 @@ impl Proxy {
 
 /// Why a response to a cacheable request is not stored, for Cache-Status
 /// `detail` (RFC 9211 §2.8).
-fn not_stored_detail(x: &Exchange<'_>) -> &'static str {
-    match decide(x, &super::revalidate::policy()) {
+fn not_stored_detail(x: &Exchange<'_>, policy: &crate::http::policy::Policy) -> &'static str {
+    match decide(x, policy) {
         Err(reason) => reason.detail(),
-        Ok(_) if x.status != 200 => "status",
         Ok(s) if s.no_cache || s.lifetime_secs == 0 => "validate-only",
-        Ok(_) => "qualified-fields",
+        Ok(_) if crate::http::vary::has_vary(x.response) => "vary",
+        // Storable, but the forwarded request did not parse back whole.
+        Ok(_) => "request",
     }
 }
 
 /// The Cache-Status `fwd` parameter (RFC 9211 §2.2) for a fetch.
-fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
+pub(super) fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
     if fetch.lookup {
         match fetch.found {
             super::Found::Stale => b"stale",
             super::Found::NotAccepted => b"request",
+            super::Found::VaryMiss => b"vary-miss",
             super::Found::Fresh | super::Found::Absent => b"miss",
         }
     } else if matches!(fetch.method, Method::Get | Method::Head) {

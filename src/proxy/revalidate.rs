@@ -53,9 +53,10 @@
 
 use httparse::Header;
 
+use super::admission::Admission;
 use crate::config::HEADERS_COUNT_CAP;
 use crate::http::cache_status::{CacheStatus, Fwd};
-use crate::http::freshness::{decide, initial_age_secs, storable, Exchange, Storable, Stored};
+use crate::http::freshness::{decide, initial_age_secs, Exchange, Stored};
 use crate::http::policy::Policy;
 use crate::http::request::{Method, RequestHead};
 use crate::http::reuse::{reuse, RequestDirectives, Reuse};
@@ -104,12 +105,6 @@ pub(super) enum Plan {
     Refresh(Box<Revalidation>),
     /// Ask the origin. With a revalidation when something is stored.
     Forward(Found, Option<Box<Revalidation>>),
-}
-
-/// The caching switches. Not yet in the configuration: the defaults follow
-/// the RFC text (see `http::policy`).
-pub(super) fn policy() -> Policy {
-    Policy::default()
 }
 
 /// A stored head (status line and field lines, without the empty line that
@@ -226,7 +221,7 @@ pub(super) struct Validated {
     pub head: Vec<u8>,
     pub body: Vec<u8>,
     pub status: u16,
-    pub storable: Option<Storable>,
+    pub storable: Option<Box<Admission>>,
     /// Age of the validated response (the 304's, corrected).
     pub age_secs: u64,
 }
@@ -250,7 +245,7 @@ impl Proxy {
         keep_alive: bool,
     ) -> Plan {
         let now = self.clock.unix_secs;
-        let policy = policy();
+        let policy = self.policy;
         let mut item = self.take_buffer();
         let Some(hit) = self.reader.lookup_into(hash, &self.key, &mut item) else {
             self.give_buffer(item);
@@ -466,12 +461,29 @@ impl Proxy {
                 let delay = now.saturating_sub(request_time);
                 let age = initial_age_secs(merged, request_time, now)
                     .max(origin_age_secs.unwrap_or(0).saturating_add(delay));
-                let s = storable(Method::Get, &[], status, merged, request_time, now).map(|s| {
-                    Storable {
-                        initial_age_secs: age,
-                        ..s
-                    }
-                });
+                let x = Exchange {
+                    method: Method::Get,
+                    request: &[],
+                    status,
+                    response: merged,
+                    request_time_secs: request_time,
+                    response_time_secs: now,
+                };
+                // Stored again under the key it was found under: no variant
+                // to derive, and the merged head is what is stored.
+                let s = decide(&x, &self.policy)
+                    .ok()
+                    .filter(|s| s.lifetime_secs > 0 && !s.no_cache)
+                    .map(|s| {
+                        Box::new(Admission {
+                            stored: Stored {
+                                initial_age_secs: age,
+                                ..s
+                            },
+                            variant: None,
+                            head: None,
+                        })
+                    });
                 (s, age)
             }
             None => (None, 0),

@@ -427,6 +427,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
             listeners: listeners.for_worker(index),
             backend,
             limits: config.limits,
+            cache: config.cache.clone(),
             origin: origin.clone(),
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),

@@ -52,6 +52,7 @@ pub struct WorkerSpec {
     pub listeners: Vec<RawFd>,
     pub backend: Backend,
     pub limits: Limits,
+    pub cache: crate::config::CacheConfig,
     pub origin: OriginTarget,
     pub store: Arc<SharedStore>,
     pub metrics: Arc<Metrics>,
@@ -129,6 +130,7 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
         ProxyConfig {
             worker_index: spec.index,
             limits: spec.limits,
+            cache: spec.cache,
             origin: spec.origin,
             leases: spec.leases,
             wake: spec.wake,

@@ -1,0 +1,324 @@
+//! Several stored responses per URL, chosen by the request fields their
+//! `Vary` names (RFC 9111 §4.1), on a store that knows keys and bytes only.
+//!
+//! ```text
+//!  primary key   host 0x00 path?query ──▶ a response (no Vary): served as today
+//!                                     └─▶ a marker item:
+//!      head:  0x00 "vary" 0x00 names 0x00 { len:u16be secondary-key }*   body: empty
+//!             names: the Vary field names, lowercased, joined by ","
+//!             the list: the variants stored, oldest first
+//!  variant key   primary 0x00 secondary-key ──▶ the response of that variant
+//! ```
+//!
+//! A stored response head starts with `HTTP/`, a marker with a NUL byte:
+//! the hit path tells them apart by one byte of what it copied anyway, so
+//! a URL whose responses do not vary costs exactly what it did before (one
+//! lookup, no allocation). On a marker, the request's secondary key is
+//! written after the primary key in the proxy's key buffer (normalised as
+//! `http::vary` says: field-name case, whitespace, combined field lines),
+//! checked against the marker's list and looked up: two lookups for a URL
+//! that varies. A request whose variant is not listed, or gone, is a
+//! `fwd=vary-miss` (RFC 9211); its fetch carries the variant key, so
+//! concurrent requests for the same variant coalesce, and its answer is
+//! stored as one more variant.
+//!
+//! Storing a variant rewrites the marker: the list keeps at most
+//! `cache.variants_per_key_max` variants, the oldest gives way (removed
+//! from the store too). When the origin changes the names its `Vary`
+//! lists, the old variants are removed. The marker lives as long as its
+//! longest-lived variant. `Vary: *` is never stored.
+//!
+//! Invalidation (RFC 9111 §4.4) removes the marker and every variant it
+//! lists. Two workers storing variants of one URL at the same moment may
+//! each rewrite the marker from the same old list, and one variant then
+//! drops out of the list: it is unreachable from then on (the hit path
+//! only looks up listed variants) and is replaced by the next fetch of that
+//! variant or evicted. A miss, never a wrong answer. The same holds when
+//! eviction takes the marker before its variants (unlikely: every lookup
+//! of the URL references the marker): the variants wait, unreachable, for
+//! their own eviction, and the next fetch writes a new marker.
+
+use httparse::Header;
+
+use crate::http::vary::write_secondary_key;
+use crate::store::item::Hit;
+use crate::store::{key_hash, ItemMeta};
+
+use super::Proxy;
+
+/// The first bytes of a marker's head.
+const MARKER_MAGIC: &[u8] = b"\0vary\0";
+
+/// What the lookup of a request found about `Vary`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Varied {
+    /// No marker: the primary key's own item (or nothing).
+    No,
+    /// A marker: the proxy's key buffer now holds the variant key.
+    Listed,
+    /// A marker that does not list this request's variant (the key buffer
+    /// holds the variant key it would have).
+    NotListed,
+}
+
+/// Names and variants of a stored marker.
+pub(super) struct Marker<'a> {
+    pub names: &'a [u8],
+    list: &'a [u8],
+}
+
+impl<'a> Marker<'a> {
+    /// The marker in a stored head, if it is one.
+    pub fn parse(head: &'a [u8]) -> Option<Marker<'a>> {
+        let rest = head.strip_prefix(MARKER_MAGIC)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        let m = Marker {
+            names: &rest[..end],
+            list: &rest[end + 1..],
+        };
+        // A list that does not parse to its end is not a marker we wrote.
+        let mut len = 0;
+        for v in m.variants() {
+            len += 2 + v.len();
+        }
+        (len == m.list.len()).then_some(m)
+    }
+
+    /// Stored secondary keys, oldest first.
+    pub fn variants(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut rest = self.list;
+        std::iter::from_fn(move || {
+            let n = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+            let v = rest.get(2..2 + n)?;
+            rest = &rest[2 + n..];
+            Some(v)
+        })
+    }
+
+    fn lists(&self, secondary: &[u8]) -> bool {
+        self.variants().any(|v| v == secondary)
+    }
+}
+
+/// Write a marker head.
+fn write_marker<'a>(names: &[u8], variants: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
+    out.extend_from_slice(MARKER_MAGIC);
+    out.extend_from_slice(names);
+    out.push(0);
+    for v in variants {
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+}
+
+/// The primary key of a key that may be a variant key (up to its second NUL).
+pub(super) fn primary_of(key: &[u8]) -> &[u8] {
+    let first = key
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(key.len(), |i| i + 1);
+    match key[first..].iter().position(|&b| b == 0) {
+        Some(i) => &key[..first + i],
+        None => key,
+    }
+}
+
+/// Is the head that a lookup just appended (its last `hit.head_len`
+/// bytes before the body) a marker?
+#[inline]
+fn is_marker_head(buf: &[u8], hit: &Hit) -> bool {
+    buf.len() >= hit.head_len && hit.head_len > 0 && buf[buf.len() - hit.head_len] == 0
+}
+
+/// A response to store as a variant: the normalised names of its `Vary`
+/// and the secondary key of the request that fetched it.
+pub(super) struct Variant {
+    pub names: Vec<u8>,
+    pub secondary: Vec<u8>,
+}
+
+impl Proxy {
+    /// Look up `self.key` (hash `hash`) for a request with these fields; on
+    /// a marker, extend `self.key` with the request's secondary key and
+    /// look the variant up. `between` is the store's callback (fields
+    /// between head and body; returns whether the body is wanted); it is
+    /// never called for a marker. Returns the hit, the hash of the key
+    /// `self.key` now holds, and what was found about `Vary`.
+    pub(super) fn lookup_varied<F>(
+        &mut self,
+        hash: u64,
+        request: &[Header<'_>],
+        buf: &mut Vec<u8>,
+        between: F,
+    ) -> (Option<Hit>, u64, Varied)
+    where
+        F: FnOnce(&mut Vec<u8>, &Hit) -> bool + Copy,
+    {
+        let start = buf.len();
+        let hit = self.reader.lookup(hash, &self.key, buf, |b, h| {
+            !is_marker_head(b, h) && between(b, h)
+        });
+        let Some(h) = hit else {
+            return (None, hash, Varied::No);
+        };
+        if buf.get(start) != Some(&0) {
+            return (hit, hash, Varied::No);
+        }
+        let primary_len = self.key.len();
+        let listed = match Marker::parse(&buf[start..start + h.head_len]) {
+            Some(m) => {
+                self.key.push(0);
+                let names = [Header {
+                    name: "vary",
+                    value: m.names,
+                }];
+                write_secondary_key(&names, request, &mut self.key).is_ok()
+                    && m.lists(&self.key[primary_len + 1..])
+            }
+            None => false,
+        };
+        buf.truncate(start);
+        if self.key.len() == primary_len {
+            return (None, hash, Varied::No); // not a marker ringcache wrote
+        }
+        let vhash = key_hash(&self.key);
+        if !listed {
+            return (None, vhash, Varied::NotListed);
+        }
+        let hit = self.reader.lookup(vhash, &self.key, buf, |b, h| {
+            !is_marker_head(b, h) && between(b, h)
+        });
+        if hit.is_some() && buf.get(start) == Some(&0) {
+            buf.truncate(start);
+            return (None, vhash, Varied::NotListed);
+        }
+        let found = if hit.is_some() {
+            Varied::Listed
+        } else {
+            Varied::NotListed
+        };
+        (hit, vhash, found)
+    }
+
+    /// Store a response under `key` (a primary or a variant key). Without
+    /// `variant` it goes under the primary key, replacing a marker and its
+    /// variants; with one it is stored as a variant and listed in the
+    /// marker. Returns whether it was stored.
+    pub(super) fn store_response(
+        &mut self,
+        key: &[u8],
+        variant: Option<&Variant>,
+        head: &[u8],
+        body: &[u8],
+        meta: ItemMeta,
+    ) -> bool {
+        let primary = primary_of(key);
+        let Some(v) = variant else {
+            if primary.len() != key.len() {
+                // A marker was there when the request looked: its variants go.
+                self.remove_variants(primary);
+            }
+            return self
+                .store
+                .insert(key_hash(primary), primary, head, body, meta);
+        };
+        let phash = key_hash(primary);
+        let mut old = self.take_buffer();
+        let old_hit = self.reader.lookup(phash, primary, &mut old, |_, _| false);
+        let old_marker = old_hit.and_then(|h| Marker::parse(&old[..h.head_len]));
+        let mut keep: Vec<&[u8]> = Vec::new();
+        let mut vkey = Vec::with_capacity(primary.len() + 1 + v.secondary.len());
+        vkey.extend_from_slice(primary);
+        vkey.push(0);
+        if let Some(m) = &old_marker {
+            for s in m.variants() {
+                if m.names != &v.names[..] {
+                    self.remove_key(&mut vkey, primary.len() + 1, s); // the origin changed its Vary
+                } else if s != &v.secondary[..] {
+                    keep.push(s);
+                }
+            }
+        }
+        let max = self.variants_per_key_max;
+        while keep.len() >= max {
+            let oldest = keep.remove(0);
+            self.remove_key(&mut vkey, primary.len() + 1, oldest);
+        }
+        vkey.truncate(primary.len() + 1);
+        vkey.extend_from_slice(&v.secondary);
+        if !self.store.insert(key_hash(&vkey), &vkey, head, body, meta) {
+            self.give_buffer(old);
+            return false;
+        }
+        keep.push(&v.secondary);
+        let mut marker = self.take_buffer();
+        write_marker(&v.names, keep.into_iter(), &mut marker);
+        let expires = old_hit
+            .filter(|_| old_marker.is_some())
+            .map_or(0, |h| h.meta.expires_secs())
+            .max(meta.expires_secs());
+        let now = u64::from(meta.now_secs);
+        let marker_meta = ItemMeta::new(now, 0, expires.saturating_sub(now));
+        let listed = self.store.insert(phash, primary, &marker, b"", marker_meta);
+        if !listed {
+            self.store.remove(key_hash(&vkey), &vkey);
+        }
+        self.give_buffer(marker);
+        self.give_buffer(old);
+        listed
+    }
+
+    /// Remove what `primary` holds: its item, or its marker and every
+    /// variant the marker lists (RFC 9111 §4.4 removes them all). Returns
+    /// whether anything was there.
+    pub(super) fn remove_variants(&mut self, primary: &[u8]) -> bool {
+        let phash = key_hash(primary);
+        let mut head = self.take_buffer();
+        if let Some(h) = self.reader.lookup(phash, primary, &mut head, |_, _| false) {
+            if let Some(m) = Marker::parse(&head[..h.head_len]) {
+                let mut vkey = Vec::with_capacity(primary.len() + 64);
+                vkey.extend_from_slice(primary);
+                vkey.push(0);
+                for s in m.variants() {
+                    self.remove_key(&mut vkey, primary.len() + 1, s);
+                }
+            }
+        }
+        self.give_buffer(head);
+        self.store.remove(phash, primary)
+    }
+
+    /// Remove `prefix[..keep] + secondary` from the store.
+    fn remove_key(&self, prefix: &mut Vec<u8>, keep: usize, secondary: &[u8]) {
+        prefix.truncate(keep);
+        prefix.extend_from_slice(secondary);
+        self.store.remove(key_hash(prefix), prefix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip() {
+        let mut m = Vec::new();
+        let vs: [&[u8]; 2] = [b"accept\0\x02a\0", b"accept\0\x01\0"];
+        write_marker(b"accept", vs.iter().copied(), &mut m);
+        assert_eq!(m[0], 0);
+        let p = Marker::parse(&m).unwrap();
+        assert_eq!(p.names, b"accept");
+        assert_eq!(p.variants().collect::<Vec<_>>(), vs);
+        assert!(p.lists(b"accept\0\x01\0") && !p.lists(b"accept\0"));
+        assert!(Marker::parse(b"HTTP/1.1 200 OK\r\n").is_none());
+        assert!(Marker::parse(&m[..m.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn primary_of_variant_keys() {
+        assert_eq!(primary_of(b"h\0/a"), b"h\0/a");
+        assert_eq!(primary_of(b"h\0/a\0accept\0\x01\0"), b"h\0/a");
+        assert_eq!(primary_of(b"\0/a\0x"), b"\0/a");
+        assert_eq!(primary_of(b"\0/a"), b"\0/a");
+    }
+}
