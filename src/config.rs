@@ -73,6 +73,9 @@ pub struct Limits {
     pub origin_response_timeout: Duration,
     /// Origin connections one worker holds at most (busy + idle).
     pub origin_connections_max: usize,
+    /// Origin connections the whole process holds at most, every worker
+    /// together (busy + idle); beyond it requests wait in their worker's queue.
+    pub origin_connections_total_max: usize,
     /// Idle keep-alive origin connections one worker keeps.
     pub origin_idle_max: usize,
     /// Time an idle origin connection is kept.
@@ -116,6 +119,7 @@ impl Default for Limits {
             origin_connect_timeout: Duration::from_secs(2),
             origin_response_timeout: Duration::from_secs(30),
             origin_connections_max: 512,
+            origin_connections_total_max: 1024,
             origin_idle_max: 128,
             origin_idle_timeout: Duration::from_secs(30),
             origin_queue_max: 4096,
@@ -255,6 +259,7 @@ struct FileLimits {
     origin_connect_timeout: Option<String>,
     origin_response_timeout: Option<String>,
     origin_connections_max: Option<usize>,
+    origin_connections_total_max: Option<usize>,
     origin_idle_max: Option<usize>,
     origin_idle_timeout: Option<String>,
     origin_queue_max: Option<usize>,
@@ -349,6 +354,10 @@ impl Config {
         check(
             (1..=65_536).contains(&l.origin_connections_max),
             "limits.origin_connections_max: must be between 1 and 65536",
+        )?;
+        check(
+            (1..=1 << 20).contains(&l.origin_connections_total_max),
+            "limits.origin_connections_total_max: must be between 1 and 1048576",
         )?;
         check(
             l.origin_idle_max <= l.origin_connections_max,
@@ -451,6 +460,11 @@ impl fmt::Display for Config {
             format_duration(l.origin_response_timeout)
         )?;
         writeln!(f, "origin_connections_max = {}", l.origin_connections_max)?;
+        writeln!(
+            f,
+            "origin_connections_total_max = {}",
+            l.origin_connections_total_max
+        )?;
         writeln!(f, "origin_idle_max = {}", l.origin_idle_max)?;
         writeln!(
             f,
@@ -543,6 +557,10 @@ impl FileLimits {
             &mut l.origin_response_timeout,
         )?;
         count(self.origin_connections_max, &mut l.origin_connections_max);
+        count(
+            self.origin_connections_total_max,
+            &mut l.origin_connections_total_max,
+        );
         count(self.origin_idle_max, &mut l.origin_idle_max);
         dur(
             "origin_idle_timeout",

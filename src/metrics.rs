@@ -35,6 +35,8 @@ pub enum Counter {
     ConnectionsRejected,
     /// Origin connections opened.
     OriginConnections,
+    /// Origin connections gone (closed and their slot freed).
+    OriginConnectionsClosed,
     /// Requests retried once on a fresh origin connection.
     OriginRetries,
     /// Responses written to clients.

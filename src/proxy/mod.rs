@@ -408,6 +408,7 @@ impl Proxy {
             }
         }
         self.coalesce_tick(now);
+        self.origin_tick();
         for (token, kind) in expired {
             match kind {
                 TimeoutKind::Head => {
@@ -1181,7 +1182,7 @@ impl Proxy {
             }
             Socket::Wake { .. } => {}
             Socket::Origin(o) => {
-                self.pool.conns_count -= 1;
+                self.origin_conn_gone();
                 self.pool.idle.retain(|&t| t != token);
                 if let Some(f) = o.fetch {
                     // Every path that closes a busy connection answers its

@@ -5,6 +5,15 @@
 //! pool's bounded queue when every allowed connection is busy. A reused
 //! connection that the origin closed before answering gets the request
 //! again, once, on a fresh connection, when the method is idempotent.
+//!
+//! Two caps bound the connections: `limits.origin_connections_max` per
+//! worker, and `limits.origin_connections_total_max` for the process, kept
+//! in the shared [`OriginBudget`](super::lease::OriginBudget). A request
+//! beyond either waits in the worker's queue (`limits.origin_queue_max`)
+//! and beyond that is answered 503 with `Retry-After` at once. A worker held
+//! back only by the process-wide cap says so in the budget; the other
+//! workers then close connections rather than keep them idle, and the held
+//! worker takes the freed slots on its next tick.
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -165,6 +174,8 @@ pub(super) struct Pool {
     /// Connections open or opening (busy, idle, closing).
     pub conns_count: usize,
     pub queue: VecDeque<Box<Fetch>>,
+    /// This worker is counted in the budget as waiting for a slot.
+    starving: bool,
     conns_max: usize,
     idle_max: usize,
     queue_max: usize,
@@ -177,6 +188,7 @@ impl Pool {
             idle: Vec::with_capacity(limits.origin_idle_max),
             conns_count: 0,
             queue: VecDeque::new(),
+            starving: false,
             conns_max: limits.origin_connections_max,
             idle_max: limits.origin_idle_max,
             queue_max: limits.origin_queue_max,
@@ -215,24 +227,67 @@ impl Proxy {
     fn dispatch_quiet(&mut self, fetch: Box<Fetch>) {
         if let Some(token) = self.pool.idle.pop() {
             self.origin_assign(token, fetch);
-        } else if self.pool.conns_count < self.pool.conns_max {
+        } else if self.origin_slot_take() {
             self.origin_open(fetch);
         } else if self.pool.queue.len() < self.pool.queue_max {
             self.pool.queue.push_back(fetch);
+            self.pool_note_starving();
         } else {
             self.counters().incr(Counter::ErrOriginBusy);
             self.fail_fetch(fetch, 503, "origin-queue-full");
         }
     }
 
+    /// Room for one more connection under both caps; takes a process-wide
+    /// slot, which the connection gives back when it is gone.
+    fn origin_slot_take(&mut self) -> bool {
+        self.pool.conns_count < self.pool.conns_max && self.leases.origin_budget.try_take()
+    }
+
     /// Start queued fetches while connections are available.
     pub(super) fn pool_next(&mut self) {
-        while !self.pool.queue.is_empty()
-            && (!self.pool.idle.is_empty() || self.pool.conns_count < self.pool.conns_max)
-        {
-            let fetch = self.pool.queue.pop_front().expect("checked non-empty");
-            self.dispatch_quiet(fetch);
+        while !self.pool.queue.is_empty() {
+            if let Some(token) = self.pool.idle.pop() {
+                let fetch = self.pool.queue.pop_front().expect("checked non-empty");
+                self.origin_assign(token, fetch);
+            } else if self.origin_slot_take() {
+                let fetch = self.pool.queue.pop_front().expect("checked non-empty");
+                self.origin_open(fetch);
+            } else {
+                break;
+            }
         }
+        self.pool_note_starving();
+    }
+
+    /// Tell the budget whether this worker holds requests back only for
+    /// want of a process-wide slot.
+    fn pool_note_starving(&mut self) {
+        let starving = !self.pool.queue.is_empty()
+            && self.pool.idle.is_empty()
+            && self.pool.conns_count < self.pool.conns_max;
+        if starving != self.pool.starving {
+            self.pool.starving = starving;
+            self.leases.origin_budget.set_starving(starving);
+        }
+    }
+
+    /// An origin connection's slot was freed: both caps get it back.
+    pub(super) fn origin_conn_gone(&mut self) {
+        self.pool.conns_count -= 1;
+        self.leases.origin_budget.give_back();
+        self.counters().incr(Counter::OriginConnectionsClosed);
+    }
+
+    /// Per tick: while another worker waits for a process-wide slot, idle
+    /// connections here are closed; a worker that waits tries again.
+    pub(super) fn origin_tick(&mut self) {
+        if self.leases.origin_budget.is_contended() && self.pool.queue.is_empty() {
+            for token in std::mem::take(&mut self.pool.idle) {
+                self.close_socket(token);
+            }
+        }
+        self.pool_next();
     }
 
     fn origin_open(&mut self, fetch: Box<Fetch>) {
@@ -241,6 +296,7 @@ impl Proxy {
             Ok(fd) => fd,
             Err(e) => {
                 log::error!("origin {addr}: cannot create a socket: {e}");
+                self.leases.origin_budget.give_back();
                 self.counters().incr(Counter::ErrOriginConnect);
                 self.fail_fetch(fetch, 502, "origin-socket");
                 return;
@@ -584,7 +640,7 @@ impl Proxy {
             self.counters().incr(Counter::OriginRetries);
             self.counters().incr(Counter::OriginFetches);
             // A fresh connection: the other idle ones may be just as stale.
-            if self.pool.conns_count < self.pool.conns_max {
+            if self.origin_slot_take() {
                 self.origin_open(fetch);
             } else {
                 self.dispatch_quiet(fetch);
@@ -659,8 +715,11 @@ impl Proxy {
                 }
             }
         }
-        // Release the connection before answering, so a queued fetch can use it.
-        if reusable && self.pool.idle.len() < self.pool.idle_max {
+        // Release the connection before answering, so a queued fetch can use
+        // it. Idle, it would hold a process-wide slot another worker waits for.
+        let wanted_elsewhere =
+            self.leases.origin_budget.is_contended() && self.pool.queue.is_empty();
+        if reusable && self.pool.idle.len() < self.pool.idle_max && !wanted_elsewhere {
             let now = self.clock.now;
             let o = self.origin(token).expect("checked above");
             o.state = State::Idle;
