@@ -99,7 +99,13 @@ fn uncacheable_answer_releases_waiters(io: &str) {
         assert_eq!(r.status, 200, "{}", r.summary());
     }
     assert_eq!(origin.requests(), 2 * CLIENTS as u64);
-    assert_eq!(server.metrics().value("ringcache_coalesced_total"), before);
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_coalesced_total"), before);
+    assert_eq!(
+        m.labelled("ringcache_cache_status_total", "outcome=\"bypass\""),
+        CLIENTS as f64,
+        "the second herd went straight to the origin"
+    );
 }
 
 /// An origin error is shared: one fetch, every client gets the 503.
@@ -238,6 +244,105 @@ fn thousand_clients_one_fetch(io: &str) {
     assert_eq!(m.value("ringcache_coalesced_total"), 999.0);
 }
 
+/// The latency and outcome series appear and move with traffic over two
+/// workers: a herd, a hit, a pass and a bad request each land where they
+/// belong, in `/metrics` and in `/stats`.
+fn metrics_series_move(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 200, "max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let m = server.metrics();
+    for name in [
+        "ringcache_request_duration_seconds_count",
+        "ringcache_origin_duration_seconds_count",
+        "ringcache_coalesce_waiters_per_fill_count",
+        "ringcache_coalesce_wait_seconds_count",
+        "ringcache_lease_takeovers_total",
+        "ringcache_responses_by_status_total",
+        "ringcache_cache_status_total",
+        "ringcache_origin_connections_open",
+    ] {
+        assert_eq!(m.get(name), Some(0.0), "{name} is shown, at 0");
+    }
+    assert_herd_fetched_once(&server, &origin, "/measured");
+    assert!(server.get("/measured").is_hit());
+    let mut c = server.client();
+    c.send(b"POST /form HTTP/1.1\r\nHost: ringcache.test\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(c.read_response().status, 200);
+    let mut bad = server.client();
+    bad.send(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    assert_eq!(bad.read_response().status, 400);
+
+    let m = server.metrics();
+    let outcome = |o: &str| m.labelled("ringcache_cache_status_total", &format!("outcome=\"{o}\""));
+    assert_eq!(outcome("miss"), 1.0);
+    assert_eq!(outcome("collapsed"), (CLIENTS - 1) as f64);
+    assert_eq!(outcome("hit"), 1.0);
+    assert_eq!(outcome("method"), 1.0);
+    assert_eq!(outcome("error"), 1.0);
+    assert_eq!(
+        m.value("ringcache_cache_status_total"),
+        CLIENTS as f64 + 3.0
+    );
+    let class = |c: &str| {
+        m.labelled(
+            "ringcache_responses_by_status_total",
+            &format!("code=\"{c}\""),
+        )
+    };
+    assert_eq!(class("2xx"), CLIENTS as f64 + 2.0);
+    assert_eq!(class("4xx"), 1.0);
+    let count = |cache: &str| {
+        m.labelled(
+            "ringcache_request_duration_seconds_count",
+            &format!("cache=\"{cache}\""),
+        )
+    };
+    assert_eq!(count("miss"), CLIENTS as f64);
+    assert_eq!(count("hit"), 1.0);
+    assert_eq!(count("pass"), 1.0);
+    // Two origin requests, the fill and the POST, each held 300 ms by the
+    // origin: none falls in a bucket below 262 ms.
+    assert_eq!(m.value("ringcache_origin_duration_seconds_count"), 2.0);
+    assert_eq!(
+        m.labelled(
+            "ringcache_origin_duration_seconds_bucket",
+            "le=\"0.262144\""
+        ),
+        0.0
+    );
+    assert!(m.value("ringcache_origin_duration_seconds_sum") >= 0.6);
+    // Every waiter of the herd, over the fills of both workers.
+    assert_eq!(
+        m.value("ringcache_coalesce_waiters_per_fill_sum"),
+        (CLIENTS - 1) as f64
+    );
+    assert_eq!(
+        m.value("ringcache_coalesce_wait_seconds_count"),
+        (CLIENTS - 1) as f64
+    );
+    assert!(m.value("ringcache_origin_connections_open") >= 1.0);
+    assert_eq!(m.value("ringcache_lease_takeovers_total"), 0.0);
+
+    let stats = http_get(server.admin, "/stats");
+    assert_eq!(stats.status, 200);
+    let json = stats.body_str();
+    for part in [
+        "\"responses_by_status\":{\"1xx\":0,\"2xx\":66,\"3xx\":0,\"4xx\":1,\"5xx\":0}".to_string(),
+        format!(
+            "\"cache_status\":{{\"hit\":1,\"miss\":1,\"stale\":0,\"collapsed\":{},\"request\":0,\"method\":1,\"bypass\":0,\"error\":1}}",
+            CLIENTS - 1
+        ),
+        "\"lease_takeovers\":0".to_string(),
+        "\"request_duration_seconds\":{\"hit\":{\"count\":1,".to_string(),
+        "\"origin_duration_seconds\":{\"count\":2,".to_string(),
+        format!("\"coalesce_wait_seconds\":{{\"count\":{},", CLIENTS - 1),
+    ] {
+        assert!(json.contains(&part), "{part} not in {json}");
+    }
+}
+
 /// Let this test process hold `n` descriptors (soft limit up to the hard one).
 fn raise_open_files_limit(n: u64) {
     let mut lim = libc::rlimit {
@@ -255,6 +360,7 @@ fn raise_open_files_limit(n: u64) {
 }
 
 both_io!(
+    metrics_series_move,
     thousand_clients_one_fetch,
     herd_across_workers_fetches_once,
     conditional_requests_are_not_coalesced,

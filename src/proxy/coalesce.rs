@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::config::Limits;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Histogram};
 
 use super::compose::put_field_u64;
 use super::lease::{Acquire, Notice};
@@ -40,6 +40,8 @@ pub(super) struct Fill {
     key: Box<[u8]>,
     started: Instant,
     waiters: Vec<Box<Fetch>>,
+    /// Requests that waited on this fill so far (released ones included).
+    waited: u64,
     /// Another worker holds the lease and fetches; this fill only waits.
     remote: bool,
     /// This worker holds the key's lease and must release it.
@@ -93,6 +95,7 @@ impl Proxy {
         let now_secs = self.clock.unix_secs;
         if let Some((k, until)) = self.fills.hit_for_miss.get(&hash) {
             if *k == key && *until > now_secs {
+                fetch.bypass = true;
                 self.dispatch(fetch); // known not to be shareable
                 return;
             }
@@ -101,6 +104,7 @@ impl Proxy {
         if let Some(fill) = self.fills.by_hash.get_mut(&hash) {
             if fill.key == key && fill.waiters.len() < waiters_max {
                 fill.waiters.push(fetch);
+                fill.waited += 1;
                 self.counters().incr(Counter::Coalesced);
                 return;
             }
@@ -118,12 +122,17 @@ impl Proxy {
             key,
             started: self.clock.now,
             waiters: Vec::new(),
+            waited: 0,
             remote: acquired == Acquire::Waiting,
-            leased: acquired == Acquire::Filler,
+            leased: matches!(acquired, Acquire::Filler | Acquire::TakenOver),
         };
+        if acquired == Acquire::TakenOver {
+            self.counters().incr(Counter::LeaseTakeovers);
+        }
         if fill.remote {
             // Another worker fetches this key: wait for its notice.
             fill.waiters.push(fetch);
+            fill.waited = 1;
             self.counters().incr(Counter::Coalesced);
             self.fills.by_hash.insert(hash, fill);
             return;
@@ -137,11 +146,15 @@ impl Proxy {
     pub(super) fn lease_notice(&mut self, notice: Notice) {
         let waiters = match self.fills.by_hash.get(&notice.hash) {
             Some(f) if f.remote && f.key == notice.key => {
-                self.fills.by_hash.remove(&notice.hash).map(|f| f.waiters)
+                self.fills.by_hash.remove(&notice.hash).map(|f| {
+                    self.counters().record(Histogram::CoalesceWaiters, f.waited);
+                    f.waiters
+                })
             }
             _ => None, // released after its wait limit, or filled here since
         };
         for waiter in waiters.into_iter().flatten() {
+            self.waiter_released(&waiter);
             if notice.stored {
                 if let Err(waiter) = self.respond_collapsed(waiter) {
                     self.dispatch(waiter);
@@ -182,7 +195,7 @@ impl Proxy {
             self.give_buffer(buf);
             return Err(waiter);
         }
-        self.client_respond(waiter.client, Some(waiter.seq), buf, !keep_alive);
+        self.fetch_respond(&waiter, buf, Counter::OutcomeCollapsed);
         self.give_buffer(waiter.req);
         Ok(())
     }
@@ -200,6 +213,11 @@ impl Proxy {
         };
         if fill.leased {
             self.leases.release(self.worker_index, *hash, key, stored);
+        }
+        self.counters()
+            .record(Histogram::CoalesceWaiters, fill.waited);
+        for waiter in &fill.waiters {
+            self.waiter_released(waiter);
         }
         Some(fill.waiters)
     }
@@ -223,7 +241,7 @@ impl Proxy {
             match outcome {
                 Outcome::Share => {
                     let resp = answer(self, &waiter);
-                    self.client_respond(waiter.client, Some(waiter.seq), resp, !waiter.keep_alive);
+                    self.fetch_respond(&waiter, resp, Counter::OutcomeCollapsed);
                     self.give_buffer(waiter.req);
                 }
                 Outcome::Release => self.dispatch(waiter),
@@ -239,6 +257,12 @@ impl Proxy {
         for waiter in waiters {
             self.fail_fetch(waiter, status, detail);
         }
+    }
+
+    /// A waiter's wait is over (answered, failed or released to fetch).
+    fn waiter_released(&self, waiter: &Fetch) {
+        self.counters()
+            .record_duration(Histogram::CoalesceWait, waiter.started.elapsed());
     }
 
     fn mark_hit_for_miss(&mut self, fetch: &Fetch) {
@@ -276,7 +300,11 @@ impl Proxy {
                 // Waiting on another worker that did not answer in time:
                 // forget that fill, so later misses lead or wait anew.
                 Some(fill) if fill.remote => match self.fills.by_hash.remove(&hash) {
-                    Some(fill) => fill.waiters,
+                    Some(fill) => {
+                        self.counters()
+                            .record(Histogram::CoalesceWaiters, fill.waited);
+                        fill.waiters
+                    }
                     None => continue,
                 },
                 Some(fill) => std::mem::take(&mut fill.waiters),
@@ -285,6 +313,7 @@ impl Proxy {
             self.counters()
                 .add(Counter::CoalesceTimeouts, waiters.len() as u64);
             for waiter in waiters {
+                self.waiter_released(&waiter);
                 self.dispatch(waiter);
             }
         }

@@ -69,6 +69,9 @@ struct Mailbox {
 pub enum Acquire {
     /// This worker fetches; others will wait for it.
     Filler,
+    /// This worker fetches, in place of a filler that overran the wait
+    /// limit; the workers waiting on the old one wait on this one.
+    TakenOver,
     /// Another worker is fetching; this one was registered to be told.
     Waiting,
     /// A different key with the same hash holds the slot: fetch without a lease.
@@ -221,9 +224,14 @@ impl Leases {
             Some(lease) => {
                 // Ours already, or its filler is overdue: take it over and
                 // keep the interested workers.
+                let taken_over = lease.owner != worker;
                 lease.owner = worker;
                 lease.taken = now;
-                Acquire::Filler
+                if taken_over {
+                    Acquire::TakenOver
+                } else {
+                    Acquire::Filler
+                }
             }
             None => {
                 shard.insert(
@@ -360,7 +368,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(leases.acquire(0, 1, b"k", t0), Acquire::Filler);
         let later = t0 + Duration::from_millis(20);
-        assert_eq!(leases.acquire(1, 1, b"k", later), Acquire::Filler);
+        assert_eq!(leases.acquire(1, 1, b"k", later), Acquire::TakenOver);
         leases.release(0, 1, b"k", true); // the old filler: not the owner
         assert_eq!(leases.acquire(0, 1, b"k", later), Acquire::Waiting);
     }

@@ -41,7 +41,7 @@ use crate::http::date::format_http_date;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, RequestLimits};
 use crate::http::reuse::RequestDirectives;
 use crate::http::{headers, ParseError, Parsed};
-use crate::metrics::{Counter, Metrics, WorkerCounters};
+use crate::metrics::{status_class, Counter, Histogram, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
 use crate::store::{key_hash, Reader, SharedStore};
 
@@ -634,11 +634,13 @@ impl Proxy {
         };
         let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, true);
+        self.counters().incr(Counter::OutcomeError);
         self.client_respond(token, seq, resp, true);
     }
 
     /// A parsed request head: answer from the cache or start a fetch.
     fn request(&mut self, token: Token, head: &RequestHead<'_, '_>) {
+        let started = Instant::now();
         let keep_alive = head.keep_alive && !self.draining;
         match head.method {
             Method::Connect | Method::Trace => {
@@ -702,6 +704,9 @@ impl Proxy {
             );
             if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
+                self.counters().incr(Counter::OutcomeHit);
+                self.counters()
+                    .record_duration(Histogram::RequestHit, started.elapsed());
                 self.pool.target.authority = authority;
                 if !keep_alive {
                     if let Some(c) = self.client(token) {
@@ -724,6 +729,7 @@ impl Proxy {
                     None,
                     !keep_alive,
                 );
+                self.counters().incr(Counter::OutcomeError);
                 self.client_respond(token, None, resp, !keep_alive);
                 return;
             }
@@ -831,6 +837,8 @@ impl Proxy {
             request_time_secs: self.clock.unix_secs,
             retried: false,
             fill_id: None,
+            started,
+            bypass: false,
             found,
             target_key,
             personal: head.headers.iter().any(|f| {
@@ -878,6 +886,7 @@ impl Proxy {
         let date = self.clock.date;
         let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, false);
+        self.counters().incr(Counter::OutcomeError);
         self.client_respond(token, None, resp, false);
     }
 
@@ -934,10 +943,14 @@ impl Proxy {
     /// Queue a finished response for exchange `seq` (or a new one when `None`)
     /// and move every response that is now in order into the output buffer.
     fn client_respond(&mut self, token: Token, seq: Option<u64>, resp: Vec<u8>, close: bool) {
-        let Some(c) = self.client(token) else {
+        if self.client(token).is_none() {
             self.give_buffer(resp);
             return;
-        };
+        }
+        // Every response starts with `HTTP/1.1 NNN`: its first status digit.
+        let class = resp.get(9).map_or(5, |d| u16::from(d.wrapping_sub(b'0')));
+        self.counters().incr(status_class(class * 100));
+        let Some(c) = self.client(token) else { return };
         match seq {
             Some(seq) => {
                 let Some(front) = c.queue.front() else { return };
@@ -1052,6 +1065,9 @@ impl Proxy {
         }
         if direct {
             let now = self.clock.now;
+            if fresh {
+                self.counters().incr(Counter::Status2xx); // only 200s are stored
+            }
             let c = self.client(token).expect("checked");
             c.out = buf;
             if fresh {

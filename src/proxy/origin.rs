@@ -28,7 +28,7 @@ use crate::http::invalidation::{for_each_invalidated, Target};
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::{headers, Parsed};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Histogram};
 use crate::runtime::io::Token;
 use crate::store::{key_hash, ItemMeta};
 
@@ -74,6 +74,10 @@ pub(super) struct Fetch {
     pub personal: bool,
     /// The request body, de-chunked.
     pub body: Vec<u8>,
+    /// When the request was parsed; its response time counts from here.
+    pub started: Instant,
+    /// Sent without waiting for others: the key is marked hit-for-miss.
+    pub bypass: bool,
 }
 
 impl Fetch {
@@ -144,6 +148,8 @@ pub(super) struct OriginConn {
     received_any: bool,
     /// Connect or response deadline, or the idle start.
     since: Instant,
+    /// When the current request was handed to the kernel to send.
+    sent_at: Instant,
 }
 
 impl OriginConn {
@@ -318,6 +324,7 @@ impl Proxy {
             served: 0,
             received_any: false,
             since: self.clock.now,
+            sent_at: self.clock.now,
         }));
         self.pool.conns_count += 1;
         self.counters().incr(Counter::OriginConnections);
@@ -341,6 +348,9 @@ impl Proxy {
     }
 
     fn origin_send(&mut self, token: Token) {
+        // The loop clock is taken before the wait for events; durations
+        // need the time of this very event.
+        let now = Instant::now();
         let Some(o) = self.origin(token) else { return };
         let Some(fetch) = o.fetch.as_mut() else {
             return;
@@ -349,6 +359,7 @@ impl Proxy {
         // an empty buffer meanwhile.
         std::mem::swap(&mut o.req_inflight, &mut fetch.req);
         o.sending = true;
+        o.sent_at = now;
         let (fd, ptr, len) = (o.fd, o.req_inflight.as_ptr(), o.req_inflight.len());
         self.ops.push(Op::Send {
             token,
@@ -699,7 +710,11 @@ impl Proxy {
             return;
         };
         o.served += 1;
+        let sent_at = o.sent_at;
         let reusable = p.keep_alive && !draining && !o.sending && o.inbuf.is_empty();
+        let origin_time = sent_at.elapsed();
+        self.counters()
+            .record_duration(Histogram::Origin, origin_time);
         for key in &p.invalidate {
             if self.store.remove(key_hash(key), key) {
                 self.counters().incr(Counter::Invalidated);
@@ -739,8 +754,31 @@ impl Proxy {
         self.fill_complete(&fetch, outcome, stored, |proxy, waiter| {
             proxy.compose_response(waiter, &p, false, true)
         });
-        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        let what = if fetch.bypass {
+            Counter::OutcomeBypass
+        } else {
+            match fwd_reason(&fetch) {
+                b"stale" => Counter::OutcomeStale,
+                b"request" => Counter::OutcomeRequest,
+                b"method" => Counter::OutcomeMethod,
+                _ => Counter::OutcomeMiss,
+            }
+        };
+        self.fetch_respond(&fetch, resp, what);
         self.give_buffer(fetch.req);
+    }
+
+    /// Queue the response to a fetch's client; count what the cache did
+    /// (`outcome`) and the time since the request was parsed.
+    pub(super) fn fetch_respond(&mut self, fetch: &Fetch, resp: Vec<u8>, outcome: Counter) {
+        let h = if fetch.lookup {
+            Histogram::RequestMiss
+        } else {
+            Histogram::RequestPass
+        };
+        self.counters().incr(outcome);
+        self.counters().record_duration(h, fetch.started.elapsed());
+        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
     }
 
     /// A response from the origin as `fetch`'s client gets it.
@@ -793,7 +831,7 @@ impl Proxy {
             Some(std::str::from_utf8(fwd_reason(&fetch)).unwrap_or("miss")),
             !fetch.keep_alive,
         );
-        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        self.fetch_respond(&fetch, resp, Counter::OutcomeError);
         self.give_buffer(fetch.req);
     }
 
