@@ -17,9 +17,16 @@
 //! A filler that fails (502/504) fails its waiters with the same status. A
 //! fill older than `limits.coalesce_wait_timeout` releases its waiters, each
 //! to fetch for itself; the list of waiters is bounded by
-//! `limits.coalesce_waiters_max` (beyond it a request fetches on its own).
-//! Fills are per worker: across workers each may have one fetch in flight
-//! for the same key, until the store's shared fill lease exists.
+//! `limits.coalesce_waiters_max` per worker (beyond it a request fetches on
+//! its own, it is not refused).
+//!
+//! Across workers the key's lease (see `lease`) makes one fetch for the
+//! process: a worker that finds it held parks its requests in a *remote*
+//! fill and acts on the filler's notice: serve from the store, release its
+//! waiters in parallel (and mark the key hit-for-miss here too), or — when
+//! the fill failed or its answer was not stored — send its waiters through
+//! [`Proxy::fetch_or_wait`] again, so that one leads a new fill and the
+//! others wait for it.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -28,7 +35,7 @@ use crate::config::Limits;
 use crate::metrics::{Counter, Histogram};
 
 use super::compose::put_field_u64;
-use super::lease::{Acquire, Notice};
+use super::lease::{Acquire, FillEnd, Notice};
 use super::origin::Fetch;
 use super::{put_connection, Proxy};
 
@@ -153,14 +160,27 @@ impl Proxy {
             }
             _ => None, // released after its wait limit, or filled here since
         };
-        for waiter in waiters.into_iter().flatten() {
-            self.waiter_released(&waiter);
-            if notice.stored {
-                if let Err(waiter) = self.respond_collapsed(waiter) {
+        let Some(waiters) = waiters else { return };
+        if notice.end == FillEnd::Release {
+            if let Some(first) = waiters.first() {
+                self.mark_hit_for_miss(first);
+            }
+        }
+        for waiter in waiters {
+            match notice.end {
+                FillEnd::Stored => {
+                    self.waiter_released(&waiter);
+                    if let Err(waiter) = self.respond_collapsed(waiter) {
+                        self.dispatch(waiter);
+                    }
+                }
+                FillEnd::Release => {
+                    self.waiter_released(&waiter);
                     self.dispatch(waiter);
                 }
-            } else {
-                self.dispatch(waiter);
+                // The first leads a new fill (or waits on another worker's),
+                // the others join it: still one fetch for the key.
+                FillEnd::Refetch => self.fetch_or_wait(waiter),
             }
         }
     }
@@ -177,9 +197,18 @@ impl Proxy {
             waiter.client_minor_version,
             waiter.client_head,
         );
+        // The answer fetched for this request may be served even if its
+        // lifetime ran out meanwhile (a one-second max-age stored late in a
+        // second): one that was fresh after the request arrived is newer
+        // than whatever sent the request to the origin. Refusing it would
+        // send every waiter to the origin at once.
+        let request_secs = waiter.request_time_secs;
+        let usable = move |meta: &crate::store::ItemMeta| {
+            meta.is_fresh(now_secs) || meta.expires_secs() > request_secs
+        };
         let mut buf = self.take_buffer();
         let hit = self.reader.lookup(hash, &key, &mut buf, |b, hit| {
-            if !hit.meta.is_fresh(now_secs) {
+            if !usable(&hit.meta) {
                 return false;
             }
             put_field_u64(b, b"Content-Length", hit.body_len as u64);
@@ -191,7 +220,7 @@ impl Proxy {
             b.extend_from_slice(b"\r\n");
             !head_only
         });
-        if !hit.is_some_and(|h| h.meta.is_fresh(now_secs)) {
+        if !hit.is_some_and(|h| usable(&h.meta)) {
             self.give_buffer(buf);
             return Err(waiter);
         }
@@ -204,7 +233,7 @@ impl Proxy {
     /// one, and release its lease: other workers' waiters learn whether the
     /// answer is in the store.
     #[allow(clippy::vec_box)]
-    fn take_fill(&mut self, fetch: &Fetch, stored: bool) -> Option<Vec<Box<Fetch>>> {
+    fn take_fill(&mut self, fetch: &Fetch, end: FillEnd) -> Option<Vec<Box<Fetch>>> {
         let id = fetch.fill_id?;
         let (hash, key) = fetch.key.as_ref()?;
         let fill = match self.fills.by_hash.get(hash) {
@@ -212,7 +241,7 @@ impl Proxy {
             _ => return None,
         };
         if fill.leased {
-            self.leases.release(self.worker_index, *hash, key, stored);
+            self.leases.release(self.worker_index, *hash, key, end);
         }
         self.counters()
             .record(Histogram::CoalesceWaiters, fill.waited);
@@ -231,7 +260,12 @@ impl Proxy {
         stored: bool,
         mut answer: impl FnMut(&mut Proxy, &Fetch) -> Vec<u8>,
     ) {
-        let Some(waiters) = self.take_fill(fetch, stored) else {
+        let end = match outcome {
+            _ if stored => FillEnd::Stored,
+            Outcome::Release => FillEnd::Release,
+            Outcome::Share => FillEnd::Refetch,
+        };
+        let Some(waiters) = self.take_fill(fetch, end) else {
             return;
         };
         if outcome == Outcome::Release {
@@ -251,7 +285,7 @@ impl Proxy {
 
     /// The filler failed with `status`: its waiters get the same answer.
     pub(super) fn fill_failed(&mut self, fetch: &Fetch, status: u16, detail: &str) {
-        let Some(waiters) = self.take_fill(fetch, false) else {
+        let Some(waiters) = self.take_fill(fetch, FillEnd::Refetch) else {
             return;
         };
         for waiter in waiters {

@@ -13,10 +13,17 @@
 //!   worker A (filler)            leases              worker B (waiting)
 //!   acquire(k) ──────────▶  k: owner A          ◀──── acquire(k): interest B
 //!   fetch, store item       interested [B]           park requests
-//!   release(k, stored) ───▶ remove k ─▶ mailbox B ─▶ byte on B's wake socket
+//!   release(k, Stored) ───▶ remove k ─▶ mailbox B ─▶ byte on B's wake socket
 //!                                                    recv completion: drain
 //!                                                    mailbox, serve from store
 //! ```
+//!
+//! What the notice says decides what the waiting workers do (see
+//! [`FillEnd`]): serve from the store; fetch in parallel (the answer cannot
+//! be shared); or fetch again through one of their waiters, which takes the
+//! lease while the others keep waiting (the fill failed, or its answer was
+//! not stored). A filler whose origin connection dies mid-response thus costs
+//! every other worker one fetch at most, never one per waiting request.
 //!
 //! A lease older than `limits.coalesce_wait_timeout` can be taken over by
 //! the next worker that misses (its filler died or stalled); waiting workers
@@ -41,14 +48,24 @@ pub const LEASE_SHARDS_COUNT: usize = 64;
 /// waiters then fetch for themselves when their wait limit passes).
 pub const MAILBOX_NOTICES_MAX: usize = 65_536;
 
+/// How a fill ended, as far as the workers waiting for it are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillEnd {
+    /// The answer is in the store: serve it from there.
+    Stored,
+    /// The answer cannot be shared: every waiter asks the origin itself.
+    Release,
+    /// No shareable answer in the store (the fill failed, or its answer was
+    /// not stored): one waiter fetches again, the others wait for it.
+    Refetch,
+}
+
 /// What a filler's release tells the workers that waited for it.
 #[derive(Debug)]
 pub struct Notice {
     pub hash: u64,
     pub key: Box<[u8]>,
-    /// The answer is in the store: serve it from there. Otherwise the
-    /// waiters ask the origin themselves.
-    pub stored: bool,
+    pub end: FillEnd,
 }
 
 struct Lease {
@@ -249,7 +266,7 @@ impl Leases {
     }
 
     /// The filler is done: drop the lease and tell every interested worker.
-    pub fn release(&self, worker: usize, hash: u64, key: &[u8], stored: bool) {
+    pub fn release(&self, worker: usize, hash: u64, key: &[u8], end: FillEnd) {
         let lease = {
             let mut shard = self.shard(hash);
             match shard.get(&hash) {
@@ -272,7 +289,7 @@ impl Leases {
                 notices.push(Notice {
                     hash,
                     key: lease.key.clone(),
-                    stored,
+                    end,
                 });
             }
             // One byte wakes the worker's recv; a full socket buffer means
@@ -301,7 +318,7 @@ mod tests {
         assert_eq!(leases.acquire(2, 7, b"k", now), Acquire::Waiting);
         assert_eq!(leases.acquire(1, 7, b"k", now), Acquire::Waiting);
         assert_eq!(leases.acquire(1, 7, b"other", now), Acquire::Alone);
-        leases.release(0, 7, b"k", true);
+        leases.release(0, 7, b"k", FillEnd::Stored);
         for (w, mut rx) in receivers.into_iter().enumerate() {
             let mut notices = Vec::new();
             leases.take_notices(w, &mut notices);
@@ -311,7 +328,7 @@ mod tests {
                 assert!(notices.is_empty() && !woken, "the filler is not told");
             } else {
                 assert_eq!(notices.len(), 1, "worker {w} told once");
-                assert!(notices[0].stored && *notices[0].key == *b"k");
+                assert!(notices[0].end == FillEnd::Stored && *notices[0].key == *b"k");
                 assert!(woken, "worker {w} woken");
             }
         }
@@ -369,7 +386,7 @@ mod tests {
         assert_eq!(leases.acquire(0, 1, b"k", t0), Acquire::Filler);
         let later = t0 + Duration::from_millis(20);
         assert_eq!(leases.acquire(1, 1, b"k", later), Acquire::TakenOver);
-        leases.release(0, 1, b"k", true); // the old filler: not the owner
+        leases.release(0, 1, b"k", FillEnd::Stored); // the old filler: not the owner
         assert_eq!(leases.acquire(0, 1, b"k", later), Acquire::Waiting);
     }
 }
