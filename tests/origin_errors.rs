@@ -275,7 +275,63 @@ fn origin_total_cap_across_workers(io: &str) {
     assert_eq!(r.status, 200, "{}", r.summary());
 }
 
+/// One origin connection for the whole process, two workers, a queue that
+/// holds everything: every request is answered, one at a time at the
+/// origin. The worker without the slot gets it when the other lets its
+/// connection go (it does not wait out the idle timeout).
+fn origin_total_cap_moves_between_workers(io: &str) {
+    const CLIENTS: usize = 12;
+    let origin = TestOrigin::start(|req| {
+        let body = format!("answer to {}", req.path());
+        Reply::After(
+            Duration::from_millis(100),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "max-age=60")],
+                body.as_bytes(),
+            ))),
+        )
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        "[limits]\norigin_connections_total_max = 1\norigin_idle_timeout = \"60s\"\n",
+    ) else {
+        return;
+    };
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(20);
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(get_request(&format!("/one-at-a-time/{i}")).as_bytes());
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body_str(), format!("answer to /one-at-a-time/{i}"));
+    }
+    assert_eq!(origin.requests(), CLIENTS as u64);
+    eprintln!(
+        "origin: {} connections, at most {} open at once",
+        origin.connections(),
+        origin.connections_peak()
+    );
+    assert_eq!(
+        origin.requests_peak(),
+        1,
+        "one request at a time at the origin"
+    );
+    let m = server.metrics();
+    assert!(m.value("ringcache_origin_connections_open") <= 1.0);
+}
+
 both_io!(
+    origin_total_cap_moves_between_workers,
     origin_total_cap_across_workers,
     origin_queue_full_503,
     origin_down_502,
