@@ -710,6 +710,30 @@ mod tests {
     }
 
     #[test]
+    fn origin_connections_total_max_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ringcache-cfg-total-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            Limits::default().origin_connections_total_max,
+            1024,
+            "the default the README and systemd/ringcache.toml state"
+        );
+        let c = load("[limits]\norigin_connections_total_max = 8\n").unwrap();
+        assert_eq!(c.limits.origin_connections_total_max, 8);
+        let err = load("[limits]\norigin_connections_total_max = 0\n").unwrap_err();
+        assert!(err.contains("limits.origin_connections_total_max"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn file_overrides_defaults_and_flags_override_file() {
         let dir = std::env::temp_dir().join(format!("ringcache-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

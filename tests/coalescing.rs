@@ -515,6 +515,9 @@ fn filler_dies_and_the_other_worker_refetches_once(io: &str) {
     // The filler's worker failed together; the other fetched once for all.
     assert_eq!(origin.requests(), 2);
     assert!(whole > 0 && failed > 0, "{whole} full, {failed} failed");
+    // Waiting twice (for the torn fill, then for the new one) counts once.
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_coalesced_total"), (CLIENTS - 1) as f64);
     assert!(server.get("/mended").is_hit());
 }
 

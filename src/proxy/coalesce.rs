@@ -110,9 +110,12 @@ impl Proxy {
         let waiters_max = self.fills.waiters_max;
         if let Some(fill) = self.fills.by_hash.get_mut(&hash) {
             if fill.key == key && fill.waiters.len() < waiters_max {
+                let first_wait = !std::mem::replace(&mut fetch.parked, true);
                 fill.waiters.push(fetch);
                 fill.waited += 1;
-                self.counters().incr(Counter::Coalesced);
+                if first_wait {
+                    self.counters().incr(Counter::Coalesced);
+                }
                 return;
             }
             // Another key with the same hash, or the list is full: fetch alone.
@@ -138,9 +141,12 @@ impl Proxy {
         }
         if fill.remote {
             // Another worker fetches this key: wait for its notice.
+            let first_wait = !std::mem::replace(&mut fetch.parked, true);
             fill.waiters.push(fetch);
             fill.waited = 1;
-            self.counters().incr(Counter::Coalesced);
+            if first_wait {
+                self.counters().incr(Counter::Coalesced);
+            }
             self.fills.by_hash.insert(hash, fill);
             return;
         }

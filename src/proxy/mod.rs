@@ -839,6 +839,7 @@ impl Proxy {
             fill_id: None,
             started,
             bypass: false,
+            parked: false,
             found,
             target_key,
             personal: head.headers.iter().any(|f| {

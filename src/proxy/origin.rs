@@ -78,6 +78,9 @@ pub(super) struct Fetch {
     pub started: Instant,
     /// Sent without waiting for others: the key is marked hit-for-miss.
     pub bypass: bool,
+    /// Waited for another's fetch already (counted once as coalesced, even
+    /// when a failed fill sends it to wait again).
+    pub parked: bool,
 }
 
 impl Fetch {
