@@ -90,6 +90,9 @@ pub struct Limits {
     pub coalesce_waiters_max: usize,
     /// Time a request waits for another's fetch before it asks the origin itself.
     pub coalesce_wait_timeout: Duration,
+    /// Responses with at least this Content-Length are streamed to the
+    /// filler and its waiters on the same worker as they arrive, in bytes.
+    pub coalesce_stream_bytes_min: usize,
     /// Time a key whose answer was not cacheable skips coalescing.
     pub hit_for_miss_ttl: Duration,
     /// Hit-for-miss marks one worker keeps.
@@ -127,6 +130,7 @@ impl Default for Limits {
             object_bytes_max: 8 << 20,
             coalesce_waiters_max: 4096,
             coalesce_wait_timeout: Duration::from_secs(10),
+            coalesce_stream_bytes_min: 1 << 20,
             hit_for_miss_ttl: Duration::from_secs(30),
             hit_for_miss_count_max: 65_536,
             shutdown_grace: Duration::from_secs(10),
@@ -267,6 +271,7 @@ struct FileLimits {
     object_bytes_max: Option<String>,
     coalesce_waiters_max: Option<usize>,
     coalesce_wait_timeout: Option<String>,
+    coalesce_stream_bytes_min: Option<String>,
     hit_for_miss_ttl: Option<String>,
     hit_for_miss_count_max: Option<usize>,
     shutdown_grace: Option<String>,
@@ -358,6 +363,10 @@ impl Config {
         check(
             (1..=1 << 20).contains(&l.origin_connections_total_max),
             "limits.origin_connections_total_max: must be between 1 and 1048576",
+        )?;
+        check(
+            l.coalesce_stream_bytes_min >= 1024,
+            "limits.coalesce_stream_bytes_min: must be at least 1KiB",
         )?;
         check(
             l.origin_idle_max <= l.origin_connections_max,
@@ -490,6 +499,11 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
+            "coalesce_stream_bytes_min = \"{}\"",
+            format_size(l.coalesce_stream_bytes_min as u64)
+        )?;
+        writeln!(
+            f,
             "hit_for_miss_ttl = \"{}\"",
             format_duration(l.hit_for_miss_ttl)
         )?;
@@ -583,6 +597,11 @@ impl FileLimits {
             "coalesce_wait_timeout",
             self.coalesce_wait_timeout,
             &mut l.coalesce_wait_timeout,
+        )?;
+        size(
+            "coalesce_stream_bytes_min",
+            self.coalesce_stream_bytes_min,
+            &mut l.coalesce_stream_bytes_min,
         )?;
         dur(
             "hit_for_miss_ttl",

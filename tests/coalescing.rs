@@ -575,6 +575,129 @@ fn uncacheable_key_is_fetched_in_parallel_across_workers(io: &str) {
     );
 }
 
+/// Bytes of the large body the streaming tests use, and the threshold.
+const STREAM_BODY_BYTES: usize = 256 << 10;
+const STREAM_CONFIG: &str = "[limits]\ncoalesce_stream_bytes_min = \"64KiB\"\n";
+
+fn stream_body() -> Vec<u8> {
+    (0..STREAM_BODY_BYTES)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect()
+}
+
+/// Open `count` clients and send `path` on each; wait until all but the
+/// first wait for its fetch.
+fn parked_herd(server: &Server, path: &str, count: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..count)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(10);
+            c
+        })
+        .collect();
+    for c in clients.iter_mut() {
+        c.send(get_request(path).as_bytes());
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            server.metrics().value("ringcache_coalesced_total") == (count - 1) as f64
+        }),
+        "the herd did not park"
+    );
+    clients
+}
+
+/// A response of at least `coalesce_stream_bytes_min` is streamed to the
+/// filler and the waiters on its worker as it arrives: every client has the
+/// head and half the body while the origin still holds the other half;
+/// then everyone gets the whole body, from one origin fetch.
+fn large_response_streams_to_waiters(io: &str) {
+    let head_go = Arc::new(AtomicBool::new(false));
+    let rest_go = Arc::new(AtomicBool::new(false));
+    let go = Arc::clone(&rest_go);
+    let origin = {
+        let head_go = Arc::clone(&head_go);
+        TestOrigin::start(move |_| {
+            let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+            let cut = whole.len() - STREAM_BODY_BYTES / 2;
+            Reply::Until(
+                head_go.clone(),
+                Box::new(Reply::Then(
+                    whole[..cut].to_vec(),
+                    Box::new(Reply::Until(
+                        go.clone(),
+                        Box::new(Reply::Send(whole[cut..].to_vec())),
+                    )),
+                )),
+            )
+        })
+    };
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 1, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let mut clients = parked_herd(&server, "/large", 16);
+    head_go.store(true, Ordering::SeqCst);
+    for c in clients.iter_mut() {
+        assert!(
+            c.wait_bytes(STREAM_BODY_BYTES / 2),
+            "half the body did not arrive before the rest was sent; got {} bytes",
+            c.leftover().len()
+        );
+    }
+    rest_go.store(true, Ordering::SeqCst);
+    let body = stream_body();
+    for c in clients.iter_mut() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body.len(), STREAM_BODY_BYTES);
+        assert!(r.body == body, "the streamed body differs");
+    }
+    assert_eq!(origin.requests(), 1);
+    assert!(server.get("/large").is_hit());
+}
+
+/// The origin dies in the middle of a streamed response: every client's
+/// connection ends short of the Content-Length it was promised (no error
+/// page mixed into the body), nothing is stored, and the next request
+/// fetches anew.
+fn streamed_response_cut_short_closes_clients(io: &str) {
+    let head_go = Arc::new(AtomicBool::new(false));
+    let origin = {
+        let head_go = Arc::clone(&head_go);
+        TestOrigin::start(move |req| {
+            let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+            if req.seq > 0 {
+                return Reply::Send(whole);
+            }
+            // The head and half the body, then the connection dies.
+            let cut = whole.len() - STREAM_BODY_BYTES / 2;
+            Reply::Until(
+                head_go.clone(),
+                Box::new(Reply::Then(whole[..cut].to_vec(), Box::new(Reply::Drop))),
+            )
+        })
+    };
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 1, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let mut clients = parked_herd(&server, "/cut", 16);
+    head_go.store(true, Ordering::SeqCst);
+    for c in clients.iter_mut() {
+        match c.try_read_response() {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}"),
+            Ok(r) => panic!("a response came whole from a torn origin: {}", r.summary()),
+        }
+    }
+    assert_eq!(origin.requests(), 1);
+    let r = server.get("/cut");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(r.body == stream_body(), "the refetched body differs");
+    assert!(!r.is_hit());
+    assert_eq!(origin.requests(), 2, "the next request fetched anew");
+}
+
 /// Let this test process hold `n` descriptors (soft limit up to the hard one).
 fn raise_open_files_limit(n: u64) {
     let mut lim = libc::rlimit {
@@ -592,6 +715,8 @@ fn raise_open_files_limit(n: u64) {
 }
 
 both_io!(
+    large_response_streams_to_waiters,
+    streamed_response_cut_short_closes_clients,
     thousand_clients_on_an_expired_key,
     filler_dies_mid_response_across_workers,
     filler_dies_and_the_other_worker_refetches_once,

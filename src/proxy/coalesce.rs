@@ -27,6 +27,12 @@
 //! the fill failed or its answer was not stored — send its waiters through
 //! [`Proxy::fetch_or_wait`] again, so that one leads a new fill and the
 //! others wait for it.
+//!
+//! A large response (`limits.coalesce_stream_bytes_min`) is streamed to the
+//! filler and to this worker's waiters as it arrives (see `origin`,
+//! `stream_start`): such waiters stay in the fill until the response ends,
+//! are not released by the wait limit, and on a failure their connection
+//! closes short of the announced length instead of getting an error page.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -280,7 +286,11 @@ impl Proxy {
         for waiter in waiters {
             match outcome {
                 Outcome::Share => {
-                    let resp = answer(self, &waiter);
+                    let resp = if waiter.streaming {
+                        Vec::new() // all of it is out already
+                    } else {
+                        answer(self, &waiter)
+                    };
                     self.fetch_respond(&waiter, resp, Counter::OutcomeCollapsed);
                     self.give_buffer(waiter.req);
                 }
@@ -297,6 +307,30 @@ impl Proxy {
         for waiter in waiters {
             self.fail_fetch(waiter, status, detail);
         }
+    }
+
+    /// The waiters of the fill `fetch` leads, lent out (see `fill_waiters_put`).
+    #[allow(clippy::vec_box)]
+    pub(super) fn fill_waiters_take(&mut self, fetch: &Fetch) -> Vec<Box<Fetch>> {
+        match self.led_fill(fetch) {
+            Some(fill) => std::mem::take(&mut fill.waiters),
+            None => Vec::new(),
+        }
+    }
+
+    /// Give back the waiters lent by `fill_waiters_take`.
+    #[allow(clippy::vec_box)]
+    pub(super) fn fill_waiters_put(&mut self, fetch: &Fetch, waiters: Vec<Box<Fetch>>) {
+        if let Some(fill) = self.led_fill(fetch) {
+            debug_assert!(fill.waiters.is_empty(), "waiters joined while lent");
+            fill.waiters = waiters;
+        }
+    }
+
+    fn led_fill(&mut self, fetch: &Fetch) -> Option<&mut Fill> {
+        let id = fetch.fill_id?;
+        let (hash, _) = fetch.key.as_ref()?;
+        self.fills.by_hash.get_mut(hash).filter(|f| f.id == id)
     }
 
     /// A waiter's wait is over (answered, failed or released to fetch).
@@ -332,7 +366,9 @@ impl Proxy {
             .fills
             .by_hash
             .iter()
-            .filter(|(_, f)| !f.waiters.is_empty() && now.duration_since(f.started) >= timeout)
+            .filter(|(_, f)| {
+                f.waiters.iter().any(|w| !w.streaming) && now.duration_since(f.started) >= timeout
+            })
             .map(|(h, _)| *h)
             .collect();
         for hash in overdue {
@@ -347,7 +383,15 @@ impl Proxy {
                     }
                     None => continue,
                 },
-                Some(fill) => std::mem::take(&mut fill.waiters),
+                // Those being streamed to keep their place: their answer is
+                // arriving, bounded by the origin response timeout.
+                Some(fill) => {
+                    let (streaming, released): (Vec<_>, Vec<_>) = std::mem::take(&mut fill.waiters)
+                        .into_iter()
+                        .partition(|w| w.streaming);
+                    fill.waiters = streaming;
+                    released
+                }
                 None => continue,
             };
             self.counters()

@@ -840,6 +840,7 @@ impl Proxy {
             started,
             bypass: false,
             parked: false,
+            streaming: false,
             found,
             target_key,
             personal: head.headers.iter().any(|f| {
@@ -949,8 +950,11 @@ impl Proxy {
             return;
         }
         // Every response starts with `HTTP/1.1 NNN`: its first status digit.
-        let class = resp.get(9).map_or(5, |d| u16::from(d.wrapping_sub(b'0')));
-        self.counters().incr(status_class(class * 100));
+        // (An empty one ends a streamed response, counted when it began.)
+        if let Some(&digit) = resp.get(9) {
+            let class = u16::from(digit.wrapping_sub(b'0'));
+            self.counters().incr(status_class(class * 100));
+        }
         let Some(c) = self.client(token) else { return };
         match seq {
             Some(seq) => {

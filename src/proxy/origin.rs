@@ -81,6 +81,9 @@ pub(super) struct Fetch {
     /// Waited for another's fetch already (counted once as coalesced, even
     /// when a failed fill sends it to wait again).
     pub parked: bool,
+    /// Its response is being streamed: the head and the body so far are in
+    /// the client's output already (see `stream_start`).
+    pub streaming: bool,
 }
 
 impl Fetch {
@@ -126,6 +129,8 @@ struct Progress {
     /// Keys this answer invalidates (RFC 9111 §4.4), removed once it is complete.
     invalidate: Vec<Box<[u8]>>,
     body: Vec<u8>,
+    /// Body bytes go to the streaming clients as they arrive.
+    streaming: bool,
 }
 
 enum Framing {
@@ -425,6 +430,7 @@ impl Proxy {
             if !self.origin_head(token) {
                 return;
             }
+            self.stream_start(token);
             let Some(o) = self.origin(token) else { return };
             let mut rest = std::mem::take(&mut o.inbuf);
             self.origin_body(token, &rest);
@@ -538,6 +544,7 @@ impl Proxy {
                             storable: decision,
                             invalidate,
                             body: Vec::new(),
+                            streaming: false,
                         },
                         skip + h.head_len,
                     )));
@@ -574,6 +581,7 @@ impl Proxy {
         let bytes_max = self.limits.origin_response_bytes_max;
         let Some(o) = self.origin(token) else { return };
         let Some(p) = o.progress.as_mut() else { return };
+        let body_before = p.body.len();
         let done = match &mut p.framing {
             Framing::Empty => data.is_empty(),
             Framing::Length(remaining) => {
@@ -613,7 +621,11 @@ impl Proxy {
             );
             return;
         }
-        if done || matches!(p.framing, Framing::Empty) {
+        let complete = done || matches!(p.framing, Framing::Empty);
+        if p.streaming && p.body.len() > body_before {
+            self.stream_body(token, body_before);
+        }
+        if complete {
             self.origin_complete(token);
         }
     }
@@ -747,7 +759,11 @@ impl Proxy {
         } else {
             self.close_socket(token);
         }
-        let resp = self.compose_response(&fetch, &p, stored, false);
+        let resp = if fetch.streaming {
+            Vec::new() // all of it is out already
+        } else {
+            self.compose_response(&fetch, &p, stored, false)
+        };
         let shareable = p.storable.is_some() && p.status == 200;
         let outcome = if shareable || p.status >= 500 {
             Outcome::Share
@@ -793,37 +809,63 @@ impl Proxy {
         collapsed: bool,
     ) -> Vec<u8> {
         let mut resp = self.take_buffer();
-        resp.extend_from_slice(&p.head);
-        let bodiless = (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
-        if !bodiless {
-            put_field_u64(&mut resp, b"Content-Length", p.body.len() as u64);
-        }
-        if let Some(age) = p.age_secs {
-            put_field_u64(&mut resp, b"Age", age);
-        }
-        resp.extend_from_slice(b"Cache-Status: ringcache; fwd=");
-        resp.extend_from_slice(fwd_reason(fetch));
-        resp.extend_from_slice(b"; fwd-status=");
-        super::compose::put_u64(&mut resp, u64::from(p.status));
-        if stored {
-            resp.extend_from_slice(b"; stored");
-        }
-        if collapsed {
-            resp.extend_from_slice(b"; collapsed");
-        }
-        resp.extend_from_slice(b"\r\n");
-        put_field(&mut resp, b"Via", VIA);
-        put_connection(&mut resp, fetch.keep_alive, fetch.client_minor_version);
-        resp.extend_from_slice(b"\r\n");
+        let bodiless =
+            put_response_head(&mut resp, fetch, p, p.body.len() as u64, stored, collapsed);
         if !fetch.client_head && !bodiless {
             resp.extend_from_slice(&p.body);
         }
         resp
     }
+}
 
+/// The head of a response from the origin as `fetch`'s client gets it, with
+/// `Content-Length: body_len`. Returns whether the status has no body.
+fn put_response_head(
+    resp: &mut Vec<u8>,
+    fetch: &Fetch,
+    p: &Progress,
+    body_len: u64,
+    stored: bool,
+    collapsed: bool,
+) -> bool {
+    resp.extend_from_slice(&p.head);
+    let bodiless = (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
+    if !bodiless {
+        put_field_u64(resp, b"Content-Length", body_len);
+    }
+    if let Some(age) = p.age_secs {
+        put_field_u64(resp, b"Age", age);
+    }
+    resp.extend_from_slice(b"Cache-Status: ringcache; fwd=");
+    resp.extend_from_slice(fwd_reason(fetch));
+    resp.extend_from_slice(b"; fwd-status=");
+    super::compose::put_u64(resp, u64::from(p.status));
+    if stored {
+        resp.extend_from_slice(b"; stored");
+    }
+    if collapsed {
+        resp.extend_from_slice(b"; collapsed");
+    }
+    resp.extend_from_slice(b"\r\n");
+    put_field(resp, b"Via", VIA);
+    put_connection(resp, fetch.keep_alive, fetch.client_minor_version);
+    resp.extend_from_slice(b"\r\n");
+    bodiless
+}
+
+impl Proxy {
     /// Answer a fetch's client with an error ringcache generates.
     pub(super) fn fail_fetch(&mut self, fetch: Box<Fetch>, status: u16, detail: &str) {
         self.fill_failed(&fetch, status, detail);
+        if fetch.streaming {
+            // Its head and part of its body are out: the connection ends
+            // short of the Content-Length it announced, which the client
+            // sees; an error response now would be read as body bytes.
+            self.counters().incr(Counter::OutcomeError);
+            self.client_respond(fetch.client, Some(fetch.seq), Vec::new(), true);
+            self.give_buffer(fetch.req);
+            return;
+        }
         let date = self.clock.date;
         let mut resp = self.take_buffer();
         put_error(
@@ -836,6 +878,93 @@ impl Proxy {
         );
         self.fetch_respond(&fetch, resp, Counter::OutcomeError);
         self.give_buffer(fetch.req);
+    }
+
+    /// A large shareable response's head is in (`Content-Length` at least
+    /// `limits.coalesce_stream_bytes_min`, status 200, storable) and its
+    /// fetch leads a fill: send the head now, and each body byte as it
+    /// arrives (`stream_body`), to the filler's client and to this worker's
+    /// waiters whose answer is the next one on their connection. Waiters
+    /// behind other answers, or arriving later, get the whole response at
+    /// the end as before; waiters on other workers are served from the store.
+    fn stream_start(&mut self, token: Token) {
+        let min = self.limits.coalesce_stream_bytes_min as u64;
+        let Some(o) = self.origin(token) else { return };
+        let (Some(fetch), Some(p)) = (o.fetch.as_ref(), o.progress.as_mut()) else {
+            return;
+        };
+        let length = match p.framing {
+            Framing::Length(n) if n >= min => n,
+            _ => return,
+        };
+        if p.status != 200 || p.storable.is_none() || fetch.fill_id.is_none() {
+            return;
+        }
+        p.streaming = true;
+        let (Some(mut fetch), Some(p)) = (o.fetch.take(), o.progress.take()) else {
+            return;
+        };
+        self.stream_begin(&mut fetch, &p, length, false);
+        let mut waiters = self.fill_waiters_take(&fetch);
+        for waiter in waiters.iter_mut() {
+            self.stream_begin(waiter, &p, length, true);
+        }
+        self.fill_waiters_put(&fetch, waiters);
+        if let Some(o) = self.origin(token) {
+            o.fetch = Some(fetch);
+            o.progress = Some(p);
+        }
+    }
+
+    /// Start streaming to `f`'s client when its answer is the next one due.
+    fn stream_begin(&mut self, f: &mut Fetch, p: &Progress, length: u64, collapsed: bool) {
+        if f.client_head {
+            return;
+        }
+        let Some(c) = self.client(f.client) else {
+            return;
+        };
+        if c.queue.front().map(|e| e.seq) != Some(f.seq) {
+            return; // an earlier answer on this connection is not out yet
+        }
+        // Nothing can come between: later answers wait behind this exchange.
+        put_response_head(&mut c.out, f, p, length, false, collapsed);
+        c.out.extend_from_slice(&p.body);
+        f.streaming = true;
+        self.counters().incr(Counter::Status2xx);
+        self.mark_dirty(f.client);
+    }
+
+    /// Body bytes from `from` on arrived: pass them to every streaming client.
+    fn stream_body(&mut self, token: Token, from: usize) {
+        let Some(o) = self.origin(token) else { return };
+        if o.fetch.is_none() || o.progress.is_none() {
+            return;
+        }
+        let (Some(fetch), Some(p)) = (o.fetch.take(), o.progress.take()) else {
+            return;
+        };
+        let chunk = &p.body[from..];
+        self.stream_more(&fetch, chunk);
+        let waiters = self.fill_waiters_take(&fetch);
+        for waiter in &waiters {
+            self.stream_more(waiter, chunk);
+        }
+        self.fill_waiters_put(&fetch, waiters);
+        if let Some(o) = self.origin(token) {
+            o.fetch = Some(fetch);
+            o.progress = Some(p);
+        }
+    }
+
+    fn stream_more(&mut self, f: &Fetch, chunk: &[u8]) {
+        if !f.streaming {
+            return;
+        }
+        if let Some(c) = self.client(f.client) {
+            c.out.extend_from_slice(chunk);
+            self.mark_dirty(f.client);
+        }
     }
 
     /// Rate-limited log line about the origin (shares the client limit).

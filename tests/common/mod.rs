@@ -1028,6 +1028,19 @@ impl Client {
         &self.buf
     }
 
+    /// Receive until at least `n` bytes are buffered (see [`Client::leftover`]);
+    /// false when the connection ends or the client's timeout passes first.
+    pub fn wait_bytes(&mut self, n: usize) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        while self.buf.len() < n {
+            match self.fill(deadline) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+
     fn try_read(&mut self, body_allowed: bool) -> io::Result<Response> {
         let deadline = Instant::now() + self.timeout;
         let head_end = loop {
@@ -1324,6 +1337,10 @@ pub enum Reply {
     Hang,
     /// Wait, then do the inner reply.
     After(Duration, Box<Reply>),
+    /// Write these bytes (part of an answer, say), then do the inner reply.
+    Then(Vec<u8>, Box<Reply>),
+    /// Wait until the flag is set (or the origin stops), then do the inner reply.
+    Until(Arc<AtomicBool>, Box<Reply>),
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync + 'static;
@@ -1511,6 +1528,18 @@ fn serve_origin_conn(mut s: TcpStream, conn: u64, st: &OriginState) {
             match reply {
                 Reply::After(d, inner) => {
                     sleep_unless_stopped(d, st);
+                    reply = *inner;
+                }
+                Reply::Then(bytes, inner) => {
+                    if s.write_all(&bytes).is_err() {
+                        return;
+                    }
+                    reply = *inner;
+                }
+                Reply::Until(flag, inner) => {
+                    while !flag.load(Ordering::SeqCst) && !st.stop.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(5));
+                    }
                     reply = *inner;
                 }
                 Reply::Send(bytes) => {
