@@ -657,6 +657,68 @@ fn large_response_streams_to_waiters(io: &str) {
     assert!(server.get("/large").is_hit());
 }
 
+/// A large response over two workers: the filler's worker streams it, the
+/// other serves its waiters from the store once it is complete; everybody
+/// gets the whole body from one origin fetch.
+fn large_response_herd_across_workers(io: &str) {
+    let origin = TestOrigin::start(|_| {
+        let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+        Reply::After(Duration::from_millis(300), Box::new(Reply::Send(whole)))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let body = stream_body();
+    for r in herd(&server, "/large-across") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert!(r.body == body, "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), 1);
+    let per_worker = requests_per_worker(&server, 2);
+    assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
+}
+
+/// A waiter whose connection owes an earlier answer first is not streamed
+/// to: its large answer waits, whole, behind the earlier one, and both
+/// arrive in request order.
+fn streamed_fill_keeps_pipelined_order(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        if req.path() == "/slow" {
+            let reply = Reply::Send(response(200, &[("Cache-Control", "no-store")], b"slow"));
+            return Reply::After(Duration::from_millis(600), Box::new(reply));
+        }
+        let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+        Reply::After(Duration::from_millis(200), Box::new(Reply::Send(whole)))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 1, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let mut filler = server.client();
+    filler.send(get_request("/big").as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(5)));
+    let mut piped = server.client();
+    piped.timeout = Duration::from_secs(10);
+    piped.send(format!("{}{}", get_request("/slow"), get_request("/big")).as_bytes());
+    let body = stream_body();
+    let r = filler.read_response();
+    assert!(r.status == 200 && r.body == body, "{}", r.summary());
+    let first = piped.read_response();
+    assert_eq!(first.body_str(), "slow", "{}", first.summary());
+    let second = piped.read_response();
+    assert!(
+        second.status == 200 && second.body == body,
+        "{}",
+        second.summary()
+    );
+    assert!(second
+        .cache_status_params()
+        .iter()
+        .any(|p| p == "collapsed"));
+    assert_eq!(origin.requests(), 2, "one fetch of /big, one of /slow");
+}
+
 /// The origin dies in the middle of a streamed response: every client's
 /// connection ends short of the Content-Length it was promised (no error
 /// page mixed into the body), nothing is stored, and the next request
@@ -716,6 +778,8 @@ fn raise_open_files_limit(n: u64) {
 
 both_io!(
     large_response_streams_to_waiters,
+    streamed_fill_keeps_pipelined_order,
+    large_response_herd_across_workers,
     streamed_response_cut_short_closes_clients,
     thousand_clients_on_an_expired_key,
     filler_dies_mid_response_across_workers,
