@@ -575,6 +575,66 @@ fn uncacheable_key_is_fetched_in_parallel_across_workers(io: &str) {
     );
 }
 
+/// A filler that overruns the wait limit loses its lease: after the limit,
+/// a miss on the other worker takes the lease over and fetches (counted in
+/// `ringcache_lease_takeovers_total`), and its own later misses wait for it.
+fn overdue_lease_is_taken_over(io: &str) {
+    const LATE: usize = 16;
+    let origin = TestOrigin::start(|req| {
+        let body = format!("body of {}", req.path());
+        let reply = Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=60")],
+            body.as_bytes(),
+        ));
+        if req.seq == 0 {
+            Reply::After(Duration::from_millis(2500), Box::new(reply))
+        } else {
+            reply
+        }
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        "[limits]\ncoalesce_wait_timeout = \"300ms\"\n",
+    ) else {
+        return;
+    };
+    let mut first = server.client();
+    first.timeout = Duration::from_secs(10);
+    first.send(get_request("/overdue").as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(5)));
+    // The lease is overdue once the wait limit has passed (the filler waits
+    // 2.5 s for the origin): a time limit, so a sleep well beyond it.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut late: Vec<Client> = (0..LATE)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(10);
+            c
+        })
+        .collect();
+    for c in late.iter_mut() {
+        c.send(get_request("/overdue").as_bytes());
+    }
+    for c in late.iter_mut() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /overdue");
+    }
+    assert_eq!(first.read_response().status, 200);
+    let m = server.metrics();
+    let per_worker = requests_per_worker(&server, 2);
+    eprintln!(
+        "takeovers {}, origin requests {}, per worker {per_worker:?}",
+        m.value("ringcache_lease_takeovers_total"),
+        origin.requests()
+    );
+    // Sixteen connections all on the filler's worker: 2^-16.
+    assert_eq!(m.value("ringcache_lease_takeovers_total"), 1.0);
+}
+
 /// Bytes of the large body the streaming tests use, and the threshold.
 const STREAM_BODY_BYTES: usize = 256 << 10;
 const STREAM_CONFIG: &str = "[limits]\ncoalesce_stream_bytes_min = \"64KiB\"\n";
@@ -777,6 +837,7 @@ fn raise_open_files_limit(n: u64) {
 }
 
 both_io!(
+    overdue_lease_is_taken_over,
     large_response_streams_to_waiters,
     streamed_fill_keeps_pipelined_order,
     large_response_herd_across_workers,
