@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::metrics::{Counter, Metrics, StoreGauges};
+use crate::metrics::{
+    Counter, Histogram, HistogramSnapshot, Metrics, StoreGauges, CACHE_OUTCOMES, STATUS_CLASSES,
+};
 use crate::store::SharedStore;
 
 /// Bytes of an admin request head we read at most.
@@ -93,7 +95,7 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
             let g = gauges(&state.store);
             let m = &state.metrics;
             let body = format!(
-                "{{\"requests\":{},\"hits\":{},\"misses\":{},\"passes\":{},\"origin_fetches\":{},\"stored\":{},\"store\":{{\"bytes_used\":{},\"bytes_max\":{},\"items\":{},\"evictions\":{}}}}}\n",
+                "{{\"requests\":{},\"hits\":{},\"misses\":{},\"passes\":{},\"origin_fetches\":{},\"stored\":{},\"store\":{{\"bytes_used\":{},\"bytes_max\":{},\"items\":{},\"evictions\":{}}},{}}}\n",
                 m.total(Counter::Requests),
                 m.total(Counter::Hits),
                 m.total(Counter::Misses),
@@ -103,12 +105,63 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
                 g.bytes_used,
                 g.bytes_max,
                 g.items,
-                g.evictions
+                g.evictions,
+                traffic_json(m)
             );
             respond(&mut stream, 200, "application/json", &body)
         }
         _ => respond(&mut stream, 404, "text/plain", "not found\n"),
     }
+}
+
+/// The figures `/metrics` shows beside the counters above, as JSON members:
+/// responses by status class and by cache outcome, lease takeovers, origin
+/// connections open, and each histogram's count, sum and p50/p90/p99 (the
+/// upper bound of the bucket holding it; null beyond the last bucket).
+fn traffic_json(m: &Metrics) -> String {
+    let mut out = String::with_capacity(1024);
+    let mut table = |name: &str, rows: &[(Counter, &str)]| {
+        out.push_str(&format!("\"{name}\":{{"));
+        for (i, (c, label)) in rows.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            out.push_str(&format!("{sep}\"{label}\":{}", m.total(*c)));
+        }
+        out.push_str("},");
+    };
+    table("responses_by_status", &STATUS_CLASSES);
+    table("cache_status", &CACHE_OUTCOMES);
+    out.push_str(&format!(
+        "\"lease_takeovers\":{},\"origin_connections_open\":{},",
+        m.total(Counter::LeaseTakeovers),
+        m.origin_connections_open()
+    ));
+    // A duration bucket's values are at most its bound (whole µs below
+    // 2^i); a count bucket's at most 2^i - 1.
+    let summary = |h: &HistogramSnapshot, per_unit: f64| {
+        let q = |q: f64| match h.quantile_bound(q) {
+            u64::MAX => "null".to_string(),
+            b if per_unit == 1.0 => format!("{}", b.saturating_sub(1)),
+            b => format!("{}", b as f64 / per_unit),
+        };
+        format!(
+            "{{\"count\":{},\"sum\":{},\"p50\":{},\"p90\":{},\"p99\":{}}}",
+            h.count(),
+            h.sum as f64 / per_unit,
+            q(0.5),
+            q(0.9),
+            q(0.99)
+        )
+    };
+    out.push_str(&format!(
+        "\"request_duration_seconds\":{{\"hit\":{},\"miss\":{},\"pass\":{}}},\"origin_duration_seconds\":{},\"coalesce_wait_seconds\":{},\"coalesce_waiters_per_fill\":{}",
+        summary(&m.histogram(Histogram::RequestHit), 1e6),
+        summary(&m.histogram(Histogram::RequestMiss), 1e6),
+        summary(&m.histogram(Histogram::RequestPass), 1e6),
+        summary(&m.histogram(Histogram::Origin), 1e6),
+        summary(&m.histogram(Histogram::CoalesceWait), 1e6),
+        summary(&m.histogram(Histogram::CoalesceWaiters), 1.0),
+    ));
+    out
 }
 
 fn gauges(store: &SharedStore) -> StoreGauges {

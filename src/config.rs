@@ -73,6 +73,9 @@ pub struct Limits {
     pub origin_response_timeout: Duration,
     /// Origin connections one worker holds at most (busy + idle).
     pub origin_connections_max: usize,
+    /// Origin connections the whole process holds at most, every worker
+    /// together (busy + idle); beyond it requests wait in their worker's queue.
+    pub origin_connections_total_max: usize,
     /// Idle keep-alive origin connections one worker keeps.
     pub origin_idle_max: usize,
     /// Time an idle origin connection is kept.
@@ -87,6 +90,9 @@ pub struct Limits {
     pub coalesce_waiters_max: usize,
     /// Time a request waits for another's fetch before it asks the origin itself.
     pub coalesce_wait_timeout: Duration,
+    /// Responses with at least this Content-Length are streamed to the
+    /// filler and its waiters on the same worker as they arrive, in bytes.
+    pub coalesce_stream_bytes_min: usize,
     /// Time a key whose answer was not cacheable skips coalescing.
     pub hit_for_miss_ttl: Duration,
     /// Hit-for-miss marks one worker keeps.
@@ -119,6 +125,7 @@ impl Default for Limits {
             origin_connect_timeout: Duration::from_secs(2),
             origin_response_timeout: Duration::from_secs(30),
             origin_connections_max: 512,
+            origin_connections_total_max: 1024,
             origin_idle_max: 128,
             origin_idle_timeout: Duration::from_secs(30),
             origin_queue_max: 4096,
@@ -126,6 +133,7 @@ impl Default for Limits {
             object_bytes_max: 8 << 20,
             coalesce_waiters_max: 4096,
             coalesce_wait_timeout: Duration::from_secs(10),
+            coalesce_stream_bytes_min: 1 << 20,
             hit_for_miss_ttl: Duration::from_secs(30),
             hit_for_miss_count_max: 65_536,
             shutdown_grace: Duration::from_secs(10),
@@ -274,6 +282,7 @@ struct FileLimits {
     origin_connect_timeout: Option<String>,
     origin_response_timeout: Option<String>,
     origin_connections_max: Option<usize>,
+    origin_connections_total_max: Option<usize>,
     origin_idle_max: Option<usize>,
     origin_idle_timeout: Option<String>,
     origin_queue_max: Option<usize>,
@@ -281,6 +290,7 @@ struct FileLimits {
     object_bytes_max: Option<String>,
     coalesce_waiters_max: Option<usize>,
     coalesce_wait_timeout: Option<String>,
+    coalesce_stream_bytes_min: Option<String>,
     hit_for_miss_ttl: Option<String>,
     hit_for_miss_count_max: Option<usize>,
     shutdown_grace: Option<String>,
@@ -379,6 +389,14 @@ impl Config {
         check(
             (1..=65_536).contains(&l.origin_connections_max),
             "limits.origin_connections_max: must be between 1 and 65536",
+        )?;
+        check(
+            (1..=1 << 20).contains(&l.origin_connections_total_max),
+            "limits.origin_connections_total_max: must be between 1 and 1048576",
+        )?;
+        check(
+            l.coalesce_stream_bytes_min >= 1024,
+            "limits.coalesce_stream_bytes_min: must be at least 1KiB",
         )?;
         check(
             l.origin_idle_max <= l.origin_connections_max,
@@ -489,6 +507,11 @@ impl fmt::Display for Config {
             format_duration(l.origin_response_timeout)
         )?;
         writeln!(f, "origin_connections_max = {}", l.origin_connections_max)?;
+        writeln!(
+            f,
+            "origin_connections_total_max = {}",
+            l.origin_connections_total_max
+        )?;
         writeln!(f, "origin_idle_max = {}", l.origin_idle_max)?;
         writeln!(
             f,
@@ -511,6 +534,11 @@ impl fmt::Display for Config {
             f,
             "coalesce_wait_timeout = \"{}\"",
             format_duration(l.coalesce_wait_timeout)
+        )?;
+        writeln!(
+            f,
+            "coalesce_stream_bytes_min = \"{}\"",
+            format_size(l.coalesce_stream_bytes_min as u64)
         )?;
         writeln!(
             f,
@@ -591,6 +619,10 @@ impl FileLimits {
             &mut l.origin_response_timeout,
         )?;
         count(self.origin_connections_max, &mut l.origin_connections_max);
+        count(
+            self.origin_connections_total_max,
+            &mut l.origin_connections_total_max,
+        );
         count(self.origin_idle_max, &mut l.origin_idle_max);
         dur(
             "origin_idle_timeout",
@@ -613,6 +645,11 @@ impl FileLimits {
             "coalesce_wait_timeout",
             self.coalesce_wait_timeout,
             &mut l.coalesce_wait_timeout,
+        )?;
+        size(
+            "coalesce_stream_bytes_min",
+            self.coalesce_stream_bytes_min,
+            &mut l.coalesce_stream_bytes_min,
         )?;
         dur(
             "hit_for_miss_ttl",
@@ -1262,6 +1299,30 @@ mod tests {
         assert_eq!(Origin::parse("http://127.0.0.1/").unwrap().addr.port(), 80);
         assert!(Origin::parse("https://example.com").is_err());
         assert!(Origin::parse("http://127.0.0.1:1/api").is_err());
+    }
+
+    #[test]
+    fn origin_connections_total_max_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ringcache-cfg-total-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            Limits::default().origin_connections_total_max,
+            1024,
+            "the default the README and systemd/ringcache.toml state"
+        );
+        let c = load("[limits]\norigin_connections_total_max = 8\n").unwrap();
+        assert_eq!(c.limits.origin_connections_total_max, 8);
+        let err = load("[limits]\norigin_connections_total_max = 0\n").unwrap_err();
+        assert!(err.contains("limits.origin_connections_total_max"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

@@ -1,13 +1,26 @@
-//! Per-core counters, summed on scrape.
+//! Per-core counters and histograms, summed on scrape.
 //!
 //! Each worker owns one cache-line-padded block of counters and is its only
 //! writer, so an increment is a relaxed load and store (no locked
 //! instruction, no shared cache line). The admin thread reads every block
 //! and sums; a scrape may see a worker's counters a few increments old,
 //! never torn.
+//!
+//! Histograms are counters too: fixed log-scale buckets, one atomic per
+//! bucket plus the sum, in the same per-worker block. Bucket `i` counts the
+//! values below `2^i` (durations in whole microseconds), so recording is a
+//! leading-zeros count and two relaxed stores; merging workers is adding
+//! their buckets, which the scrape does.
+//!
+//! ```text
+//!   bucket   0     1     2      3      …   25            26
+//!   values   0     1     2..3   4..7   …   2^24..2^25-1  2^25 and more (+Inf)
+//!   le (µs)  1     2     4      8      …   2^25 (33.5 s)
+//! ```
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
@@ -35,6 +48,25 @@ pub enum Counter {
     ConnectionsRejected,
     /// Origin connections opened.
     OriginConnections,
+    /// Origin connections gone (closed and their slot freed).
+    OriginConnectionsClosed,
+    /// Fill leases taken over from a filler that overran the wait limit.
+    LeaseTakeovers,
+    /// Responses queued for clients, by status class; see [`STATUS_CLASSES`].
+    Status1xx,
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    /// Responses by what the cache did; see [`CACHE_OUTCOMES`].
+    OutcomeHit,
+    OutcomeMiss,
+    OutcomeStale,
+    OutcomeCollapsed,
+    OutcomeRequest,
+    OutcomeMethod,
+    OutcomeBypass,
+    OutcomeError,
     /// Requests retried once on a fresh origin connection.
     OriginRetries,
     /// Responses written to clients.
@@ -85,16 +117,156 @@ pub const ERROR_KINDS: [(Counter, &str); 13] = [
     (Counter::ErrOriginBusy, "origin_busy"),
 ];
 
+/// The status class counters and their `code` label.
+pub const STATUS_CLASSES: [(Counter, &str); 5] = [
+    (Counter::Status1xx, "1xx"),
+    (Counter::Status2xx, "2xx"),
+    (Counter::Status3xx, "3xx"),
+    (Counter::Status4xx, "4xx"),
+    (Counter::Status5xx, "5xx"),
+];
+
+/// What the cache did for a response, and the `outcome` label:
+/// - `hit`: answered from the store;
+/// - `miss`, `stale`, `request`, `method`: answered by the origin, with the
+///   Cache-Status `fwd` reason of the same name;
+/// - `collapsed`: answered from another request's fetch of the same key;
+/// - `bypass`: sent to the origin without waiting for others, because the
+///   key's last answer could not be shared (hit-for-miss);
+/// - `error`: an error ringcache answered itself (bad request, origin
+///   unreachable or timed out, queue full).
+pub const CACHE_OUTCOMES: [(Counter, &str); 8] = [
+    (Counter::OutcomeHit, "hit"),
+    (Counter::OutcomeMiss, "miss"),
+    (Counter::OutcomeStale, "stale"),
+    (Counter::OutcomeCollapsed, "collapsed"),
+    (Counter::OutcomeRequest, "request"),
+    (Counter::OutcomeMethod, "method"),
+    (Counter::OutcomeBypass, "bypass"),
+    (Counter::OutcomeError, "error"),
+];
+
+/// The status class counter for a status code (1xx to 5xx; others count as 5xx).
+pub fn status_class(status: u16) -> Counter {
+    match status / 100 {
+        1 => Counter::Status1xx,
+        2 => Counter::Status2xx,
+        3 => Counter::Status3xx,
+        4 => Counter::Status4xx,
+        _ => Counter::Status5xx,
+    }
+}
+
+/// Every histogram a worker keeps. The discriminant is the index in the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Histogram {
+    /// Request parsed → response queued, answered from the cache (µs).
+    RequestHit,
+    /// The same, answered after asking the origin (or waiting for another fetch).
+    RequestMiss,
+    /// The same, for requests that bypass the cache (other methods).
+    RequestPass,
+    /// Origin request sent → response complete (µs).
+    Origin,
+    /// Requests of one worker that waited for one fill (a count).
+    CoalesceWaiters,
+    /// Time a request waited for another's fetch (µs).
+    CoalesceWait,
+}
+
+/// Number of histograms in a block.
+pub const HISTOGRAMS_COUNT: usize = Histogram::CoalesceWait as usize + 1;
+/// Finite buckets: bucket `i` counts values below `2^i`.
+pub const HISTOGRAM_FINITE_BUCKETS_COUNT: usize = 26;
+/// Finite buckets plus the overflow (+Inf) bucket.
+pub const HISTOGRAM_BUCKETS_COUNT: usize = HISTOGRAM_FINITE_BUCKETS_COUNT + 1;
+
+/// The bucket a value falls in.
+#[inline]
+pub fn bucket_index(v: u64) -> usize {
+    ((u64::BITS - v.leading_zeros()) as usize).min(HISTOGRAM_FINITE_BUCKETS_COUNT)
+}
+
+/// One histogram's cells in a worker's block.
+struct HistogramCells {
+    buckets: [AtomicU64; HISTOGRAM_BUCKETS_COUNT],
+    sum: AtomicU64,
+}
+
+/// A histogram summed over workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Per bucket (not cumulative).
+    pub buckets: [u64; HISTOGRAM_BUCKETS_COUNT],
+    pub sum: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The bound of the bucket holding quantile `q` (0..=1), in the recorded
+    /// unit: every value in that bucket is below it. `u64::MAX` when it is
+    /// the overflow bucket, 0 when the histogram is empty.
+    pub fn quantile_bound(&self, q: f64) -> u64 {
+        let count = self.count();
+        if count == 0 {
+            return 0;
+        }
+        let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return if i < HISTOGRAM_FINITE_BUCKETS_COUNT {
+                    1 << i
+                } else {
+                    u64::MAX
+                };
+            }
+        }
+        u64::MAX
+    }
+}
+
 /// One worker's counters.
 pub struct WorkerCounters {
     values: [AtomicU64; COUNTERS_COUNT],
+    histograms: [HistogramCells; HISTOGRAMS_COUNT],
 }
 
 impl WorkerCounters {
     fn new() -> Self {
         WorkerCounters {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
+            histograms: std::array::from_fn(|_| HistogramCells {
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                sum: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// Record one value. Only the owning worker calls this.
+    #[inline]
+    pub fn record(&self, h: Histogram, v: u64) {
+        let cells = &self.histograms[h as usize];
+        let bucket = &cells.buckets[bucket_index(v)];
+        // Relaxed: single writer, as for counters. A scrape may see the
+        // bucket and the sum one value apart; never a torn value.
+        bucket.store(bucket.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let sum = &cells.sum;
+        sum.store(
+            sum.load(Ordering::Relaxed).wrapping_add(v),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Record a duration in whole microseconds.
+    #[inline]
+    pub fn record_duration(&self, h: Histogram, d: Duration) {
+        self.record(h, u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// Add one. Only the owning worker calls this.
@@ -164,6 +336,29 @@ impl Metrics {
     /// Sum of one counter over every worker.
     pub fn total(&self, c: Counter) -> u64 {
         self.workers.iter().map(|w| w.get(c)).sum()
+    }
+
+    /// One histogram summed over every worker.
+    pub fn histogram(&self, h: Histogram) -> HistogramSnapshot {
+        let mut snap = HistogramSnapshot {
+            buckets: [0; HISTOGRAM_BUCKETS_COUNT],
+            sum: 0,
+        };
+        for w in self.workers.iter() {
+            let cells = &w.histograms[h as usize];
+            for (into, b) in snap.buckets.iter_mut().zip(cells.buckets.iter()) {
+                // Relaxed: a monotonic counter read for reporting.
+                *into += b.load(Ordering::Relaxed);
+            }
+            snap.sum = snap.sum.wrapping_add(cells.sum.load(Ordering::Relaxed));
+        }
+        snap
+    }
+
+    /// Origin connections open now, over every worker.
+    pub fn origin_connections_open(&self) -> u64 {
+        self.total(Counter::OriginConnections)
+            .saturating_sub(self.total(Counter::OriginConnectionsClosed))
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -266,6 +461,36 @@ impl Metrics {
                 self.total(c)
             );
         }
+        for (name, help, table, label) in [
+            (
+                "ringcache_responses_by_status_total",
+                "Responses queued for clients, by status class.",
+                &STATUS_CLASSES[..],
+                "code",
+            ),
+            (
+                "ringcache_cache_status_total",
+                "Responses by what the cache did (hit, forwarded and why, collapsed, error).",
+                &CACHE_OUTCOMES[..],
+                "outcome",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (c, value) in table {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", self.total(*c));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_lease_takeovers_total Fill leases taken over from a filler that overran the wait limit.\n# TYPE ringcache_lease_takeovers_total counter\nringcache_lease_takeovers_total {}",
+            self.total(Counter::LeaseTakeovers)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_origin_connections_open Origin connections open now.\n# TYPE ringcache_origin_connections_open gauge\nringcache_origin_connections_open {}",
+            self.origin_connections_open()
+        );
+        self.render_histograms(&mut out);
         let open = self
             .total(Counter::ConnectionsAccepted)
             .saturating_sub(self.total(Counter::ConnectionsClosed));
@@ -352,6 +577,96 @@ impl Metrics {
         }
         out
     }
+
+    fn render_histograms(&self, out: &mut String) {
+        /// Name, help, and each series' histogram with its labels.
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static [(Histogram, &'static str)],
+        );
+        let seconds: [Family; 3] = [
+            (
+                "ringcache_request_duration_seconds",
+                "Time from a parsed request to its queued response, by what the cache did.",
+                &[
+                    (Histogram::RequestHit, "cache=\"hit\""),
+                    (Histogram::RequestMiss, "cache=\"miss\""),
+                    (Histogram::RequestPass, "cache=\"pass\""),
+                ],
+            ),
+            (
+                "ringcache_origin_duration_seconds",
+                "Time from sending a request to the origin to its complete response.",
+                &[(Histogram::Origin, "")],
+            ),
+            (
+                "ringcache_coalesce_wait_seconds",
+                "Time a request waited for another request's fetch of the same key.",
+                &[(Histogram::CoalesceWait, "")],
+            ),
+        ];
+        for (name, help, series) in seconds {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (h, labels) in series {
+                write_histogram(out, name, labels, &self.histogram(*h), 1e6);
+            }
+        }
+        let name = "ringcache_coalesce_waiters_per_fill";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests of one worker that waited for one fill of a key.\n# TYPE {name} histogram"
+        );
+        write_histogram(
+            out,
+            name,
+            "",
+            &self.histogram(Histogram::CoalesceWaiters),
+            1.0,
+        );
+    }
+}
+
+/// One histogram's series: cumulative buckets, sum and count. A recorded
+/// value divided by `per_unit` is in the metric's unit (1e6 for microseconds
+/// → seconds, 1 for counts).
+/// Buckets hold values below `2^i` recorded; for a count that is `le` `2^i - 1`,
+/// for a duration truncated to whole microseconds `le` `2^i` µs.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &HistogramSnapshot,
+    per_unit: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (i, n) in h.buckets.iter().enumerate() {
+        cumulative += n;
+        if i == HISTOGRAM_FINITE_BUCKETS_COUNT {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+            );
+        } else {
+            let bound = if per_unit == 1.0 {
+                ((1u64 << i) - 1) as f64
+            } else {
+                (1u64 << i) as f64 / per_unit
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum as f64 / per_unit);
+    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
 }
 
 /// The invalidation bus's series (see `crate::bus`). One writer, the bus's
@@ -500,6 +815,80 @@ mod tests {
         });
         assert!(text.contains("ringcache_bus_connected 1\n"), "{text}");
         assert!(text.contains("ringcache_bus_lag_seconds 1.500\n"), "{text}");
+    }
+
+    #[test]
+    fn histogram_bucket_edges() {
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(1), 1);
+        assert_eq!(bucket_index(2), 2);
+        assert_eq!(bucket_index(3), 2);
+        assert_eq!(bucket_index(4), 3);
+        assert_eq!(bucket_index(1023), 10);
+        assert_eq!(bucket_index(1024), 11);
+        assert_eq!(bucket_index((1 << 25) - 1), 25);
+        assert_eq!(bucket_index(1 << 25), HISTOGRAM_FINITE_BUCKETS_COUNT);
+        assert_eq!(bucket_index(u64::MAX), HISTOGRAM_FINITE_BUCKETS_COUNT);
+        for i in 1..HISTOGRAM_FINITE_BUCKETS_COUNT {
+            // Every value of bucket i is below 2^i, and 2^i is in the next one.
+            assert_eq!(bucket_index((1 << i) - 1), i);
+            assert_eq!(bucket_index(1 << i), i + 1);
+        }
+        let m = Metrics::new(1);
+        m.worker(0)
+            .record_duration(Histogram::Origin, Duration::from_nanos(999));
+        m.worker(0)
+            .record_duration(Histogram::Origin, Duration::from_micros(3));
+        let h = m.histogram(Histogram::Origin);
+        assert_eq!((h.buckets[0], h.buckets[2], h.sum), (1, 1, 3));
+        assert_eq!(h.quantile_bound(0.5), 1);
+        assert_eq!(h.quantile_bound(1.0), 4);
+    }
+
+    #[test]
+    fn histograms_sum_over_two_workers_on_scrape() {
+        let m = Metrics::new(2);
+        m.worker(0).record(Histogram::CoalesceWaiters, 0);
+        m.worker(0).record(Histogram::CoalesceWaiters, 3);
+        m.worker(1).record(Histogram::CoalesceWaiters, 3);
+        m.worker(1).record(Histogram::CoalesceWaiters, 999);
+        let h = m.histogram(Histogram::CoalesceWaiters);
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.sum, 1005);
+        assert_eq!((h.buckets[0], h.buckets[2], h.buckets[10]), (1, 2, 1));
+        m.worker(0)
+            .record_duration(Histogram::RequestHit, Duration::from_micros(5));
+        m.worker(1)
+            .record_duration(Histogram::RequestHit, Duration::from_secs(60));
+        let text = m.render(&StoreGauges {
+            bytes_used: 0,
+            bytes_max: 0,
+            items: 0,
+            evictions: 0,
+            expirations: 0,
+            recovered: 0,
+            dropped: 0,
+            clockpro: None,
+        });
+        for line in [
+            "ringcache_coalesce_waiters_per_fill_bucket{le=\"0\"} 1\n",
+            "ringcache_coalesce_waiters_per_fill_bucket{le=\"3\"} 3\n",
+            "ringcache_coalesce_waiters_per_fill_bucket{le=\"511\"} 3\n",
+            "ringcache_coalesce_waiters_per_fill_bucket{le=\"1023\"} 4\n",
+            "ringcache_coalesce_waiters_per_fill_bucket{le=\"+Inf\"} 4\n",
+            "ringcache_coalesce_waiters_per_fill_sum 1005\n",
+            "ringcache_coalesce_waiters_per_fill_count 4\n",
+            "ringcache_request_duration_seconds_bucket{cache=\"hit\",le=\"0.000004\"} 0\n",
+            "ringcache_request_duration_seconds_bucket{cache=\"hit\",le=\"0.000008\"} 1\n",
+            "ringcache_request_duration_seconds_bucket{cache=\"hit\",le=\"33.554432\"} 1\n",
+            "ringcache_request_duration_seconds_bucket{cache=\"hit\",le=\"+Inf\"} 2\n",
+            "ringcache_request_duration_seconds_count{cache=\"hit\"} 2\n",
+            "ringcache_request_duration_seconds_sum{cache=\"hit\"} 60.000005\n",
+            "ringcache_request_duration_seconds_count{cache=\"miss\"} 0\n",
+            "ringcache_origin_duration_seconds_count 0\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Request coalescing on one worker: concurrent misses for one key reach the
-//! origin once; the outcome of that fetch decides what the waiters get.
+//! Request coalescing on one and two workers: concurrent misses for one key
+//! reach the origin once; the outcome of that fetch decides what the waiters
+//! get; the waiting list's cap and deadline hold on every worker.
 
 #[macro_use]
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -99,7 +102,13 @@ fn uncacheable_answer_releases_waiters(io: &str) {
         assert_eq!(r.status, 200, "{}", r.summary());
     }
     assert_eq!(origin.requests(), 2 * CLIENTS as u64);
-    assert_eq!(server.metrics().value("ringcache_coalesced_total"), before);
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_coalesced_total"), before);
+    assert_eq!(
+        m.labelled("ringcache_cache_status_total", "outcome=\"bypass\""),
+        CLIENTS as f64,
+        "the second herd went straight to the origin"
+    );
 }
 
 /// An origin error is shared: one fetch, every client gets the 503.
@@ -117,11 +126,21 @@ fn origin_error_is_shared(io: &str) {
 /// A fill that outlives `coalesce_wait_timeout` releases its waiters, each
 /// to ask the origin itself.
 fn wait_limit_releases_waiters(io: &str) {
+    wait_limit_releases_waiters_on(io, 1);
+}
+
+/// The wait limit holds across workers too: the waiters parked on the
+/// worker that does not fetch are released as well.
+fn wait_limit_releases_waiters_across_workers(io: &str) {
+    wait_limit_releases_waiters_on(io, 2);
+}
+
+fn wait_limit_releases_waiters_on(io: &str, workers: usize) {
     let origin = slow_origin(Duration::from_millis(2500), 200, "max-age=60");
     let Some((_dir, server)) = Server::serve_with_config(
         io,
         Some(&origin.url()),
-        1,
+        workers,
         "[limits]\ncoalesce_wait_timeout = \"500ms\"\n",
     ) else {
         return;
@@ -219,7 +238,7 @@ fn herd_across_workers_fetches_once(io: &str) {
     assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
 }
 
-/// The scale: 1000 concurrent clients on one cold key whose origin
+/// At scale: 1000 concurrent clients on one cold key whose origin
 /// answers after 200 ms, over two workers: one origin request, and every
 /// client gets the full body.
 fn thousand_clients_one_fetch(io: &str) {
@@ -234,8 +253,571 @@ fn thousand_clients_one_fetch(io: &str) {
         assert_eq!(r.body, b"body of /thousand", "{}", r.summary());
     }
     assert_eq!(origin.requests(), 1, "the origin was asked more than once");
+    // Every other client waited for that fetch, or — on a busy machine,
+    // when its request arrived after the answer — was a hit.
     let m = server.metrics();
-    assert_eq!(m.value("ringcache_coalesced_total"), 999.0);
+    assert_eq!(
+        m.value("ringcache_coalesced_total") + m.value("ringcache_cache_hits_total"),
+        999.0
+    );
+}
+
+/// The latency and outcome series appear and move with traffic over two
+/// workers: a herd, a hit, a pass and a bad request each land where they
+/// belong, in `/metrics` and in `/stats`.
+fn metrics_series_move(io: &str) {
+    let origin = slow_origin(Duration::from_millis(300), 200, "max-age=60");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let m = server.metrics();
+    for name in [
+        "ringcache_request_duration_seconds_count",
+        "ringcache_origin_duration_seconds_count",
+        "ringcache_coalesce_waiters_per_fill_count",
+        "ringcache_coalesce_wait_seconds_count",
+        "ringcache_lease_takeovers_total",
+        "ringcache_responses_by_status_total",
+        "ringcache_cache_status_total",
+        "ringcache_origin_connections_open",
+    ] {
+        assert_eq!(m.get(name), Some(0.0), "{name} is shown, at 0");
+    }
+    assert_herd_fetched_once(&server, &origin, "/measured");
+    assert!(server.get("/measured").is_hit());
+    let mut c = server.client();
+    c.send(b"POST /form HTTP/1.1\r\nHost: ringcache.test\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(c.read_response().status, 200);
+    let mut bad = server.client();
+    bad.send(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    assert_eq!(bad.read_response().status, 400);
+
+    let m = server.metrics();
+    let outcome = |o: &str| m.labelled("ringcache_cache_status_total", &format!("outcome=\"{o}\""));
+    assert_eq!(outcome("miss"), 1.0);
+    assert_eq!(outcome("collapsed"), (CLIENTS - 1) as f64);
+    assert_eq!(outcome("hit"), 1.0);
+    assert_eq!(outcome("method"), 1.0);
+    assert_eq!(outcome("error"), 1.0);
+    assert_eq!(
+        m.value("ringcache_cache_status_total"),
+        CLIENTS as f64 + 3.0
+    );
+    let class = |c: &str| {
+        m.labelled(
+            "ringcache_responses_by_status_total",
+            &format!("code=\"{c}\""),
+        )
+    };
+    assert_eq!(class("2xx"), CLIENTS as f64 + 2.0);
+    assert_eq!(class("4xx"), 1.0);
+    let count = |cache: &str| {
+        m.labelled(
+            "ringcache_request_duration_seconds_count",
+            &format!("cache=\"{cache}\""),
+        )
+    };
+    assert_eq!(count("miss"), CLIENTS as f64);
+    assert_eq!(count("hit"), 1.0);
+    assert_eq!(count("pass"), 1.0);
+    // Two origin requests, the fill and the POST, each held 300 ms by the
+    // origin: none falls in a bucket below 262 ms.
+    assert_eq!(m.value("ringcache_origin_duration_seconds_count"), 2.0);
+    assert_eq!(
+        m.labelled(
+            "ringcache_origin_duration_seconds_bucket",
+            "le=\"0.262144\""
+        ),
+        0.0
+    );
+    assert!(m.value("ringcache_origin_duration_seconds_sum") >= 0.6);
+    // Every waiter of the herd, over the fills of both workers.
+    assert_eq!(
+        m.value("ringcache_coalesce_waiters_per_fill_sum"),
+        (CLIENTS - 1) as f64
+    );
+    assert_eq!(
+        m.value("ringcache_coalesce_wait_seconds_count"),
+        (CLIENTS - 1) as f64
+    );
+    assert!(m.value("ringcache_origin_connections_open") >= 1.0);
+    assert_eq!(m.value("ringcache_lease_takeovers_total"), 0.0);
+
+    let stats = http_get(server.admin, "/stats");
+    assert_eq!(stats.status, 200);
+    let json = stats.body_str();
+    for part in [
+        "\"responses_by_status\":{\"1xx\":0,\"2xx\":66,\"3xx\":0,\"4xx\":1,\"5xx\":0}".to_string(),
+        format!(
+            "\"cache_status\":{{\"hit\":1,\"miss\":1,\"stale\":0,\"collapsed\":{},\"request\":0,\"method\":1,\"bypass\":0,\"error\":1}}",
+            CLIENTS - 1
+        ),
+        "\"lease_takeovers\":0".to_string(),
+        "\"request_duration_seconds\":{\"hit\":{\"count\":1,".to_string(),
+        "\"origin_duration_seconds\":{\"count\":2,".to_string(),
+        format!("\"coalesce_wait_seconds\":{{\"count\":{},", CLIENTS - 1),
+    ] {
+        assert!(json.contains(&part), "{part} not in {json}");
+    }
+}
+
+/// Requests answered by each worker, from `ringcache_worker_requests_total`.
+fn requests_per_worker(server: &Server, workers: usize) -> Vec<f64> {
+    let m = server.metrics();
+    (0..workers)
+        .map(|w| {
+            m.labelled(
+                "ringcache_worker_requests_total",
+                &format!("worker=\"{w}\""),
+            )
+        })
+        .collect()
+}
+
+/// 1000 clients at once on an expired key over two workers, whose origin
+/// answers after 200 ms: one new origin request, and every client gets the
+/// new body in full.
+fn thousand_clients_on_an_expired_key(io: &str) {
+    raise_open_files_limit(4096);
+    let origin = TestOrigin::start(|req| {
+        let body = format!("version {} of {}", req.seq, req.path());
+        // The first version lives one second; the refreshed one outlives
+        // the herd, however long the clients take to connect.
+        let cc = if req.seq == 0 {
+            "max-age=1"
+        } else {
+            "max-age=60"
+        };
+        let reply = Reply::Send(response(200, &[("Cache-Control", cc)], body.as_bytes()));
+        if req.seq == 0 {
+            reply
+        } else {
+            Reply::After(Duration::from_millis(200), Box::new(reply))
+        }
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let first = server.get("/expiring");
+    assert_eq!(first.body_str(), "version 0 of /expiring");
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.summary()
+    );
+    // Freshness is counted in whole seconds of the wall clock: after two,
+    // a one-second lifetime is over whatever the rounding.
+    std::thread::sleep(Duration::from_secs(2));
+    let answers = herd_of(&server, "/expiring", 1000);
+    let mut refreshed_by = 0;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body_str(), "version 1 of /expiring", "{}", r.summary());
+        if r.cache_status().contains("fwd=stale") && !r.cache_status().contains("collapsed") {
+            refreshed_by += 1;
+        }
+    }
+    assert_eq!(origin.requests(), 2, "one new origin request for the herd");
+    assert_eq!(refreshed_by, 1, "one request refreshed the stale object");
+    assert!(server.get("/expiring").is_hit());
+}
+
+/// The filler's origin connection dies mid-response while waiters sit on
+/// both workers. Nobody gets a truncated 200: the filler's worker answers
+/// 502 to its waiters, the other worker fetches once more for its own (one
+/// of them takes the lease, the others wait for it), and while the origin
+/// keeps tearing every answer is a 502. Once it recovers, the next request
+/// fetches anew: nothing torn was stored.
+fn filler_dies_mid_response_across_workers(io: &str) {
+    let tearing = Arc::new(AtomicBool::new(true));
+    let tear = Arc::clone(&tearing);
+    let origin = TestOrigin::start(move |req| {
+        let body = format!("full body of {}", req.path()).repeat(100);
+        let whole = response(200, &[("Cache-Control", "max-age=60")], body.as_bytes());
+        if tear.load(Ordering::SeqCst) {
+            // The head and part of the body, then the connection dies.
+            let cut = whole.len() - body.len() / 2;
+            Reply::After(
+                Duration::from_millis(300),
+                Box::new(Reply::SendClose(whole[..cut].to_vec())),
+            )
+        } else {
+            Reply::Send(whole)
+        }
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let full = "full body of /torn".repeat(100);
+    for r in herd(&server, "/torn") {
+        match r.status {
+            200 => assert_eq!(r.body_str(), full, "a 200 carries the whole body"),
+            502 | 504 => {}
+            _ => panic!("neither the body nor a gateway error: {}", r.summary()),
+        }
+        assert_eq!(
+            r.status,
+            502,
+            "the origin tore every answer: {}",
+            r.summary()
+        );
+    }
+    let per_worker = requests_per_worker(&server, 2);
+    assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
+    // The fill, and at most one more fetch per other worker.
+    let fetched = origin.requests();
+    assert!((1..=2).contains(&fetched), "origin asked {fetched} times");
+    tearing.store(false, Ordering::SeqCst);
+    let r = server.get("/torn");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body_str(), full);
+    assert!(!r.is_hit(), "{}", r.summary());
+    assert_eq!(
+        origin.requests(),
+        fetched + 1,
+        "the next request fetched anew"
+    );
+}
+
+/// The same death, but the origin recovers at once: the other worker's
+/// waiters are answered in full by the one fetch one of them leads.
+fn filler_dies_and_the_other_worker_refetches_once(io: &str) {
+    let origin = TestOrigin::start(move |req| {
+        let body = format!("full body of {}", req.path()).repeat(100);
+        let whole = response(200, &[("Cache-Control", "max-age=60")], body.as_bytes());
+        let cut = whole.len() - body.len() / 2;
+        let reply = if req.seq == 0 {
+            Reply::SendClose(whole[..cut].to_vec())
+        } else {
+            Reply::Send(whole)
+        };
+        Reply::After(Duration::from_millis(300), Box::new(reply))
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let full = "full body of /mended".repeat(100);
+    let answers = herd(&server, "/mended");
+    let (mut whole, mut failed) = (0, 0);
+    for r in &answers {
+        match r.status {
+            200 => {
+                assert_eq!(r.body_str(), full, "a 200 carries the whole body");
+                whole += 1;
+            }
+            502 => failed += 1,
+            _ => panic!("neither the body nor a 502: {}", r.summary()),
+        }
+    }
+    let per_worker = requests_per_worker(&server, 2);
+    assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
+    eprintln!("answered {whole} in full, {failed} with 502; per worker {per_worker:?}");
+    // The filler's worker failed together; the other fetched once for all.
+    assert_eq!(origin.requests(), 2);
+    assert!(whole > 0 && failed > 0, "{whole} full, {failed} failed");
+    // Waiting twice (for the torn fill, then for the new one) counts once.
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_coalesced_total"), (CLIENTS - 1) as f64);
+    assert!(server.get("/mended").is_hit());
+}
+
+/// `coalesce_waiters_max` bounds each worker's list: beyond it a request
+/// fetches on its own (it is not refused). Over two workers, each keeps
+/// its own list of 4.
+fn waiting_list_cap_across_workers(io: &str) {
+    const WAITERS_MAX: usize = 4;
+    let origin = slow_origin(Duration::from_millis(500), 200, "max-age=60");
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        &format!("[limits]\ncoalesce_waiters_max = {WAITERS_MAX}\n"),
+    ) else {
+        return;
+    };
+    for r in herd(&server, "/capped") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /capped");
+    }
+    let per_worker = requests_per_worker(&server, 2);
+    assert!(
+        per_worker.iter().all(|&n| n > WAITERS_MAX as f64),
+        "{per_worker:?}"
+    );
+    // Each worker parks 4 and sends the rest: the filler's worker its
+    // filler plus the excess, the other worker its excess.
+    let m = server.metrics();
+    assert_eq!(
+        m.value("ringcache_coalesced_total"),
+        2.0 * WAITERS_MAX as f64
+    );
+    assert_eq!(origin.requests(), (CLIENTS - 2 * WAITERS_MAX) as u64);
+}
+
+/// An uncacheable answer does not serialise waiters over two workers: 200
+/// clients on a no-store key all complete, and the origin saw their
+/// requests in parallel.
+fn uncacheable_key_is_fetched_in_parallel_across_workers(io: &str) {
+    raise_open_files_limit(4096);
+    let origin = slow_origin(Duration::from_millis(300), 200, "no-store");
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    for r in herd_of(&server, "/nostore", 200) {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /nostore");
+    }
+    assert_eq!(origin.requests(), 200);
+    eprintln!("origin peak: {} requests at once", origin.requests_peak());
+    assert!(
+        origin.requests_peak() > 1,
+        "the origin saw the requests one at a time"
+    );
+}
+
+/// A filler that overruns the wait limit loses its lease: after the limit,
+/// a miss on the other worker takes the lease over and fetches (counted in
+/// `ringcache_lease_takeovers_total`), and its own later misses wait for it.
+fn overdue_lease_is_taken_over(io: &str) {
+    const LATE: usize = 16;
+    let origin = TestOrigin::start(|req| {
+        let body = format!("body of {}", req.path());
+        let reply = Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=60")],
+            body.as_bytes(),
+        ));
+        if req.seq == 0 {
+            Reply::After(Duration::from_millis(2500), Box::new(reply))
+        } else {
+            reply
+        }
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        "[limits]\ncoalesce_wait_timeout = \"300ms\"\n",
+    ) else {
+        return;
+    };
+    let mut first = server.client();
+    first.timeout = Duration::from_secs(10);
+    first.send(get_request("/overdue").as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(5)));
+    // The lease is overdue once the wait limit has passed (the filler waits
+    // 2.5 s for the origin): a time limit, so a sleep well beyond it.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut late: Vec<Client> = (0..LATE)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(10);
+            c
+        })
+        .collect();
+    for c in late.iter_mut() {
+        c.send(get_request("/overdue").as_bytes());
+    }
+    for c in late.iter_mut() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"body of /overdue");
+    }
+    assert_eq!(first.read_response().status, 200);
+    let m = server.metrics();
+    let per_worker = requests_per_worker(&server, 2);
+    eprintln!(
+        "takeovers {}, origin requests {}, per worker {per_worker:?}",
+        m.value("ringcache_lease_takeovers_total"),
+        origin.requests()
+    );
+    // Sixteen connections all on the filler's worker: 2^-16.
+    assert_eq!(m.value("ringcache_lease_takeovers_total"), 1.0);
+}
+
+/// Bytes of the large body the streaming tests use, and the threshold.
+const STREAM_BODY_BYTES: usize = 256 << 10;
+const STREAM_CONFIG: &str = "[limits]\ncoalesce_stream_bytes_min = \"64KiB\"\n";
+
+fn stream_body() -> Vec<u8> {
+    (0..STREAM_BODY_BYTES)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect()
+}
+
+/// Open `count` clients and send `path` on each; wait until all but the
+/// first wait for its fetch.
+fn parked_herd(server: &Server, path: &str, count: usize) -> Vec<Client> {
+    let mut clients: Vec<Client> = (0..count)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(10);
+            c
+        })
+        .collect();
+    for c in clients.iter_mut() {
+        c.send(get_request(path).as_bytes());
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            server.metrics().value("ringcache_coalesced_total") == (count - 1) as f64
+        }),
+        "the herd did not park"
+    );
+    clients
+}
+
+/// A response of at least `coalesce_stream_bytes_min` is streamed to the
+/// filler and the waiters on its worker as it arrives: every client has the
+/// head and half the body while the origin still holds the other half;
+/// then everyone gets the whole body, from one origin fetch.
+fn large_response_streams_to_waiters(io: &str) {
+    let head_go = Arc::new(AtomicBool::new(false));
+    let rest_go = Arc::new(AtomicBool::new(false));
+    let go = Arc::clone(&rest_go);
+    let origin = {
+        let head_go = Arc::clone(&head_go);
+        TestOrigin::start(move |_| {
+            let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+            let cut = whole.len() - STREAM_BODY_BYTES / 2;
+            Reply::Until(
+                head_go.clone(),
+                Box::new(Reply::Then(
+                    whole[..cut].to_vec(),
+                    Box::new(Reply::Until(
+                        go.clone(),
+                        Box::new(Reply::Send(whole[cut..].to_vec())),
+                    )),
+                )),
+            )
+        })
+    };
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 1, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let mut clients = parked_herd(&server, "/large", 16);
+    head_go.store(true, Ordering::SeqCst);
+    for c in clients.iter_mut() {
+        assert!(
+            c.wait_bytes(STREAM_BODY_BYTES / 2),
+            "half the body did not arrive before the rest was sent; got {} bytes",
+            c.leftover().len()
+        );
+    }
+    rest_go.store(true, Ordering::SeqCst);
+    let body = stream_body();
+    for c in clients.iter_mut() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body.len(), STREAM_BODY_BYTES);
+        assert!(r.body == body, "the streamed body differs");
+    }
+    assert_eq!(origin.requests(), 1);
+    assert!(server.get("/large").is_hit());
+}
+
+/// A large response over two workers: the filler's worker streams it, the
+/// other serves its waiters from the store once it is complete; everybody
+/// gets the whole body from one origin fetch.
+fn large_response_herd_across_workers(io: &str) {
+    let origin = TestOrigin::start(|_| {
+        let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+        Reply::After(Duration::from_millis(300), Box::new(Reply::Send(whole)))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let body = stream_body();
+    for r in herd(&server, "/large-across") {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert!(r.body == body, "{}", r.summary());
+    }
+    assert_eq!(origin.requests(), 1);
+    let per_worker = requests_per_worker(&server, 2);
+    assert!(per_worker.iter().all(|&n| n > 0.0), "{per_worker:?}");
+}
+
+/// A waiter whose connection owes an earlier answer first is not streamed
+/// to: its large answer waits, whole, behind the earlier one, and both
+/// arrive in request order.
+fn streamed_fill_keeps_pipelined_order(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        if req.path() == "/slow" {
+            let reply = Reply::Send(response(200, &[("Cache-Control", "no-store")], b"slow"));
+            return Reply::After(Duration::from_millis(600), Box::new(reply));
+        }
+        let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+        Reply::After(Duration::from_millis(200), Box::new(Reply::Send(whole)))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 1, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let mut filler = server.client();
+    filler.send(get_request("/big").as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(5)));
+    let mut piped = server.client();
+    piped.timeout = Duration::from_secs(10);
+    piped.send(format!("{}{}", get_request("/slow"), get_request("/big")).as_bytes());
+    let body = stream_body();
+    let r = filler.read_response();
+    assert!(r.status == 200 && r.body == body, "{}", r.summary());
+    let first = piped.read_response();
+    assert_eq!(first.body_str(), "slow", "{}", first.summary());
+    let second = piped.read_response();
+    assert!(
+        second.status == 200 && second.body == body,
+        "{}",
+        second.summary()
+    );
+    assert!(second
+        .cache_status_params()
+        .iter()
+        .any(|p| p == "collapsed"));
+    assert_eq!(origin.requests(), 2, "one fetch of /big, one of /slow");
+}
+
+/// The origin dies in the middle of a streamed response: every client's
+/// connection ends short of the Content-Length it was promised (no error
+/// page mixed into the body), nothing is stored, and the next request
+/// fetches anew.
+fn streamed_response_cut_short_closes_clients(io: &str) {
+    let head_go = Arc::new(AtomicBool::new(false));
+    let origin = {
+        let head_go = Arc::clone(&head_go);
+        TestOrigin::start(move |req| {
+            let whole = response(200, &[("Cache-Control", "max-age=60")], &stream_body());
+            if req.seq > 0 {
+                return Reply::Send(whole);
+            }
+            // The head and half the body, then the connection dies.
+            let cut = whole.len() - STREAM_BODY_BYTES / 2;
+            Reply::Until(
+                head_go.clone(),
+                Box::new(Reply::Then(whole[..cut].to_vec(), Box::new(Reply::Drop))),
+            )
+        })
+    };
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 1, STREAM_CONFIG)
+    else {
+        return;
+    };
+    let mut clients = parked_herd(&server, "/cut", 16);
+    head_go.store(true, Ordering::SeqCst);
+    for c in clients.iter_mut() {
+        match c.try_read_response() {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}"),
+            Ok(r) => panic!("a response came whole from a torn origin: {}", r.summary()),
+        }
+    }
+    assert_eq!(origin.requests(), 1);
+    let r = server.get("/cut");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(r.body == stream_body(), "the refetched body differs");
+    assert!(!r.is_hit());
+    assert_eq!(origin.requests(), 2, "the next request fetched anew");
 }
 
 /// Let this test process hold `n` descriptors (soft limit up to the hard one).
@@ -255,6 +837,18 @@ fn raise_open_files_limit(n: u64) {
 }
 
 both_io!(
+    overdue_lease_is_taken_over,
+    large_response_streams_to_waiters,
+    streamed_fill_keeps_pipelined_order,
+    large_response_herd_across_workers,
+    streamed_response_cut_short_closes_clients,
+    thousand_clients_on_an_expired_key,
+    filler_dies_mid_response_across_workers,
+    filler_dies_and_the_other_worker_refetches_once,
+    waiting_list_cap_across_workers,
+    wait_limit_releases_waiters_across_workers,
+    uncacheable_key_is_fetched_in_parallel_across_workers,
+    metrics_series_move,
     thousand_clients_one_fetch,
     herd_across_workers_fetches_once,
     conditional_requests_are_not_coalesced,

@@ -194,7 +194,145 @@ fn origin_queue_full_503(io: &str) {
     assert_eq!(m.labelled("ringcache_errors_total", "origin_busy"), 1.0);
 }
 
+/// The process-wide origin cap over two workers: each worker may open 3
+/// connections but the process only 4. Twenty distinct-key misses at once
+/// against an origin that holds every request: the origin never has more
+/// than 4 connections open, what fits in the caps and the queues is
+/// answered in full, and the rest gets 503 with Retry-After at once.
+fn origin_total_cap_across_workers(io: &str) {
+    const CLIENTS: usize = 20;
+    const TOTAL_MAX: u64 = 4;
+    let origin = TestOrigin::start(|req| {
+        let body = format!("answer to {}", req.path());
+        Reply::After(
+            Duration::from_millis(600),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "max-age=60")],
+                body.as_bytes(),
+            ))),
+        )
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        "[limits]\norigin_connections_max = 3\norigin_idle_max = 3\n\
+         origin_connections_total_max = 4\norigin_queue_max = 2\n",
+    ) else {
+        return;
+    };
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(20);
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(get_request(&format!("/capped/{i}")).as_bytes());
+    }
+    let (mut full, mut refused) = (0u64, 0u64);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.read_response();
+        match r.status {
+            200 => {
+                assert_eq!(r.body_str(), format!("answer to /capped/{i}"));
+                full += 1;
+            }
+            503 => {
+                assert_eq!(r.header("retry-after"), Some("1"), "{}", r.summary());
+                refused += 1;
+            }
+            _ => panic!("neither the answer nor 503: {}", r.summary()),
+        }
+    }
+    eprintln!(
+        "answered {full}, refused {refused}, origin peak {} connections",
+        origin.connections_peak()
+    );
+    assert!(
+        origin.connections_peak() <= TOTAL_MAX,
+        "the origin saw {} connections at once",
+        origin.connections_peak()
+    );
+    // At most 4 connections and 2 queued per worker; at least one worker's
+    // 3 connections and 2 queued are taken.
+    assert!((5..=8).contains(&full), "answered {full}");
+    assert_eq!(full + refused, CLIENTS as u64);
+    assert_eq!(
+        origin.requests(),
+        full,
+        "only the answered reached the origin"
+    );
+    let m = server.metrics();
+    assert_eq!(
+        m.labelled("ringcache_errors_total", "origin_busy"),
+        refused as f64
+    );
+    // Everything that was held back has drained: a new miss goes through.
+    let r = server.get("/capped/after");
+    assert_eq!(r.status, 200, "{}", r.summary());
+}
+
+/// One origin connection for the whole process, two workers, a queue that
+/// holds everything: every request is answered, one at a time at the
+/// origin. The worker without the slot gets it when the other lets its
+/// connection go (it does not wait out the idle timeout).
+fn origin_total_cap_moves_between_workers(io: &str) {
+    const CLIENTS: usize = 12;
+    let origin = TestOrigin::start(|req| {
+        let body = format!("answer to {}", req.path());
+        Reply::After(
+            Duration::from_millis(100),
+            Box::new(Reply::Send(response(
+                200,
+                &[("Cache-Control", "max-age=60")],
+                body.as_bytes(),
+            ))),
+        )
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        "[limits]\norigin_connections_total_max = 1\norigin_idle_timeout = \"60s\"\n",
+    ) else {
+        return;
+    };
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(20);
+            c
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(get_request(&format!("/one-at-a-time/{i}")).as_bytes());
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body_str(), format!("answer to /one-at-a-time/{i}"));
+    }
+    assert_eq!(origin.requests(), CLIENTS as u64);
+    eprintln!(
+        "origin: {} connections, at most {} open at once",
+        origin.connections(),
+        origin.connections_peak()
+    );
+    assert_eq!(
+        origin.requests_peak(),
+        1,
+        "one request at a time at the origin"
+    );
+    let m = server.metrics();
+    assert!(m.value("ringcache_origin_connections_open") <= 1.0);
+}
+
 both_io!(
+    origin_total_cap_moves_between_workers,
+    origin_total_cap_across_workers,
     origin_queue_full_503,
     origin_down_502,
     origin_closes_without_answer_502,

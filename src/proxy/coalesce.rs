@@ -17,18 +17,31 @@
 //! A filler that fails (502/504) fails its waiters with the same status. A
 //! fill older than `limits.coalesce_wait_timeout` releases its waiters, each
 //! to fetch for itself; the list of waiters is bounded by
-//! `limits.coalesce_waiters_max` (beyond it a request fetches on its own).
-//! Fills are per worker: across workers each may have one fetch in flight
-//! for the same key, until the store's shared fill lease exists.
+//! `limits.coalesce_waiters_max` per worker (beyond it a request fetches on
+//! its own, it is not refused).
+//!
+//! Across workers the key's lease (see `lease`) makes one fetch for the
+//! process: a worker that finds it held parks its requests in a *remote*
+//! fill and acts on the filler's notice: serve from the store, release its
+//! waiters in parallel (and mark the key hit-for-miss here too), or — when
+//! the fill failed or its answer was not stored — send its waiters through
+//! [`Proxy::fetch_or_wait`] again, so that one leads a new fill and the
+//! others wait for it.
+//!
+//! A large response (`limits.coalesce_stream_bytes_min`) is streamed to the
+//! filler and to this worker's waiters as it arrives (see `origin`,
+//! `stream_start`): such waiters stay in the fill until the response ends,
+//! are not released by the wait limit, and on a failure their connection
+//! closes short of the announced length instead of getting an error page.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::config::Limits;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Histogram};
 
 use super::compose::put_field_u64;
-use super::lease::{Acquire, Notice};
+use super::lease::{Acquire, FillEnd, Notice};
 use super::origin::Fetch;
 use super::{put_connection, Proxy};
 
@@ -40,6 +53,8 @@ pub(super) struct Fill {
     key: Box<[u8]>,
     started: Instant,
     waiters: Vec<Box<Fetch>>,
+    /// Requests that waited on this fill so far (released ones included).
+    waited: u64,
     /// Another worker holds the lease and fetches; this fill only waits.
     remote: bool,
     /// This worker holds the key's lease and must release it.
@@ -97,6 +112,7 @@ impl Proxy {
         let now_secs = self.clock.unix_secs;
         if let Some((k, until)) = self.fills.hit_for_miss.get(&hash) {
             if *k == key && *until > now_secs {
+                fetch.bypass = true;
                 self.dispatch(fetch); // known not to be shareable
                 return;
             }
@@ -104,8 +120,12 @@ impl Proxy {
         let waiters_max = self.fills.waiters_max;
         if let Some(fill) = self.fills.by_hash.get_mut(&hash) {
             if fill.key == key && fill.waiters.len() < waiters_max {
+                let first_wait = !std::mem::replace(&mut fetch.parked, true);
                 fill.waiters.push(fetch);
-                self.counters().incr(Counter::Coalesced);
+                fill.waited += 1;
+                if first_wait {
+                    self.counters().incr(Counter::Coalesced);
+                }
                 return;
             }
             // Another key with the same hash, or the list is full: fetch alone.
@@ -122,13 +142,21 @@ impl Proxy {
             key,
             started: self.clock.now,
             waiters: Vec::new(),
+            waited: 0,
             remote: acquired == Acquire::Waiting,
-            leased: acquired == Acquire::Filler,
+            leased: matches!(acquired, Acquire::Filler | Acquire::TakenOver),
         };
+        if acquired == Acquire::TakenOver {
+            self.counters().incr(Counter::LeaseTakeovers);
+        }
         if fill.remote {
             // Another worker fetches this key: wait for its notice.
+            let first_wait = !std::mem::replace(&mut fetch.parked, true);
             fill.waiters.push(fetch);
-            self.counters().incr(Counter::Coalesced);
+            fill.waited = 1;
+            if first_wait {
+                self.counters().incr(Counter::Coalesced);
+            }
             self.fills.by_hash.insert(hash, fill);
             return;
         }
@@ -162,6 +190,7 @@ impl Proxy {
                 key,
                 started: now,
                 waiters: Vec::new(),
+                waited: 0,
                 remote: false,
                 leased: true,
             },
@@ -175,17 +204,34 @@ impl Proxy {
     pub(super) fn lease_notice(&mut self, notice: Notice) {
         let waiters = match self.fills.by_hash.get(&notice.hash) {
             Some(f) if f.remote && f.key == notice.key => {
-                self.fills.by_hash.remove(&notice.hash).map(|f| f.waiters)
+                self.fills.by_hash.remove(&notice.hash).map(|f| {
+                    self.counters().record(Histogram::CoalesceWaiters, f.waited);
+                    f.waiters
+                })
             }
             _ => None, // released after its wait limit, or filled here since
         };
-        for waiter in waiters.into_iter().flatten() {
-            if notice.stored {
-                if let Err(waiter) = self.respond_collapsed(waiter) {
+        let Some(waiters) = waiters else { return };
+        if notice.end == FillEnd::Release {
+            if let Some(first) = waiters.first() {
+                self.mark_hit_for_miss(first);
+            }
+        }
+        for waiter in waiters {
+            match notice.end {
+                FillEnd::Stored => {
+                    self.waiter_released(&waiter);
+                    if let Err(waiter) = self.respond_collapsed(waiter) {
+                        self.dispatch(waiter);
+                    }
+                }
+                FillEnd::Release => {
+                    self.waiter_released(&waiter);
                     self.dispatch(waiter);
                 }
-            } else {
-                self.dispatch(waiter);
+                // The first leads a new fill (or waits on another worker's),
+                // the others join it: still one fetch for the key.
+                FillEnd::Refetch => self.fetch_or_wait(waiter),
             }
         }
     }
@@ -205,6 +251,15 @@ impl Proxy {
             waiter.client_minor_version,
             waiter.client_head,
         );
+        // The answer fetched for this request may be served even if its
+        // lifetime ran out meanwhile (a one-second max-age stored late in a
+        // second): one that was fresh after the request arrived is newer
+        // than whatever sent the request to the origin. Refusing it would
+        // send every waiter to the origin at once.
+        let request_secs = waiter.request_time_secs;
+        let usable = move |meta: &crate::store::ItemMeta| {
+            meta.is_fresh(now_secs) || meta.expires_secs() > request_secs
+        };
         let mut buf = self.take_buffer();
         // The waiter's own fields choose its variant when the response varies.
         let mut fields = [httparse::EMPTY_HEADER; crate::config::HEADERS_COUNT_CAP];
@@ -216,7 +271,7 @@ impl Proxy {
         self.key.clear();
         self.key.extend_from_slice(&key);
         let (hit, _, _) = self.lookup_varied(hash, request, &mut buf, |b, hit| {
-            if !hit.meta.is_fresh(now_secs) {
+            if !usable(&hit.meta) {
                 return false;
             }
             // The stored status line: `HTTP/1.1 NNN ...`.
@@ -236,11 +291,11 @@ impl Proxy {
             b.extend_from_slice(b"\r\n");
             !head_only
         });
-        if !hit.is_some_and(|h| h.meta.is_fresh(now_secs)) {
+        if !hit.is_some_and(|h| usable(&h.meta)) {
             self.give_buffer(buf);
             return Err(waiter);
         }
-        self.client_respond(waiter.client, Some(waiter.seq), buf, !keep_alive);
+        self.fetch_respond(&waiter, buf, Counter::OutcomeCollapsed);
         self.give_buffer(waiter.req);
         Ok(())
     }
@@ -249,7 +304,7 @@ impl Proxy {
     /// one, and release its lease: other workers' waiters learn whether the
     /// answer is in the store.
     #[allow(clippy::vec_box)]
-    fn take_fill(&mut self, fetch: &Fetch, stored: bool) -> Option<Vec<Box<Fetch>>> {
+    fn take_fill(&mut self, fetch: &Fetch, end: FillEnd) -> Option<Vec<Box<Fetch>>> {
         let id = fetch.fill_id?;
         let (hash, key) = fetch.key.as_ref()?;
         let fill = match self.fills.by_hash.get(hash) {
@@ -257,7 +312,12 @@ impl Proxy {
             _ => return None,
         };
         if fill.leased {
-            self.leases.release(self.worker_index, *hash, key, stored);
+            self.leases.release(self.worker_index, *hash, key, end);
+        }
+        self.counters()
+            .record(Histogram::CoalesceWaiters, fill.waited);
+        for waiter in &fill.waiters {
+            self.waiter_released(waiter);
         }
         Some(fill.waiters)
     }
@@ -271,7 +331,12 @@ impl Proxy {
         stored: bool,
         mut answer: impl FnMut(&mut Proxy, &Fetch) -> Vec<u8>,
     ) {
-        let Some(waiters) = self.take_fill(fetch, stored) else {
+        let end = match outcome {
+            _ if stored => FillEnd::Stored,
+            Outcome::Release => FillEnd::Release,
+            Outcome::Share | Outcome::FromStore => FillEnd::Refetch,
+        };
+        let Some(waiters) = self.take_fill(fetch, end) else {
             return;
         };
         if outcome == Outcome::Release {
@@ -285,8 +350,12 @@ impl Proxy {
                     }
                 }
                 Outcome::Share => {
-                    let resp = answer(self, &waiter);
-                    self.client_respond(waiter.client, Some(waiter.seq), resp, !waiter.keep_alive);
+                    let resp = if waiter.streaming {
+                        Vec::new() // all of it is out already
+                    } else {
+                        answer(self, &waiter)
+                    };
+                    self.fetch_respond(&waiter, resp, Counter::OutcomeCollapsed);
                     self.give_buffer(waiter.req);
                 }
                 Outcome::Release => self.dispatch(waiter),
@@ -296,7 +365,7 @@ impl Proxy {
 
     /// The filler failed with `status`: its waiters get the same answer.
     pub(super) fn fill_failed(&mut self, fetch: &Fetch, status: u16, detail: &str) {
-        let Some(waiters) = self.take_fill(fetch, false) else {
+        let Some(waiters) = self.take_fill(fetch, FillEnd::Refetch) else {
             return;
         };
         for waiter in waiters {
@@ -310,6 +379,36 @@ impl Proxy {
             .hit_for_miss
             .get(&hash)
             .is_some_and(|(k, until)| &k[..] == key && *until > self.clock.unix_secs)
+    }
+
+    /// The waiters of the fill `fetch` leads, lent out (see `fill_waiters_put`).
+    #[allow(clippy::vec_box)]
+    pub(super) fn fill_waiters_take(&mut self, fetch: &Fetch) -> Vec<Box<Fetch>> {
+        match self.led_fill(fetch) {
+            Some(fill) => std::mem::take(&mut fill.waiters),
+            None => Vec::new(),
+        }
+    }
+
+    /// Give back the waiters lent by `fill_waiters_take`.
+    #[allow(clippy::vec_box)]
+    pub(super) fn fill_waiters_put(&mut self, fetch: &Fetch, waiters: Vec<Box<Fetch>>) {
+        if let Some(fill) = self.led_fill(fetch) {
+            debug_assert!(fill.waiters.is_empty(), "waiters joined while lent");
+            fill.waiters = waiters;
+        }
+    }
+
+    fn led_fill(&mut self, fetch: &Fetch) -> Option<&mut Fill> {
+        let id = fetch.fill_id?;
+        let (hash, _) = fetch.key.as_ref()?;
+        self.fills.by_hash.get_mut(hash).filter(|f| f.id == id)
+    }
+
+    /// A waiter's wait is over (answered, failed or released to fetch).
+    fn waiter_released(&self, waiter: &Fetch) {
+        self.counters()
+            .record_duration(Histogram::CoalesceWait, waiter.started.elapsed());
     }
 
     pub(super) fn mark_hit_for_miss(&mut self, fetch: &Fetch) {
@@ -339,7 +438,9 @@ impl Proxy {
             .fills
             .by_hash
             .iter()
-            .filter(|(_, f)| !f.waiters.is_empty() && now.duration_since(f.started) >= timeout)
+            .filter(|(_, f)| {
+                f.waiters.iter().any(|w| !w.streaming) && now.duration_since(f.started) >= timeout
+            })
             .map(|(h, _)| *h)
             .collect();
         for hash in overdue {
@@ -347,15 +448,28 @@ impl Proxy {
                 // Waiting on another worker that did not answer in time:
                 // forget that fill, so later misses lead or wait anew.
                 Some(fill) if fill.remote => match self.fills.by_hash.remove(&hash) {
-                    Some(fill) => fill.waiters,
+                    Some(fill) => {
+                        self.counters()
+                            .record(Histogram::CoalesceWaiters, fill.waited);
+                        fill.waiters
+                    }
                     None => continue,
                 },
-                Some(fill) => std::mem::take(&mut fill.waiters),
+                // Those being streamed to keep their place: their answer is
+                // arriving, bounded by the origin response timeout.
+                Some(fill) => {
+                    let (streaming, released): (Vec<_>, Vec<_>) = std::mem::take(&mut fill.waiters)
+                        .into_iter()
+                        .partition(|w| w.streaming);
+                    fill.waiters = streaming;
+                    released
+                }
                 None => continue,
             };
             self.counters()
                 .add(Counter::CoalesceTimeouts, waiters.len() as u64);
             for waiter in waiters {
+                self.waiter_released(&waiter);
                 self.dispatch(waiter);
             }
         }

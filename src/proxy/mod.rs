@@ -58,7 +58,7 @@ use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, Requ
 use crate::http::reuse::RequestDirectives;
 use crate::http::validation::is_precondition_field;
 use crate::http::{headers, ParseError, Parsed};
-use crate::metrics::{Counter, Metrics, WorkerCounters};
+use crate::metrics::{status_class, Counter, Histogram, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
 use crate::store::{key_hash, Reader, SharedStore};
 
@@ -452,6 +452,7 @@ impl Proxy {
             }
         }
         self.coalesce_tick(now);
+        self.origin_tick();
         for (token, kind) in expired {
             match kind {
                 TimeoutKind::Head => {
@@ -677,11 +678,13 @@ impl Proxy {
         };
         let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, true);
+        self.counters().incr(Counter::OutcomeError);
         self.client_respond(token, seq, resp, true);
     }
 
     /// A parsed request head: answer from the cache or start a fetch.
     fn request(&mut self, token: Token, head: &RequestHead<'_, '_>) {
+        let started = Instant::now();
         let keep_alive = head.keep_alive && !self.draining;
         match head.method {
             Method::Connect | Method::Trace => {
@@ -787,6 +790,9 @@ impl Proxy {
             }
             if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
+                self.counters().incr(Counter::OutcomeHit);
+                self.counters()
+                    .record_duration(Histogram::RequestHit, started.elapsed());
                 if !keep_alive {
                     if let Some(c) = self.client(token) {
                         c.stop_reading = true;
@@ -813,6 +819,7 @@ impl Proxy {
                     None,
                     !keep_alive,
                 );
+                self.counters().incr(Counter::OutcomeError);
                 self.client_respond(token, None, resp, !keep_alive);
                 return;
             }
@@ -950,6 +957,10 @@ impl Proxy {
             request_time_secs: self.clock.unix_secs,
             retried: false,
             fill_id: None,
+            started,
+            bypass: false,
+            parked: false,
+            streaming: false,
             found,
             target_key,
             // A request whose answer is its own (206 passed through, 304,
@@ -1013,6 +1024,7 @@ impl Proxy {
         let date = self.clock.date;
         let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, false);
+        self.counters().incr(Counter::OutcomeError);
         self.client_respond(token, None, resp, false);
     }
 
@@ -1069,10 +1081,17 @@ impl Proxy {
     /// Queue a finished response for exchange `seq` (or a new one when `None`)
     /// and move every response that is now in order into the output buffer.
     fn client_respond(&mut self, token: Token, seq: Option<u64>, resp: Vec<u8>, close: bool) {
-        let Some(c) = self.client(token) else {
+        if self.client(token).is_none() {
             self.give_buffer(resp);
             return;
-        };
+        }
+        // Every response starts with `HTTP/1.1 NNN`: its first status digit.
+        // (An empty one ends a streamed response, counted when it began.)
+        if let Some(&digit) = resp.get(9) {
+            let class = u16::from(digit.wrapping_sub(b'0'));
+            self.counters().incr(status_class(class * 100));
+        }
+        let Some(c) = self.client(token) else { return };
         match seq {
             Some(seq) => {
                 let Some(front) = c.queue.front() else { return };
@@ -1190,6 +1209,9 @@ impl Proxy {
         }
         if direct {
             let now = self.clock.now;
+            if fresh {
+                self.counters().incr(Counter::Status2xx); // only 200s are stored
+            }
             let c = self.client(token).expect("checked");
             c.out = buf;
             if fresh {
@@ -1321,7 +1343,7 @@ impl Proxy {
             }
             Socket::Wake { .. } => {}
             Socket::Origin(o) => {
-                self.pool.conns_count -= 1;
+                self.origin_conn_gone();
                 self.pool.idle.retain(|&t| t != token);
                 if let Some(f) = o.fetch {
                     // Every path that closes a busy connection answers its

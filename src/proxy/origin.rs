@@ -5,6 +5,15 @@
 //! pool's bounded queue when every allowed connection is busy. A reused
 //! connection that the origin closed before answering gets the request
 //! again, once, on a fresh connection, when the method is idempotent.
+//!
+//! Two caps bound the connections: `limits.origin_connections_max` per
+//! worker, and `limits.origin_connections_total_max` for the process, kept
+//! in the shared [`OriginBudget`](super::lease::OriginBudget). A request
+//! beyond either waits in the worker's queue (`limits.origin_queue_max`)
+//! and beyond that is answered 503 with `Retry-After` at once. A worker held
+//! back only by the process-wide cap says so in the budget; the other
+//! workers then close connections rather than keep them idle, and the held
+//! worker takes the freed slots on its next tick.
 
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -21,7 +30,7 @@ use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::reuse::is_error_status;
 use crate::http::sink::Out;
 use crate::http::{headers, Parsed};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Histogram};
 use crate::runtime::io::Token;
 use crate::store::ItemMeta;
 
@@ -74,6 +83,16 @@ pub(super) struct Fetch {
     pub body: Vec<u8>,
     /// A range request fetched whole: the client gets its range of the answer.
     pub range: Option<Box<super::ranges::RangeAsk>>,
+    /// When the request was parsed; its response time counts from here.
+    pub started: Instant,
+    /// Sent without waiting for others: the key is marked hit-for-miss.
+    pub bypass: bool,
+    /// Waited for another's fetch already (counted once as coalesced, even
+    /// when a failed fill sends it to wait again).
+    pub parked: bool,
+    /// Its response is being streamed: the head and the body so far are in
+    /// the client's output already (see `stream_start`).
+    pub streaming: bool,
 }
 
 impl Fetch {
@@ -123,6 +142,8 @@ struct Progress {
     validated: bool,
     /// Why a response to a cacheable request is not stored (Cache-Status `detail`).
     not_stored: Option<&'static str>,
+    /// Body bytes go to the streaming clients as they arrive.
+    streaming: bool,
 }
 
 enum Framing {
@@ -148,6 +169,8 @@ pub(super) struct OriginConn {
     received_any: bool,
     /// Connect or response deadline, or the idle start.
     since: Instant,
+    /// When the current request was handed to the kernel to send.
+    sent_at: Instant,
 }
 
 impl OriginConn {
@@ -178,6 +201,8 @@ pub(super) struct Pool {
     /// Connections open or opening (busy, idle, closing).
     pub conns_count: usize,
     pub queue: VecDeque<Box<Fetch>>,
+    /// This worker is counted in the budget as waiting for a slot.
+    starving: bool,
     conns_max: usize,
     idle_max: usize,
     queue_max: usize,
@@ -190,6 +215,7 @@ impl Pool {
             idle: Vec::with_capacity(limits.origin_idle_max),
             conns_count: 0,
             queue: VecDeque::new(),
+            starving: false,
             conns_max: limits.origin_connections_max,
             idle_max: limits.origin_idle_max,
             queue_max: limits.origin_queue_max,
@@ -228,24 +254,67 @@ impl Proxy {
     fn dispatch_quiet(&mut self, fetch: Box<Fetch>) {
         if let Some(token) = self.pool.idle.pop() {
             self.origin_assign(token, fetch);
-        } else if self.pool.conns_count < self.pool.conns_max {
+        } else if self.origin_slot_take() {
             self.origin_open(fetch);
         } else if self.pool.queue.len() < self.pool.queue_max {
             self.pool.queue.push_back(fetch);
+            self.pool_note_starving();
         } else {
             self.counters().incr(Counter::ErrOriginBusy);
             self.fail_fetch(fetch, 503, "origin-queue-full");
         }
     }
 
+    /// Room for one more connection under both caps; takes a process-wide
+    /// slot, which the connection gives back when it is gone.
+    fn origin_slot_take(&mut self) -> bool {
+        self.pool.conns_count < self.pool.conns_max && self.leases.origin_budget.try_take()
+    }
+
     /// Start queued fetches while connections are available.
     pub(super) fn pool_next(&mut self) {
-        while !self.pool.queue.is_empty()
-            && (!self.pool.idle.is_empty() || self.pool.conns_count < self.pool.conns_max)
-        {
-            let fetch = self.pool.queue.pop_front().expect("checked non-empty");
-            self.dispatch_quiet(fetch);
+        while !self.pool.queue.is_empty() {
+            if let Some(token) = self.pool.idle.pop() {
+                let fetch = self.pool.queue.pop_front().expect("checked non-empty");
+                self.origin_assign(token, fetch);
+            } else if self.origin_slot_take() {
+                let fetch = self.pool.queue.pop_front().expect("checked non-empty");
+                self.origin_open(fetch);
+            } else {
+                break;
+            }
         }
+        self.pool_note_starving();
+    }
+
+    /// Tell the budget whether this worker holds requests back only for
+    /// want of a process-wide slot.
+    fn pool_note_starving(&mut self) {
+        let starving = !self.pool.queue.is_empty()
+            && self.pool.idle.is_empty()
+            && self.pool.conns_count < self.pool.conns_max;
+        if starving != self.pool.starving {
+            self.pool.starving = starving;
+            self.leases.origin_budget.set_starving(starving);
+        }
+    }
+
+    /// An origin connection's slot was freed: both caps get it back.
+    pub(super) fn origin_conn_gone(&mut self) {
+        self.pool.conns_count -= 1;
+        self.leases.origin_budget.give_back();
+        self.counters().incr(Counter::OriginConnectionsClosed);
+    }
+
+    /// Per tick: while another worker waits for a process-wide slot, idle
+    /// connections here are closed; a worker that waits tries again.
+    pub(super) fn origin_tick(&mut self) {
+        if self.leases.origin_budget.is_contended() && self.pool.queue.is_empty() {
+            for token in std::mem::take(&mut self.pool.idle) {
+                self.close_socket(token);
+            }
+        }
+        self.pool_next();
     }
 
     fn origin_open(&mut self, fetch: Box<Fetch>) {
@@ -254,6 +323,7 @@ impl Proxy {
             Ok(fd) => fd,
             Err(e) => {
                 log::error!("origin {addr}: cannot create a socket: {e}");
+                self.leases.origin_budget.give_back();
                 self.counters().incr(Counter::ErrOriginConnect);
                 self.fail_fetch(fetch, 502, "origin-socket");
                 return;
@@ -275,6 +345,7 @@ impl Proxy {
             served: 0,
             received_any: false,
             since: self.clock.now,
+            sent_at: self.clock.now,
         }));
         self.pool.conns_count += 1;
         self.counters().incr(Counter::OriginConnections);
@@ -298,6 +369,9 @@ impl Proxy {
     }
 
     fn origin_send(&mut self, token: Token) {
+        // The loop clock is taken before the wait for events; durations
+        // need the time of this very event.
+        let now = Instant::now();
         let Some(o) = self.origin(token) else { return };
         let Some(fetch) = o.fetch.as_mut() else {
             return;
@@ -306,6 +380,7 @@ impl Proxy {
         // an empty buffer meanwhile.
         std::mem::swap(&mut o.req_inflight, &mut fetch.req);
         o.sending = true;
+        o.sent_at = now;
         let (fd, ptr, len) = (o.fd, o.req_inflight.as_ptr(), o.req_inflight.len());
         self.ops.push(Op::Send {
             token,
@@ -368,6 +443,7 @@ impl Proxy {
             if !self.origin_head(token) {
                 return;
             }
+            self.stream_start(token);
             let Some(o) = self.origin(token) else { return };
             let mut rest = std::mem::take(&mut o.inbuf);
             self.origin_body(token, &rest);
@@ -514,6 +590,7 @@ impl Proxy {
                             body: Vec::new(),
                             validated: false,
                             not_stored,
+                            streaming: false,
                         },
                         skip + h.head_len,
                     )));
@@ -558,6 +635,7 @@ impl Proxy {
         let bytes_max = self.limits.origin_response_bytes_max;
         let Some(o) = self.origin(token) else { return };
         let Some(p) = o.progress.as_mut() else { return };
+        let body_before = p.body.len();
         let done = match &mut p.framing {
             Framing::Empty => data.is_empty(),
             Framing::Length(remaining) => {
@@ -597,7 +675,11 @@ impl Proxy {
             );
             return;
         }
-        if done || matches!(p.framing, Framing::Empty) {
+        let complete = done || matches!(p.framing, Framing::Empty);
+        if p.streaming && p.body.len() > body_before {
+            self.stream_body(token, body_before);
+        }
+        if complete {
             self.origin_complete(token);
         }
     }
@@ -638,7 +720,7 @@ impl Proxy {
             self.counters().incr(Counter::OriginRetries);
             self.counters().incr(Counter::OriginFetches);
             // A fresh connection: the other idle ones may be just as stale.
-            if self.pool.conns_count < self.pool.conns_max {
+            if self.origin_slot_take() {
                 self.origin_open(fetch);
             } else {
                 self.dispatch_quiet(fetch);
@@ -697,7 +779,11 @@ impl Proxy {
             return;
         };
         o.served += 1;
+        let sent_at = o.sent_at;
         let reusable = p.keep_alive && !draining && !o.sending && o.inbuf.is_empty();
+        let origin_time = sent_at.elapsed();
+        self.counters()
+            .record_duration(Histogram::Origin, origin_time);
         for key in &p.invalidate {
             if self.remove_variants(key) {
                 self.counters().incr(Counter::Invalidated);
@@ -761,8 +847,11 @@ impl Proxy {
         if fetch.range.is_some() && !stored {
             self.mark_hit_for_miss(&fetch); // later ranges of it go to the origin as ranges
         }
-        // Release the connection before answering, so a queued fetch can use it.
-        if reusable && self.pool.idle.len() < self.pool.idle_max {
+        // Release the connection before answering, so a queued fetch can use
+        // it. Idle, it would hold a process-wide slot another worker waits for.
+        let wanted_elsewhere =
+            self.leases.origin_budget.is_contended() && self.pool.queue.is_empty();
+        if reusable && self.pool.idle.len() < self.pool.idle_max && !wanted_elsewhere {
             let now = self.clock.now;
             let o = self.origin(token).expect("checked above");
             o.state = State::Idle;
@@ -793,6 +882,8 @@ impl Proxy {
         let error = is_error_status(p.status);
         let resp = if background {
             None
+        } else if fetch.streaming {
+            Some(Vec::new()) // all of it is out already
         } else if error {
             Some(
                 self.stale_on_error(&fetch, p.status)
@@ -815,8 +906,19 @@ impl Proxy {
             }
             proxy.compose_response(waiter, &p, false, true)
         });
+        let what = if fetch.bypass {
+            Counter::OutcomeBypass
+        } else {
+            match fwd_reason(&fetch) {
+                b"stale" => Counter::OutcomeStale,
+                b"request" => Counter::OutcomeRequest,
+                b"method" => Counter::OutcomeMethod,
+                b"bypass" => Counter::OutcomeBypass,
+                _ => Counter::OutcomeMiss,
+            }
+        };
         if let Some(resp) = resp {
-            self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+            self.fetch_respond(&fetch, resp, what);
         }
         self.give_buffer(fetch.req);
     }
@@ -838,6 +940,19 @@ impl Proxy {
         }
     }
 
+    /// Queue the response to a fetch's client; count what the cache did
+    /// (`outcome`) and the time since the request was parsed.
+    pub(super) fn fetch_respond(&mut self, fetch: &Fetch, resp: Vec<u8>, outcome: Counter) {
+        let h = if fetch.lookup {
+            Histogram::RequestMiss
+        } else {
+            Histogram::RequestPass
+        };
+        self.counters().incr(outcome);
+        self.counters().record_duration(h, fetch.started.elapsed());
+        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+    }
+
     /// A response from the origin as `fetch`'s client gets it.
     fn compose_response(
         &mut self,
@@ -851,64 +966,90 @@ impl Proxy {
             return self.compose_ranged(fetch, ask, head, body, age, (stored, collapsed));
         }
         let mut resp = self.take_buffer();
-        // The client's own preconditions, when ringcache validated for it
-        // (RFC 9111 §4.3.2): a 304 from the response it would get.
-        let not_modified = p.status == 200
-            && fetch
-                .revalidation
-                .as_ref()
-                .and_then(|r| r.client_conditions.as_deref())
-                .is_some_and(|c| conditions_match(c, fetch.method, &p.head));
         let bodiless =
-            not_modified || (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
-        if not_modified {
-            put_not_modified_head(&mut resp, &p.head);
-        } else {
-            resp.extend_from_slice(&p.head);
-        }
-        if !bodiless {
-            put_field_u64(&mut resp, b"Content-Length", p.body.len() as u64);
-        }
-        if let Some(age) = p.age_secs {
-            put_field_u64(&mut resp, b"Age", age);
-        }
-        resp.extend_from_slice(b"Cache-Status: ringcache; fwd=");
-        resp.extend_from_slice(fwd_reason(fetch));
-        resp.extend_from_slice(b"; fwd-status=");
-        let fwd_status = if p.validated { 304 } else { p.status };
-        super::compose::put_u64(&mut resp, u64::from(fwd_status));
-        if let (true, Some(s)) = (p.validated, p.storable.as_ref()) {
-            resp.extend_from_slice(b"; ttl=");
-            let ttl = s.stored.lifetime_secs.min(i64::MAX as u64) as i64
-                - s.stored.initial_age_secs.min(i64::MAX as u64) as i64;
-            let _ = Out::put_i64(&mut resp, ttl);
-        }
-        if stored {
-            resp.extend_from_slice(b"; stored");
-        }
-        if collapsed {
-            resp.extend_from_slice(b"; collapsed");
-        }
-        if let (Some(detail), false) = (p.not_stored, stored) {
-            resp.extend_from_slice(b"; detail=");
-            resp.extend_from_slice(detail.as_bytes());
-        }
-        resp.extend_from_slice(b"\r\n");
-        put_field(&mut resp, b"Via", VIA);
-        put_connection(&mut resp, fetch.keep_alive, fetch.client_minor_version);
-        resp.extend_from_slice(b"\r\n");
+            put_response_head(&mut resp, fetch, p, p.body.len() as u64, stored, collapsed);
         if !fetch.client_head && !bodiless {
             resp.extend_from_slice(&p.body);
         }
         resp
     }
+}
 
+/// The head of a response from the origin as `fetch`'s client gets it, with
+/// `Content-Length: body_len`. Returns whether the status has no body.
+fn put_response_head(
+    resp: &mut Vec<u8>,
+    fetch: &Fetch,
+    p: &Progress,
+    body_len: u64,
+    stored: bool,
+    collapsed: bool,
+) -> bool {
+    // The client's own preconditions, when ringcache validated for it
+    // (RFC 9111 §4.3.2): a 304 from the response it would get.
+    let not_modified = p.status == 200
+        && fetch
+            .revalidation
+            .as_ref()
+            .and_then(|r| r.client_conditions.as_deref())
+            .is_some_and(|c| conditions_match(c, fetch.method, &p.head));
+    let bodiless =
+        not_modified || (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
+    if not_modified {
+        put_not_modified_head(resp, &p.head);
+    } else {
+        resp.extend_from_slice(&p.head);
+    }
+    if !bodiless {
+        put_field_u64(resp, b"Content-Length", body_len);
+    }
+    if let Some(age) = p.age_secs {
+        put_field_u64(resp, b"Age", age);
+    }
+    resp.extend_from_slice(b"Cache-Status: ringcache; fwd=");
+    resp.extend_from_slice(fwd_reason(fetch));
+    resp.extend_from_slice(b"; fwd-status=");
+    let fwd_status = if p.validated { 304 } else { p.status };
+    super::compose::put_u64(resp, u64::from(fwd_status));
+    if let (true, Some(s)) = (p.validated, p.storable.as_ref()) {
+        resp.extend_from_slice(b"; ttl=");
+        let ttl = s.stored.lifetime_secs.min(i64::MAX as u64) as i64
+            - s.stored.initial_age_secs.min(i64::MAX as u64) as i64;
+        let _ = Out::put_i64(resp, ttl);
+    }
+    if stored {
+        resp.extend_from_slice(b"; stored");
+    }
+    if collapsed {
+        resp.extend_from_slice(b"; collapsed");
+    }
+    if let (Some(detail), false) = (p.not_stored, stored) {
+        resp.extend_from_slice(b"; detail=");
+        resp.extend_from_slice(detail.as_bytes());
+    }
+    resp.extend_from_slice(b"\r\n");
+    put_field(resp, b"Via", VIA);
+    put_connection(resp, fetch.keep_alive, fetch.client_minor_version);
+    resp.extend_from_slice(b"\r\n");
+    bodiless
+}
+
+impl Proxy {
     /// Answer a fetch's client with an error ringcache generates.
     pub(super) fn fail_fetch(&mut self, fetch: Box<Fetch>, status: u16, detail: &str) {
         self.fill_failed(&fetch, status, detail);
+        if fetch.streaming {
+            // Its head and part of its body are out: the connection ends
+            // short of the Content-Length it announced, which the client
+            // sees; an error response now would be read as body bytes.
+            self.counters().incr(Counter::OutcomeError);
+            self.client_respond(fetch.client, Some(fetch.seq), Vec::new(), true);
+            self.give_buffer(fetch.req);
+            return;
+        }
         if let Some(resp) = self.stale_on_error(&fetch, status) {
             // RFC 5861 §4: the stored response stands in for the error.
-            self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+            self.fetch_respond(&fetch, resp, Counter::OutcomeStale);
             self.give_buffer(fetch.req);
             return;
         }
@@ -927,8 +1068,105 @@ impl Proxy {
             Some(std::str::from_utf8(fwd_reason(&fetch)).unwrap_or("miss")),
             !fetch.keep_alive,
         );
-        self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        self.fetch_respond(&fetch, resp, Counter::OutcomeError);
         self.give_buffer(fetch.req);
+    }
+
+    /// A large shareable response's head is in (`Content-Length` at least
+    /// `limits.coalesce_stream_bytes_min`, status 200, storable) and its
+    /// fetch leads a fill: send the head now, and each body byte as it
+    /// arrives (`stream_body`), to the filler's client and to this worker's
+    /// waiters whose answer is the next one on their connection. Waiters
+    /// behind other answers, or arriving later, get the whole response at
+    /// the end as before; waiters on other workers are served from the store.
+    fn stream_start(&mut self, token: Token) {
+        let min = self.limits.coalesce_stream_bytes_min as u64;
+        let Some(o) = self.origin(token) else { return };
+        let (Some(fetch), Some(p)) = (o.fetch.as_ref(), o.progress.as_mut()) else {
+            return;
+        };
+        let length = match p.framing {
+            Framing::Length(n) if n >= min => n,
+            _ => return,
+        };
+        // Only a response every waiter gets as relayed (no variant to
+        // choose, no field stripped for storing), for a whole-body fetch
+        // whose client gets the 200 itself (not a range of it, nor a 304
+        // from ringcache's validation on its behalf).
+        let relayed = p.storable.as_deref().is_some_and(|a| a.shared_as_relayed());
+        if p.status != 200
+            || !relayed
+            || fetch.fill_id.is_none()
+            || fetch.range.is_some()
+            || fetch.revalidation.is_some()
+        {
+            return;
+        }
+        p.streaming = true;
+        let (Some(mut fetch), Some(p)) = (o.fetch.take(), o.progress.take()) else {
+            return;
+        };
+        self.stream_begin(&mut fetch, &p, length, false);
+        let mut waiters = self.fill_waiters_take(&fetch);
+        for waiter in waiters.iter_mut() {
+            self.stream_begin(waiter, &p, length, true);
+        }
+        self.fill_waiters_put(&fetch, waiters);
+        if let Some(o) = self.origin(token) {
+            o.fetch = Some(fetch);
+            o.progress = Some(p);
+        }
+    }
+
+    /// Start streaming to `f`'s client when its answer is the next one due.
+    fn stream_begin(&mut self, f: &mut Fetch, p: &Progress, length: u64, collapsed: bool) {
+        if f.client_head || f.range.is_some() || f.client == NO_CLIENT {
+            return;
+        }
+        let Some(c) = self.client(f.client) else {
+            return;
+        };
+        if c.queue.front().map(|e| e.seq) != Some(f.seq) {
+            return; // an earlier answer on this connection is not out yet
+        }
+        // Nothing can come between: later answers wait behind this exchange.
+        put_response_head(&mut c.out, f, p, length, false, collapsed);
+        c.out.extend_from_slice(&p.body);
+        f.streaming = true;
+        self.counters().incr(Counter::Status2xx);
+        self.mark_dirty(f.client);
+    }
+
+    /// Body bytes from `from` on arrived: pass them to every streaming client.
+    fn stream_body(&mut self, token: Token, from: usize) {
+        let Some(o) = self.origin(token) else { return };
+        if o.fetch.is_none() || o.progress.is_none() {
+            return;
+        }
+        let (Some(fetch), Some(p)) = (o.fetch.take(), o.progress.take()) else {
+            return;
+        };
+        let chunk = &p.body[from..];
+        self.stream_more(&fetch, chunk);
+        let waiters = self.fill_waiters_take(&fetch);
+        for waiter in &waiters {
+            self.stream_more(waiter, chunk);
+        }
+        self.fill_waiters_put(&fetch, waiters);
+        if let Some(o) = self.origin(token) {
+            o.fetch = Some(fetch);
+            o.progress = Some(p);
+        }
+    }
+
+    fn stream_more(&mut self, f: &Fetch, chunk: &[u8]) {
+        if !f.streaming {
+            return;
+        }
+        if let Some(c) = self.client(f.client) {
+            c.out.extend_from_slice(chunk);
+            self.mark_dirty(f.client);
+        }
     }
 
     /// Rate-limited log line about the origin (shares the client limit).

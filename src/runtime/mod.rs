@@ -413,8 +413,12 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     let heartbeats: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(crossbeam_utils::CachePadded::new(AtomicU64::new(0))))
         .collect();
-    let (leases, wakes) = Leases::new(config.workers, config.limits.coalesce_wait_timeout)
-        .map_err(|e| format!("cannot create the workers' wake sockets: {e}"))?;
+    let (leases, wakes) = Leases::with_origin_cap(
+        config.workers,
+        config.limits.coalesce_wait_timeout,
+        config.limits.origin_connections_total_max,
+    )
+    .map_err(|e| format!("cannot create the workers' wake sockets: {e}"))?;
     let leases = Arc::new(leases);
     let reload = Arc::new(Reload::new(config.limits, config.workers));
     let stall_worker = fault_stall_worker();

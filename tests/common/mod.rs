@@ -1096,6 +1096,19 @@ impl Client {
         &self.buf
     }
 
+    /// Receive until at least `n` bytes are buffered (see [`Client::leftover`]);
+    /// false when the connection ends or the client's timeout passes first.
+    pub fn wait_bytes(&mut self, n: usize) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        while self.buf.len() < n {
+            match self.fill(deadline) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+
     fn try_read(&mut self, body_allowed: bool) -> io::Result<Response> {
         let deadline = Instant::now() + self.timeout;
         let head_end = loop {
@@ -1392,6 +1405,10 @@ pub enum Reply {
     Hang,
     /// Wait, then do the inner reply.
     After(Duration, Box<Reply>),
+    /// Write these bytes (part of an answer, say), then do the inner reply.
+    Then(Vec<u8>, Box<Reply>),
+    /// Wait until the flag is set (or the origin stops), then do the inner reply.
+    Until(Arc<AtomicBool>, Box<Reply>),
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync + 'static;
@@ -1400,6 +1417,12 @@ struct OriginState {
     stop: AtomicBool,
     requests: AtomicU64,
     connections: AtomicU64,
+    /// Connections open now, and the most ever open at once.
+    connections_open: AtomicU64,
+    connections_peak: AtomicU64,
+    /// Requests received and not yet answered now, and the most at once.
+    requests_active: AtomicU64,
+    requests_peak: AtomicU64,
     log: Mutex<Vec<Request>>,
     handler: Box<Handler>,
 }
@@ -1421,6 +1444,10 @@ impl TestOrigin {
             stop: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_peak: AtomicU64::new(0),
+            requests_active: AtomicU64::new(0),
+            requests_peak: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             handler: Box::new(handler),
         });
@@ -1432,8 +1459,13 @@ impl TestOrigin {
                 }
                 let Ok(conn) = conn else { continue };
                 let n = st.connections.fetch_add(1, Ordering::SeqCst);
+                let open = st.connections_open.fetch_add(1, Ordering::SeqCst) + 1;
+                st.connections_peak.fetch_max(open, Ordering::SeqCst);
                 let st2 = st.clone();
-                thread::spawn(move || serve_origin_conn(conn, n, st2));
+                thread::spawn(move || {
+                    let _open = Held(&st2.connections_open);
+                    serve_origin_conn(conn, n, &st2)
+                });
             }
         });
         TestOrigin {
@@ -1469,6 +1501,18 @@ impl TestOrigin {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// The most connections that were open at once (counted from accept
+    /// until the origin sees the connection end).
+    pub fn connections_peak(&self) -> u64 {
+        self.state.connections_peak.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were in progress at once (from the complete
+    /// request until its reply is written or the connection dropped).
+    pub fn requests_peak(&self) -> u64 {
+        self.state.requests_peak.load(Ordering::SeqCst)
+    }
+
     /// The most recent request received.
     pub fn last_request(&self) -> Option<Request> {
         self.state.log.lock().unwrap().last().cloned()
@@ -1496,7 +1540,16 @@ impl Drop for TestOrigin {
     }
 }
 
-fn serve_origin_conn(mut s: TcpStream, conn: u64, st: Arc<OriginState>) {
+/// Decrements its counter when dropped: one open connection or active request.
+struct Held<'a>(&'a AtomicU64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve_origin_conn(mut s: TcpStream, conn: u64, st: &OriginState) {
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
@@ -1535,11 +1588,26 @@ fn serve_origin_conn(mut s: TcpStream, conn: u64, st: Arc<OriginState>) {
         let mut req = req;
         req.seq = st.requests.fetch_add(1, Ordering::SeqCst);
         st.log.lock().unwrap().push(req.clone());
+        let active = st.requests_active.fetch_add(1, Ordering::SeqCst) + 1;
+        st.requests_peak.fetch_max(active, Ordering::SeqCst);
+        let _active = Held(&st.requests_active);
         let mut reply = (st.handler)(&req);
         loop {
             match reply {
                 Reply::After(d, inner) => {
-                    sleep_unless_stopped(d, &st);
+                    sleep_unless_stopped(d, st);
+                    reply = *inner;
+                }
+                Reply::Then(bytes, inner) => {
+                    if s.write_all(&bytes).is_err() {
+                        return;
+                    }
+                    reply = *inner;
+                }
+                Reply::Until(flag, inner) => {
+                    while !flag.load(Ordering::SeqCst) && !st.stop.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(5));
+                    }
                     reply = *inner;
                 }
                 Reply::Send(bytes) => {
