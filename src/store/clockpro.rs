@@ -330,7 +330,13 @@ impl ClockPro {
 
     fn place_admitted(&mut self, entry: u32, key_hash: u64, refs: &impl ReferenceBits) {
         let tag = fingerprint_tag(key_hash);
-        let test_entry = self.table_find(tag);
+        // No test entries (a store being recovered, a cache warming up): spare the table
+        // probe, a cache miss per admission.
+        let test_entry = if self.test_count == 0 {
+            NIL
+        } else {
+            self.table_find(tag)
+        };
         if test_entry != NIL {
             // A request in the test period: `m_c` grows, then HAND_hot makes room for one
             // more hot entry while the test entry stays where it is. If the hand ends that
@@ -427,6 +433,27 @@ impl ClockPro {
             self.nodes[i as usize].tag |= REFERENCED;
         }
         self.nodes[i as usize].tag
+    }
+
+    /// Where resident `entry` stands in the order of eviction, lowest first: expired, cold
+    /// out of its test period, cold in test, then hot; at each step unrequested before
+    /// requested. `referenced_outside` is its outside reference bit (not cleared). For a
+    /// choice among a few entries (the store's full bucket pair), not for the hands.
+    pub fn eviction_rank(&self, entry: u32, referenced_outside: bool) -> u8 {
+        debug_assert!(self.is_resident_entry(entry), "rank of free entry {entry}");
+        let tag = self.nodes[entry as usize].tag;
+        if tag & EXPIRED != 0 {
+            return 0;
+        }
+        let requested = u8::from(referenced_outside || tag & REFERENCED != 0);
+        let class = if tag & HOT != 0 {
+            3
+        } else if tag & IN_TEST != 0 {
+            2
+        } else {
+            1
+        };
+        class * 2 - 1 + requested
     }
 
     /// Resident `entry` has expired: it becomes the next victim and leaves no test entry.

@@ -63,6 +63,14 @@ pub trait Policy: Send {
         self.admit(e, key_hash, victims);
     }
 
+    /// Of `candidates` (resident entries, at least one), the one that
+    /// gives way when the index has no free slot for a new key: the
+    /// coldest by the policy's own order. Ties go to the first.
+    fn coldest(&self, slots: &dyn SlotBits, candidates: &[u32]) -> u32 {
+        let _ = slots;
+        candidates[0]
+    }
+
     /// CLOCK-Pro's counts (hot, cold, test, `m_c`), for metrics.
     fn clockpro_stats(&self) -> Option<ClockProStats> {
         None
@@ -123,6 +131,14 @@ impl Policy for ClockPro {
         victims.extend(self.evict_with(&SlotRefs(slots)));
     }
 
+    fn coldest(&self, slots: &dyn SlotBits, candidates: &[u32]) -> u32 {
+        let rank = |&e: &u32| self.eviction_rank(e, slots.referenced(e));
+        *candidates
+            .iter()
+            .min_by_key(|e| rank(e))
+            .expect("coldest of no candidates")
+    }
+
     fn clockpro_stats(&self) -> Option<ClockProStats> {
         Some(self.stats())
     }
@@ -137,6 +153,8 @@ pub trait SlotBits {
     fn resident(&self, e: u32) -> bool;
     /// Clear `e`'s referenced bit; returns whether it was set.
     fn take_referenced(&self, e: u32) -> bool;
+    /// `e`'s referenced bit, left as it is.
+    fn referenced(&self, e: u32) -> bool;
 }
 
 /// Second-chance CLOCK with its bit in the index slot: one hand, no
@@ -161,6 +179,13 @@ impl Policy for Clock {
     }
 
     fn remove(&mut self, _e: u32) {}
+
+    fn coldest(&self, slots: &dyn SlotBits, candidates: &[u32]) -> u32 {
+        *candidates
+            .iter()
+            .find(|&&e| !slots.referenced(e))
+            .unwrap_or(&candidates[0])
+    }
 
     fn evict(&mut self, _victims: &mut Vec<u32>) {
         debug_assert!(false, "Clock evicts through evict_in");
@@ -198,6 +223,9 @@ mod tests {
         }
         fn take_referenced(&self, e: u32) -> bool {
             self.0[e as usize].1.replace(false)
+        }
+        fn referenced(&self, e: u32) -> bool {
+            self.0[e as usize].1.get()
         }
     }
 
