@@ -254,6 +254,9 @@ pub struct Recovery {
     pub items_dropped: u64,
     /// The file was refused and rebuilt cold ([`Store::open_reset`]).
     pub was_reset: bool,
+    /// How long the open took: header checks, mapping, and the recovery
+    /// scan of a reused file.
+    pub open_time: std::time::Duration,
 }
 
 /// What `usage` reports.
@@ -430,6 +433,7 @@ impl<P: Policy> Store<P> {
     /// recovered by a scan of every chunk. The clean flag is cleared while
     /// the store is open; [`Store::close`] sets it.
     pub fn open(path: &Path, bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        let started = std::time::Instant::now();
         let layout = Layout::compute(
             bytes,
             options.segment_bytes,
@@ -454,7 +458,9 @@ impl<P: Policy> Store<P> {
             }
         }
         let region = Region::file(&file, layout.region_bytes as usize)?;
-        Store::build(region, layout, bytes, options, Some(file), header)
+        let mut store = Store::build(region, layout, bytes, options, Some(file), header)?;
+        store.recovery.open_time = started.elapsed();
+        Ok(store)
     }
 
     /// [`Store::open`], but a file it would refuse (not a store, a damaged
@@ -462,6 +468,7 @@ impl<P: Policy> Store<P> {
     /// and created anew, its items lost. `Recovery::was_reset` tells, with
     /// the refusal in `reset_reason`. I/O errors still fail.
     pub fn open_reset(path: &Path, bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        let started = std::time::Instant::now();
         match Store::open(path, bytes, options) {
             Err(OpenError::Layout(refusal)) if !matches!(refusal, LayoutError::Invalid(_)) => {
                 let file = std::fs::OpenOptions::new().write(true).open(path)?;
@@ -470,6 +477,7 @@ impl<P: Policy> Store<P> {
                 drop(file);
                 let mut store = Store::open(path, bytes, options)?;
                 store.recovery.was_reset = true;
+                store.recovery.open_time = started.elapsed();
                 store.reset_reason = Some(refusal);
                 Ok(store)
             }
