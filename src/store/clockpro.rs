@@ -1037,6 +1037,25 @@ mod tests {
     }
 
     #[test]
+    fn eviction_rank_orders_cold_before_hot_and_unrequested_before_requested() {
+        let mut d = Driver::new(10);
+        (0..10).for_each(|k| assert_eq!(d.get(k), None));
+        // 0..8 hot, 8 and 9 cold in test; 9 requested.
+        d.get(9);
+        let rank = |d: &Driver, k: u64, outside: bool| d.cp.eviction_rank(d.entry_of[&k], outside);
+        assert!(rank(&d, 8, false) < rank(&d, 9, false));
+        assert!(rank(&d, 9, false) < rank(&d, 0, false));
+        assert!(
+            rank(&d, 0, false) < rank(&d, 0, true),
+            "an outside bit counts"
+        );
+        assert_eq!(rank(&d, 8, true), rank(&d, 9, false));
+        let e = d.entry_of[&3];
+        d.cp.mark_expired(e);
+        assert_eq!(d.cp.eviction_rank(e, true), 0, "expired goes first");
+    }
+
+    #[test]
     fn warm_up_fills_hot_then_cold() {
         let mut d = Driver::new(10);
         for k in 0..10 {

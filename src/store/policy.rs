@@ -251,4 +251,15 @@ mod tests {
         c.evict_in(&bits, &mut v);
         assert!(v.is_empty());
     }
+
+    #[test]
+    fn the_coldest_of_a_full_bucket_pair_is_unreferenced() {
+        let c = Clock::with_entries(4);
+        let bits = Bits((0..4).map(|_| (Cell::new(true), Cell::new(true))).collect());
+        bits.0[2].1.set(false);
+        assert_eq!(c.coldest(&bits, &[0, 1, 2, 3]), 2);
+        assert!(bits.0[0].1.get(), "choosing clears no bit");
+        bits.0[2].1.set(true);
+        assert_eq!(c.coldest(&bits, &[1, 3]), 1, "all referenced: the first");
+    }
 }
