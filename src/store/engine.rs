@@ -1543,6 +1543,13 @@ mod tests {
     /// replaced chain's HEAD mark back: the region as a crash between the
     /// publish and the retire mark leaves it. Recovery must keep the newest.
     fn newest_wins_after(versions: u32, name: &str) {
+        newest_wins_with(versions, name, false);
+        newest_wins_with(versions, &format!("{name}-hint-old"), true);
+    }
+
+    /// `index_names_old`: the crash came before the publish, so the file's
+    /// index (a recovery hint) still names the older version.
+    fn newest_wins_with(versions: u32, name: &str, index_names_old: bool) {
         let p = TempPath(
             std::env::temp_dir().join(format!("ringcache-newest-{name}-{}", std::process::id())),
         );
@@ -1567,6 +1574,17 @@ mod tests {
             // Relaxed: single-threaded. One-chunk items: no next chunk.
             s.link(old)
                 .store(link_word(KIND_HEAD, NONE), Ordering::Relaxed);
+            if index_names_old {
+                let shard = Store::<ClockPro>::shard_of(hash);
+                let e = s
+                    .entries_of(hash)
+                    // Relaxed: single-threaded test.
+                    .find(|&e| slot_chunk(s.slot(shard, e).load(Ordering::Relaxed)) == Some(new))
+                    .unwrap();
+                // Relaxed: single-threaded test.
+                s.slot(shard, e)
+                    .store(slot_word(hash_tag(hash), old), Ordering::Relaxed);
+            }
             // Dropped without close.
         }
         let s = Arc::new(Store::<ClockPro>::open(&p.0, 4 << 20, options()).unwrap());
