@@ -175,6 +175,7 @@ fn gauges(store: &SharedStore) -> StoreGauges {
         expirations: u.expirations,
         recovered: r.items_recovered,
         dropped: r.items_dropped,
+        recovery_secs: r.open_time.as_secs_f64(),
         clockpro: store.policy_stats().map(|s| {
             [
                 u64::from(s.hot_count),

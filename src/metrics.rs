@@ -302,6 +302,8 @@ pub struct StoreGauges {
     pub recovered: u64,
     /// Items dropped at start (torn, bad checksum, older version).
     pub dropped: u64,
+    /// Seconds the store's open took at start, its recovery scan included.
+    pub recovery_secs: f64,
     /// CLOCK-Pro's resident hot and cold entries, test entries, cold target.
     pub clockpro: Option<[u64; 4]>,
 }
@@ -559,6 +561,11 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_store_recovery_seconds Seconds the store's open took at start, its recovery scan included.\n# TYPE ringcache_store_recovery_seconds gauge\nringcache_store_recovery_seconds {}",
+            store.recovery_secs
+        );
         if let Some([hot, cold, test, cold_target]) = store.clockpro {
             let _ = writeln!(
                 out,
@@ -785,8 +792,13 @@ mod tests {
             expirations: 0,
             recovered: 0,
             dropped: 0,
+            recovery_secs: 0.25,
             clockpro: Some([5, 6, 7, 8]),
         });
+        assert!(
+            text.contains("ringcache_store_recovery_seconds 0.25\n"),
+            "{text}"
+        );
         assert!(text.contains("ringcache_cache_hits_total 5\n"), "{text}");
         assert!(text.contains("ringcache_errors_total{kind=\"origin_timeout\"} 1\n"));
         assert!(text.contains("ringcache_store_items 3\n"));

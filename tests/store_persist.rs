@@ -107,6 +107,8 @@ fn a_clean_close_is_seen_at_the_next_open() {
     let s = open(&p).unwrap();
     assert!(s.recovery().was_clean);
     assert_eq!(s.recovery().items_recovered, 100);
+    // The open's duration is reported (for ringcache_store_recovery_seconds).
+    assert!(s.recovery().open_time > std::time::Duration::ZERO);
     check_all(&s, 100, 1);
     drop(s);
     // Opening cleared the flag again.

@@ -60,6 +60,8 @@ pub const SHARDS_COUNT: usize = 64;
 pub const BUCKET_SLOTS: usize = 8;
 /// Bytes per index slot.
 pub const SLOT_BYTES: usize = 8;
+/// At most 2^this index slots in all shards.
+pub const SLOTS_COUNT_BITS_MAX: u32 = 30;
 /// One index slot per this many bytes of budget (2× headroom over a
 /// 1 KiB average object keeps buckets rarely full).
 pub const BUDGET_BYTES_PER_SLOT: usize = 512;
@@ -166,8 +168,8 @@ impl Layout {
         let slots_min = SHARDS_COUNT * BUCKET_SLOTS;
         let mut slots = (budget / BUDGET_BYTES_PER_SLOT).max(slots_min);
         slots = 1 << (usize::BITS - 1 - slots.leading_zeros()); // round down to 2^k
-        if slots > u32::MAX as usize / 2 {
-            slots = 1 << 30;
+        if slots > 1 << SLOTS_COUNT_BITS_MAX {
+            slots = 1 << SLOTS_COUNT_BITS_MAX;
         }
         let index_bytes = slots * SLOT_BYTES;
         let segments_offset = (HEADER_BYTES + index_bytes).next_multiple_of(4096);
