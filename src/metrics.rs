@@ -823,6 +823,7 @@ mod tests {
             expirations: 0,
             recovered: 0,
             dropped: 0,
+            recovery_secs: 0.0,
             clockpro: None,
         });
         assert!(text.contains("ringcache_bus_connected 1\n"), "{text}");
@@ -880,6 +881,7 @@ mod tests {
             expirations: 0,
             recovered: 0,
             dropped: 0,
+            recovery_secs: 0.0,
             clockpro: None,
         });
         for line in [
