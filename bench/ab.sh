@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Compare two ringcache binaries on the hit path, interleaved, in one run.
+#
+#   bench/ab.sh BASE_BIN NEW_BIN
+#
+# Both serve the same 1 KiB object from the demo origin (BASE_BIN's
+# `origin`), one worker each, pinned to SERVER_CPU; wrk runs pinned to
+# CLIENT_CPU against each in turn, ROUNDS times. Prints req/s and p99 per
+# run, then the medians and NEW/BASE. Everything listens on 127.0.0.1 and
+# every process is stopped by PID on exit.
+set -euo pipefail
+
+BASE_BIN=${1:?usage: bench/ab.sh BASE_BIN NEW_BIN}
+NEW_BIN=${2:?usage: bench/ab.sh BASE_BIN NEW_BIN}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+SERVER_CPU=${SERVER_CPU:-1}
+CLIENT_CPU=${CLIENT_CPU:-0}
+RINGCACHE_IO=${RINGCACHE_IO:-uring}
+PATH_Q="/api/items/1?size=1024&max_age=86400"
+
+command -v wrk >/dev/null || { echo "ab.sh: wrk is not installed" >&2; exit 1; }
+pids=()
+work=$(mktemp -d)
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_http() {
+    for _ in $(seq 1 300); do
+        curl -fs -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "ab.sh: $1 did not come up" >&2
+    exit 1
+}
+
+origin_port=$(free_port)
+taskset -c "$SERVER_CPU" "$BASE_BIN" origin --listen "127.0.0.1:$origin_port" \
+    >"$work/origin.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$origin_port/api/items/1"
+
+declare -A port
+for which in base new; do
+    bin=$BASE_BIN
+    [[ $which == new ]] && bin=$NEW_BIN
+    port[$which]=$(free_port)
+    admin=$(free_port)
+    RINGCACHE_LOG=warn taskset -c "$SERVER_CPU" "$bin" serve --workers 1 \
+        --io "$RINGCACHE_IO" --listen "127.0.0.1:${port[$which]}" \
+        --admin "127.0.0.1:$admin" --origin "http://127.0.0.1:$origin_port" \
+        --memory 64MiB >"$work/$which.log" 2>&1 &
+    pids+=($!)
+    wait_http "http://127.0.0.1:${port[$which]}$PATH_Q"
+done
+
+declare -A rps p99
+for r in $(seq 1 "$ROUNDS"); do
+    for which in base new; do
+        out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+            "http://127.0.0.1:${port[$which]}$PATH_Q")
+        q=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+        l=$(awk '$1 == "99%" {print $2}' <<<"$out")
+        rps[$which]+="$q "
+        p99[$which]+="$l "
+        printf 'round %d %-4s %10s req/s  p99 %s\n' "$r" "$which" "$q" "$l"
+    done
+done
+
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mb=$(median "${rps[base]}")
+mn=$(median "${rps[new]}")
+echo "median base $mb req/s, new $mn req/s, new/base $(awk -v a="$mn" -v b="$mb" 'BEGIN {printf "%.3f", a/b}')"
+echo "p99 base: ${p99[base]}"
+echo "p99 new:  ${p99[new]}"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
