@@ -35,6 +35,8 @@ pub mod admin;
 pub mod config;
 pub mod demo_origin;
 pub mod http;
+#[cfg(not(loom))]
+pub mod invalidate;
 pub mod logging;
 pub mod metrics;
 #[cfg(not(loom))]

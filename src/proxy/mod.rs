@@ -41,9 +41,10 @@ use crate::http::date::format_http_date;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, RequestLimits};
 use crate::http::reuse::RequestDirectives;
 use crate::http::{headers, ParseError, Parsed};
+use crate::invalidate::{fields::last_field_len, Invalidator, Mode};
 use crate::metrics::{Counter, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
-use crate::store::{key_hash, Reader, SharedStore};
+use crate::store::{key_hash, ItemMeta, Reader, SharedStore};
 
 use coalesce::Fills;
 use compose::{put_error, put_field, put_field_u64, VIA};
@@ -185,6 +186,8 @@ pub struct ProxyConfig {
     pub leases: Arc<Leases>,
     /// This worker's end of its wake socket.
     pub wake: std::os::unix::net::UnixStream,
+    /// Bans, the tag index and the PURGE settings, shared with the admin.
+    pub invalidator: Arc<Invalidator>,
 }
 
 /// One worker's proxy state.
@@ -214,6 +217,7 @@ pub struct Proxy {
     key: Vec<u8>,
     error_logs_this_sec: u32,
     error_logs_sec: u64,
+    invalidator: Arc<Invalidator>,
 }
 
 /// Slots a worker needs: every client, every origin connection, the wake socket.
@@ -247,6 +251,7 @@ impl Proxy {
             key: Vec::with_capacity(1024),
             error_logs_this_sec: 0,
             error_logs_sec: 0,
+            invalidator: config.invalidator,
         };
         // The wake socket is received on like any connection: another
         // worker's byte on it is a completion in this worker's loop.
@@ -667,12 +672,16 @@ impl Proxy {
         let lookup = matches!(head.method, Method::Get | Method::Head) && !has_body;
         let mut hash = 0;
         let mut found = Found::Absent;
-        self.key.clear();
-        for &b in host {
-            self.key.push(b.to_ascii_lowercase());
+        cache_key(host, path, &mut self.key);
+        if head.method == Method::Other
+            && head.method_bytes == b"PURGE"
+            && self.invalidator.config.purge_method
+        {
+            self.pool.target.authority = authority;
+            let has_body = head.body != BodyFraming::None;
+            self.purge_request(token, keep_alive, head.minor_version, has_body);
+            return;
         }
-        self.key.push(0);
-        self.key.extend_from_slice(path);
         // Request directives (RFC 9111 §5.2.1), read only when the client
         // sent any: no-cache and max-age limit what the store may answer,
         // only-if-cached forbids asking the origin.
@@ -1034,9 +1043,28 @@ impl Proxy {
                     Some(Some(n)) => hit.meta.age_secs(now_secs) <= n,
                 }
         };
-        let hit = self.reader.lookup(hash, &self.key, &mut buf, |b, hit| {
+        let inv = &*self.invalidator;
+        // The hot path's whole cost of bans when there are none: this load.
+        let bans_on = inv.bans.active() > 0;
+        let strip = inv
+            .config
+            .tag_header_strip
+            .then_some(inv.config.tag_header.as_bytes());
+        let mut banned = false;
+        let key = &self.key;
+        let hit = self.reader.lookup(hash, key, &mut buf, |b, hit| {
+            let born = u64::from(hit.meta.born_secs);
+            if bans_on && inv.bans.check(key, &b[start..], born, now_secs) {
+                banned = true;
+                return false; // removed and rolled back below
+            }
             if !usable(hit) {
                 return false; // rolled back below
+            }
+            if let Some(name) = strip {
+                // The tag field is stored last (see `origin`): cut it.
+                let cut = last_field_len(&b[start..], name);
+                b.truncate(b.len() - cut);
             }
             put_field_u64(b, b"Content-Length", hit.body_len as u64);
             put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
@@ -1045,7 +1073,11 @@ impl Proxy {
             b.extend_from_slice(b"\r\n");
             !head_only
         });
-        let fresh = hit.as_ref().is_some_and(usable);
+        if banned {
+            self.store.remove(hash, &self.key);
+            self.invalidator.note_banned();
+        }
+        let fresh = !banned && hit.as_ref().is_some_and(usable);
         if !fresh {
             buf.truncate(start);
         }
@@ -1066,6 +1098,7 @@ impl Proxy {
             self.give_buffer(buf);
         }
         match hit {
+            _ if banned => Found::Absent,
             _ if fresh => Found::Fresh,
             Some(h) if h.meta.is_fresh(now_secs) => Found::NotAccepted,
             Some(_) => Found::Stale,
@@ -1198,6 +1231,124 @@ impl Proxy {
     /// this says whether any client remains.
     pub fn is_drained(&self) -> bool {
         self.clients_count == 0
+    }
+}
+
+impl Proxy {
+    /// `PURGE` on the traffic port (`invalidation.purge_method`): the
+    /// target in `self.key` is hard-purged when the peer's address is in
+    /// `purge_allow`, else 403. Never forwarded to the origin.
+    fn purge_request(&mut self, token: Token, keep_alive: bool, minor: u8, has_body: bool) {
+        let peer = self.client(token).and_then(|c| c.peer);
+        let allowed = peer.is_some_and(|ip| {
+            self.invalidator
+                .config
+                .purge_allow
+                .iter()
+                .any(|n| n.contains(ip))
+        });
+        if !allowed {
+            self.log_client_error(
+                "PURGE from an address not in invalidation.purge_allow",
+                peer,
+            );
+            self.client_reject(token, 403, "purge-not-allowed", has_body);
+            return;
+        }
+        if has_body {
+            self.client_reject(token, 400, "purge-with-body", true);
+            return;
+        }
+        let mut scratch = self.take_buffer();
+        let hash = key_hash(&self.key);
+        let purged = purge_key(&self.reader, hash, &self.key, Mode::Hard, &mut scratch);
+        self.give_buffer(scratch);
+        self.invalidator.count_purge("url");
+        if purged {
+            self.invalidator.note_invalidated(1);
+        }
+        log::info!(
+            "invalidate: peer {} PURGE {} mode=hard: {} object(s)",
+            peer.map_or_else(|| "?".to_string(), |ip| ip.to_string()),
+            String::from_utf8_lossy(&self.key).replace('\0', ""),
+            u8::from(purged)
+        );
+        let body: &[u8] = if purged {
+            b"{\"purged\":1}\n"
+        } else {
+            b"{\"purged\":0}\n"
+        };
+        let date = self.clock.date;
+        let mut resp = self.take_buffer();
+        compose::put_status_line(&mut resp, 200, b"OK");
+        put_field(&mut resp, b"Date", &date);
+        put_field(&mut resp, b"Content-Type", b"application/json");
+        put_field_u64(&mut resp, b"Content-Length", body.len() as u64);
+        put_field(&mut resp, b"Cache-Status", b"ringcache; detail=purge");
+        put_field(&mut resp, b"Via", VIA);
+        put_connection(&mut resp, keep_alive, minor);
+        resp.extend_from_slice(b"\r\n");
+        resp.extend_from_slice(body);
+        self.client_respond(token, None, resp, !keep_alive);
+    }
+}
+
+/// The cache key of a request: its host lowercased, a zero byte, then the
+/// path and query. The only place the key is built: lookups, stores,
+/// invalidation after writes and purges all come through here.
+pub fn cache_key(host: &[u8], path: &[u8], key: &mut Vec<u8>) {
+    key.clear();
+    key.extend(host.iter().map(u8::to_ascii_lowercase));
+    key.push(0);
+    key.extend_from_slice(path);
+}
+
+/// Invalidate what is stored for (`host`, `path`): every object the proxy
+/// would answer that URL with. `hard` removes it; `soft` keeps its bytes
+/// and validators and makes it stale, so the next request goes to the
+/// origin (and can revalidate). Used by invalidation after writes, by
+/// `PURGE` and by the admin API. Returns whether an object was there.
+pub fn purge_url(
+    reader: &Reader,
+    host: &[u8],
+    path: &[u8],
+    mode: Mode,
+    scratch: &mut Vec<u8>,
+) -> bool {
+    let mut key = Vec::with_capacity(host.len() + 1 + path.len());
+    cache_key(host, path, &mut key);
+    purge_key(reader, key_hash(&key), &key, mode, scratch)
+}
+
+/// [`purge_url`] for a key already built with [`cache_key`].
+pub fn purge_key(
+    reader: &Reader,
+    hash: u64,
+    key: &[u8],
+    mode: Mode,
+    scratch: &mut Vec<u8>,
+) -> bool {
+    let store = reader.store();
+    match mode {
+        Mode::Hard => store.remove(hash, key),
+        Mode::Soft => {
+            scratch.clear();
+            let Some(hit) = reader.lookup_into(hash, key, scratch) else {
+                return false;
+            };
+            let now = unix_now();
+            if !hit.meta.is_fresh(now) {
+                return true; // already stale
+            }
+            // The same bytes, with a lifetime that ends now: stale from here.
+            let meta = ItemMeta {
+                born_secs: hit.meta.born_secs,
+                lifetime_secs: u32::try_from(hit.meta.age_secs(now)).unwrap_or(u32::MAX),
+                now_secs: u32::try_from(now).unwrap_or(u32::MAX),
+            };
+            let (head, body) = scratch.split_at(hit.head_len);
+            store.insert(hash, key, head, body, meta) || store.remove(hash, key)
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::http::invalidation::{for_each_invalidated, Target};
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::{headers, Parsed};
+use crate::invalidate::fields;
 use crate::metrics::Counter;
 use crate::runtime::io::Token;
 use crate::store::{key_hash, ItemMeta};
@@ -109,6 +110,9 @@ struct Progress {
     storable: Option<Storable>,
     /// Keys this answer invalidates (RFC 9111 §4.4), removed once it is complete.
     invalidate: Vec<Box<[u8]>>,
+    /// Bytes of the tag field line at the end of `head` (0: none). It is
+    /// stored, and cut from what clients get when `tag_header_strip`.
+    tag_field_bytes: usize,
     body: Vec<u8>,
 }
 
@@ -372,6 +376,8 @@ impl Proxy {
     fn origin_head(&mut self, token: Token) -> bool {
         let head_max = self.limits.head_bytes_max.max(64 << 10);
         let headers_max = self.limits.headers_count_max;
+        let invalidator = std::sync::Arc::clone(&self.invalidator);
+        let tag_header = invalidator.config.tag_header.as_bytes();
         let response_time_secs = self.clock.unix_secs;
         let Some(o) = self.origin(token) else {
             return false;
@@ -402,10 +408,15 @@ impl Proxy {
                     let mut head = Vec::with_capacity(h.head_len + 64);
                     put_status_line(&mut head, h.status, h.reason);
                     let mut age_secs = None;
+                    let mut tag_fields = 0;
                     for f in h.headers {
                         let name = f.name.as_bytes();
                         if is_dropped_on_forward(h.headers, name) {
                             continue;
+                        }
+                        if name.eq_ignore_ascii_case(tag_header) {
+                            tag_fields += 1;
+                            continue; // stored last, below
                         }
                         if name.eq_ignore_ascii_case(b"age") {
                             if age_secs.is_none() {
@@ -414,6 +425,24 @@ impl Proxy {
                             continue;
                         }
                         put_field(&mut head, name, f.value);
+                    }
+                    // The tag field goes last, as one line, so that a hit
+                    // can cut it by looking at the tail alone.
+                    let mut tag_field_bytes = 0;
+                    if tag_fields > 0 {
+                        let at = head.len();
+                        head.extend_from_slice(tag_header);
+                        head.extend_from_slice(b": ");
+                        let mut first = true;
+                        for v in headers::values(h.headers, tag_header) {
+                            if !first {
+                                head.extend_from_slice(b", ");
+                            }
+                            first = false;
+                            head.extend_from_slice(headers::trim_ows(v));
+                        }
+                        head.extend_from_slice(b"\r\n");
+                        tag_field_bytes = head.len() - at;
                     }
                     // Until secondary keys (issue 5) exist, a response that
                     // varies is relayed, never stored or shared.
@@ -444,9 +473,7 @@ impl Proxy {
                             h.headers,
                             |host, path| {
                                 let mut key = Vec::with_capacity(host.len() + 1 + path.len());
-                                key.extend(host.iter().map(u8::to_ascii_lowercase));
-                                key.push(0);
-                                key.extend_from_slice(path);
+                                super::cache_key(host, path, &mut key);
                                 invalidate.push(key.into_boxed_slice());
                             },
                         );
@@ -467,6 +494,7 @@ impl Proxy {
                             age_secs,
                             storable: decision,
                             invalidate,
+                            tag_field_bytes,
                             body: Vec::new(),
                         },
                         skip + h.head_len,
@@ -644,8 +672,16 @@ impl Proxy {
         };
         o.served += 1;
         let reusable = p.keep_alive && !draining && !o.sending && o.inbuf.is_empty();
+        let mut scratch = Vec::new();
         for key in &p.invalidate {
-            if self.store.remove(key_hash(key), key) {
+            let purged = super::purge_key(
+                &self.reader,
+                key_hash(key),
+                key,
+                crate::invalidate::Mode::Hard,
+                &mut scratch,
+            );
+            if purged {
                 self.counters().incr(Counter::Invalidated);
             }
         }
@@ -653,9 +689,14 @@ impl Proxy {
         if let (Some((hash, key)), Some(s)) = (fetch.key.as_ref(), p.storable.as_ref()) {
             if p.body.len() <= object_max && p.status == 200 {
                 let meta = ItemMeta::new(self.clock.unix_secs, s.initial_age_secs, s.lifetime_secs);
+                // Bans need the latest second any stored object is servable.
+                self.invalidator
+                    .bans
+                    .note_servable_until(meta.expires_secs());
                 stored = self.store.insert(*hash, key, &p.head, &p.body, meta);
                 if stored {
                     self.counters().incr(Counter::Stored);
+                    self.index_tags(*hash, key, &p.head[p.head.len() - p.tag_field_bytes..]);
                 }
             }
         }
@@ -693,7 +734,11 @@ impl Proxy {
         collapsed: bool,
     ) -> Vec<u8> {
         let mut resp = self.take_buffer();
-        resp.extend_from_slice(&p.head);
+        if self.invalidator.config.tag_header_strip {
+            resp.extend_from_slice(&p.head[..p.head.len() - p.tag_field_bytes]);
+        } else {
+            resp.extend_from_slice(&p.head);
+        }
         let bodiless = (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
         if !bodiless {
             put_field_u64(&mut resp, b"Content-Length", p.body.len() as u64);
@@ -719,6 +764,37 @@ impl Proxy {
             resp.extend_from_slice(&p.body);
         }
         resp
+    }
+
+    /// Record the tags of an object just stored (`field`: its tag field
+    /// line, or empty) in the tag index, within the per-object limits.
+    fn index_tags(&mut self, hash: u64, key: &[u8], field: &[u8]) {
+        let inv = &self.invalidator;
+        let field = field.strip_suffix(b"\r\n").unwrap_or(field);
+        let value = field
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(&[][..], |i| &field[i + 1..]);
+        let mut tags: [&[u8]; 256] = [&[]; 256];
+        let mut n = 0;
+        let mut skipped = false;
+        for t in fields::tags(headers::trim_ows(value)) {
+            if n == inv.config.tags_per_object_max || t.len() > inv.config.tag_bytes_max {
+                skipped = true;
+                continue;
+            }
+            tags[n] = t;
+            n += 1;
+        }
+        if skipped {
+            // A tag purge of those tags falls back to a ban from now on.
+            inv.tags.mark_incomplete();
+            log::debug!(
+                "tags beyond invalidation.tags_per_object_max or tag_bytes_max not indexed for {}",
+                String::from_utf8_lossy(key).replace('\0', "")
+            );
+        }
+        inv.tags.note_store(hash, key, &tags[..n]);
     }
 
     /// Answer a fetch's client with an error ringcache generates.

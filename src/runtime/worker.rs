@@ -51,6 +51,7 @@ pub struct WorkerSpec {
     pub heartbeat: Arc<crossbeam_utils::CachePadded<AtomicU64>>,
     /// The fill leases shared by every worker, and this worker's wake socket.
     pub leases: Arc<Leases>,
+    pub invalidator: Arc<crate::invalidate::Invalidator>,
     pub wake: std::os::unix::net::UnixStream,
     /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
     pub ready: SyncSender<Result<Option<usize>, String>>,
@@ -114,6 +115,7 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             limits: spec.limits,
             origin: spec.origin,
             leases: spec.leases,
+            invalidator: spec.invalidator,
             wake: spec.wake,
         },
         reader,

@@ -1,0 +1,314 @@
+//! Bans: selectors checked lazily on lookup against the objects stored
+//! before them, so a prefix, a regex, a stored field or "everything" is
+//! invalidated without walking the store.
+//!
+//! ```text
+//!  admin thread ── add(selector) ──▶ RwLock<Vec<Arc<Ban>>>   (bounded: bans_max)
+//!                                        │ count (AtomicUsize)
+//!  worker lookup ── count == 0? ─────────┘ one atomic load, nothing else
+//!        └─ else: read lock, each ban: born_secs <= created_secs && matches
+//!           → the worker removes the object and treats it as a miss
+//! ```
+//!
+//! **Stored before the ban.** The store keeps one time per object,
+//! `born_secs` = response time − the origin's `Age` (RFC 9111 §4.2.3).
+//! A ban created at second `T` matches objects with `born_secs <= T`: every
+//! object stored before the ban qualifies (its birth is no later than its
+//! insert). Two kinds of newer objects qualify too and are fetched again,
+//! which costs an origin request but never serves invalidated bytes: one
+//! stored in the same second as the ban, and one the origin sent with an
+//! `Age` that puts its birth before the ban.
+//!
+//! **Retirement.** A ban matters while an object stored before it can
+//! still be served. The proxy reports, for every insert, the second until
+//! which the object may be served ([`Bans::note_servable_until`]: its
+//! expiry, plus any stale window once stale objects are served); the bans
+//! keep the maximum. A ban created at `T` copies that maximum; every object
+//! stored before `T` is unservable once the clock passes it, so the ban is
+//! dropped then. A store reopened from its file holds objects whose expiry
+//! the bans never saw: until the first insert the bound starts at the
+//! start time plus the longest lifetime the store can hold.
+//! `/invalidate/all` replaces every ban by one that matches everything.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use regex::Regex;
+
+use super::fields::{field_value, has_tag};
+
+/// What a ban matches. Paths are the key's path and query.
+#[derive(Debug)]
+pub enum Selector {
+    /// One path, under every host.
+    Path(String),
+    Prefix(String),
+    Regex(Regex),
+    /// A stored response field equal to `value` (name lowercase).
+    Header {
+        name: String,
+        value: String,
+    },
+    /// A tag in the stored tag field (the index cannot answer exactly).
+    Tag {
+        header: String,
+        tag: String,
+    },
+    All,
+}
+
+impl Selector {
+    /// The `kind` label of the purge metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Selector::Path(_) => "url",
+            Selector::Prefix(_) => "prefix",
+            Selector::Regex(_) => "regex",
+            Selector::Header { .. } => "header",
+            Selector::Tag { .. } => "tag",
+            Selector::All => "all",
+        }
+    }
+
+    /// Does the object under `key` (`host\0path`) with stored `head` match?
+    pub fn matches(&self, key: &[u8], head: &[u8]) -> bool {
+        let path = key
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(key, |i| &key[i + 1..]);
+        match self {
+            Selector::Path(p) => path == p.as_bytes(),
+            Selector::Prefix(p) => path.starts_with(p.as_bytes()),
+            Selector::Regex(r) => std::str::from_utf8(path).is_ok_and(|p| r.is_match(p)),
+            Selector::Header { name, value } => {
+                field_value(head, name.as_bytes()).is_some_and(|v| v == value.as_bytes())
+            }
+            Selector::Tag { header, tag } => has_tag(head, header.as_bytes(), tag.as_bytes()),
+            Selector::All => true,
+        }
+    }
+
+    /// A JSON value describing the selector, for `GET /bans`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Selector::Path(p) => json!({ "url": p }),
+            Selector::Prefix(p) => json!({ "prefix": p }),
+            Selector::Regex(r) => json!({ "regex": r.as_str() }),
+            Selector::Header { name, value } => {
+                json!({ "header": { "name": name, "value": value } })
+            }
+            Selector::Tag { tag, .. } => json!({ "tag": tag }),
+            Selector::All => json!({ "all": true }),
+        }
+    }
+}
+
+/// One ban.
+#[derive(Debug)]
+pub struct Ban {
+    pub id: u64,
+    pub selector: Selector,
+    /// Unix second of creation: objects born at or before it match.
+    pub created_secs: u64,
+    /// Unix second from which no object stored before the ban is servable.
+    pub retire_secs: u64,
+    /// Objects this ban removed so far.
+    pub matched: AtomicU64,
+}
+
+/// Why a ban was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BansFull;
+
+/// The bounded list of active bans, shared by every worker and the admin.
+pub struct Bans {
+    /// `list.len()`, readable without the lock: the hot path's only cost.
+    count: AtomicUsize,
+    list: RwLock<Vec<Arc<Ban>>>,
+    next_id: AtomicU64,
+    /// Earliest `retire_secs` in the list (`u64::MAX` when empty).
+    next_retire_secs: AtomicU64,
+    /// Latest second until which any stored object may be served.
+    servable_max_secs: AtomicU64,
+    max: usize,
+}
+
+impl Bans {
+    /// `servable_max_secs`: the bound for objects already in the store
+    /// (see the module doc).
+    pub fn new(max: usize, servable_max_secs: u64) -> Bans {
+        Bans {
+            count: AtomicUsize::new(0),
+            list: RwLock::new(Vec::with_capacity(max)),
+            next_id: AtomicU64::new(1),
+            next_retire_secs: AtomicU64::new(u64::MAX),
+            servable_max_secs: AtomicU64::new(servable_max_secs),
+            max,
+        }
+    }
+
+    /// Record that an object just stored may be served until `secs`.
+    /// Called before the insert, so a ban that reads the bound after its
+    /// own creation covers every object stored before it.
+    #[inline]
+    pub fn note_servable_until(&self, secs: u64) {
+        // Relaxed load first: the common case only reads the line.
+        if self.servable_max_secs.load(Ordering::Relaxed) < secs {
+            // SeqCst: ordered against the ban list's publication in `add`.
+            self.servable_max_secs.fetch_max(secs, Ordering::SeqCst);
+        }
+    }
+
+    /// `limits.bans_max`.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Active bans, without the lock.
+    #[inline]
+    pub fn active(&self) -> usize {
+        // Acquire: pairs with the Release in `publish`. A lookup that runs
+        // while a ban is added may miss it; every lookup that starts after
+        // the admin answered sees it.
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Add a ban created at `now_secs`. `All` replaces every other ban: it
+    /// matches all they would.
+    pub fn add(&self, selector: Selector, now_secs: u64) -> Result<Arc<Ban>, BansFull> {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        retire_locked(&mut list, now_secs);
+        let all = matches!(selector, Selector::All);
+        if all {
+            list.clear();
+        } else if list.len() >= self.max {
+            self.publish(&list);
+            return Err(BansFull);
+        }
+        // SeqCst: pairs with `note_servable_until`.
+        let retire_secs = self
+            .servable_max_secs
+            .load(Ordering::SeqCst)
+            .max(now_secs + 1);
+        let ban = Arc::new(Ban {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            selector,
+            created_secs: now_secs,
+            retire_secs,
+            matched: AtomicU64::new(0),
+        });
+        list.push(Arc::clone(&ban));
+        self.publish(&list);
+        Ok(ban)
+    }
+
+    fn publish(&self, list: &[Arc<Ban>]) {
+        let next = list.iter().map(|b| b.retire_secs).min().unwrap_or(u64::MAX);
+        // Relaxed: a hint; the list itself is read under the lock.
+        self.next_retire_secs.store(next, Ordering::Relaxed);
+        // Release: pairs with the Acquire in `active`.
+        self.count.store(list.len(), Ordering::Release);
+    }
+
+    /// Drop the bans no object can still need.
+    pub fn retire(&self, now_secs: u64) {
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        retire_locked(&mut list, now_secs);
+        self.publish(&list);
+    }
+
+    /// Is the object (`key`, stored `head`, born at `born_secs`) banned?
+    /// Counts the match on the ban. Call only when [`Bans::active`] > 0.
+    pub fn check(&self, key: &[u8], head: &[u8], born_secs: u64, now_secs: u64) -> bool {
+        // Relaxed: a hint, see `publish`.
+        if now_secs >= self.next_retire_secs.load(Ordering::Relaxed) {
+            if let Ok(mut list) = self.list.try_write() {
+                retire_locked(&mut list, now_secs);
+                self.publish(&list);
+            }
+        }
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        for ban in list.iter() {
+            if born_secs <= ban.created_secs && ban.selector.matches(key, head) {
+                // Relaxed: a statistic.
+                ban.matched.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The active bans, oldest first.
+    pub fn list(&self, now_secs: u64) -> Vec<Arc<Ban>> {
+        self.retire(now_secs);
+        self.list
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+fn retire_locked(list: &mut Vec<Arc<Ban>>, now_secs: u64) {
+    list.retain(|b| now_secs < b.retire_secs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nX-Team: search\r\nSurrogate-Key: a b\r\n";
+
+    #[test]
+    fn selectors_match_path_fields_and_tags() {
+        let key = b"h\0/api/users/7?x=1";
+        assert!(Selector::Prefix("/api/users/".into()).matches(key, HEAD));
+        assert!(!Selector::Prefix("/api/items/".into()).matches(key, HEAD));
+        assert!(Selector::Path("/api/users/7?x=1".into()).matches(key, HEAD));
+        assert!(!Selector::Path("/api/users/7".into()).matches(key, HEAD));
+        let r = Regex::new("^/api/u.*x=1$").unwrap();
+        assert!(Selector::Regex(r).matches(key, HEAD));
+        let h = |v: &str| Selector::Header {
+            name: "x-team".into(),
+            value: v.into(),
+        };
+        assert!(h("search").matches(key, HEAD));
+        assert!(!h("sear").matches(key, HEAD));
+        let t = |v: &str| Selector::Tag {
+            header: "surrogate-key".into(),
+            tag: v.into(),
+        };
+        assert!(t("b").matches(key, HEAD));
+        assert!(!t("c").matches(key, HEAD));
+    }
+
+    #[test]
+    fn bans_match_older_objects_only_and_retire() {
+        let bans = Bans::new(2, 0);
+        assert_eq!(bans.active(), 0);
+        bans.note_servable_until(160);
+        bans.add(Selector::Prefix("/a".into()), 100).unwrap();
+        assert_eq!(bans.active(), 1);
+        assert!(bans.check(b"h\0/a/1", HEAD, 100, 101));
+        assert!(
+            !bans.check(b"h\0/a/1", HEAD, 101, 101),
+            "born after the ban"
+        );
+        assert!(!bans.check(b"h\0/b", HEAD, 50, 101));
+        bans.add(Selector::Path("/b".into()), 100).unwrap();
+        assert_eq!(
+            bans.add(Selector::Path("/c".into()), 100).unwrap_err(),
+            BansFull
+        );
+        // Everything replaces the rest.
+        bans.add(Selector::All, 120).unwrap();
+        assert_eq!(bans.active(), 1);
+        assert!(bans.check(b"h\0/z", HEAD, 119, 121));
+        // Past the servable bound the ban is dropped.
+        assert!(!bans.check(b"h\0/z", HEAD, 119, 160));
+        assert_eq!(bans.active(), 0);
+        assert_eq!(bans.list(161).len(), 0);
+    }
+}
