@@ -1,0 +1,428 @@
+//! Invalidation: the admin API (`POST /invalidate`, `/invalidate/all`,
+//! `GET /bans`), URL purges hard and soft, tag purges, prefix and regex
+//! bans, access control, and the `PURGE` method on the traffic port. The
+//! traffic scenarios run on both I/O backends and count origin requests.
+
+#[macro_use]
+mod common;
+
+use common::*;
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn config(extra: &str) -> String {
+    format!("[admin]\ntoken = \"{TOKEN}\"\n{extra}")
+}
+
+/// The demo origin and a two-worker ringcache with an admin token.
+fn with_demo(io: &str, extra: &str) -> Option<(DemoOrigin, TempDir, Server)> {
+    let origin = DemoOrigin::start();
+    let (dir, server) = Server::serve_with_config(io, Some(&origin.url()), 2, &config(extra))?;
+    Some((origin, dir, server))
+}
+
+/// One admin call on a fresh connection.
+fn admin(server: &Server, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
+    let mut c = Client::connect(server.admin);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    c.send(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response()
+}
+
+#[track_caller]
+fn invalidate(server: &Server, body: &str) -> serde_json::Value {
+    let r = admin(server, "POST", "/invalidate", Some(TOKEN), body);
+    assert_eq!(r.status, 200, "{body}: {}", r.summary());
+    serde_json::from_slice(&r.body).expect("a JSON answer")
+}
+
+#[track_caller]
+fn assert_hit(r: &Response) {
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.cache_status(), "ringcache; hit", "{}", r.summary());
+}
+
+#[track_caller]
+fn assert_miss(r: &Response) {
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(
+        r.cache_status().starts_with("ringcache; fwd="),
+        "expected a fetch: {}",
+        r.summary()
+    );
+}
+
+fn hard_url_purge(io: &str) {
+    let Some((origin, _dir, server)) = with_demo(io, "") else {
+        return;
+    };
+    let path = "/api/items/1";
+    assert_miss(&server.get(path));
+    assert_hit(&server.get(path));
+    // An absolute URL names the key: removed now.
+    let v = invalidate(
+        &server,
+        r#"{"urls": ["http://ringcache.test/api/items/1"]}"#,
+    );
+    assert_eq!(v["invalidated"], 1, "{v}");
+    assert_eq!(v["bans"], 0, "{v}");
+    assert_eq!(v["nodes"][0]["applied"], true, "{v}");
+    let r = server.get(path);
+    assert_eq!(
+        r.cache_status_params(),
+        ["fwd=miss", "fwd-status=200", "stored"]
+    );
+    assert_eq!(
+        origin.count(path),
+        2,
+        "the purge sent the next request to the origin"
+    );
+    assert_hit(&server.get(path));
+    // A path without a host: an exact-path ban over every host.
+    let v = invalidate(&server, r#"{"urls": ["/api/items/1"], "mode": "hard"}"#);
+    assert_eq!(
+        (v["invalidated"].as_u64(), v["bans"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_miss(&server.get(path));
+    assert_eq!(origin.count(path), 3);
+    let m = server.metrics();
+    assert_eq!(m.labelled("ringcache_purges_total", "kind=\"url\""), 2.0);
+    assert!(m.value("ringcache_invalidated_objects_total") >= 2.0);
+    assert_eq!(m.value("ringcache_bans_active"), 1.0);
+}
+
+fn soft_url_purge(io: &str) {
+    // A scripted origin with a validator: 304 when the ETag matches.
+    let origin = TestOrigin::start(|req| {
+        let conditional = req
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("if-none-match") && v == "\"v1\"");
+        if conditional {
+            Reply::Send(response(
+                304,
+                &[("ETag", "\"v1\""), ("Cache-Control", "max-age=60")],
+                b"",
+            ))
+        } else {
+            Reply::Send(response(
+                200,
+                &[("ETag", "\"v1\""), ("Cache-Control", "max-age=60")],
+                b"soft body",
+            ))
+        }
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &config(""))
+    else {
+        return;
+    };
+    let path = "/soft";
+    assert_miss(&server.get(path));
+    assert_hit(&server.get(path));
+    // Soft: the bytes stay, made stale now.
+    let v = invalidate(
+        &server,
+        r#"{"urls": ["/soft"], "host": "ringcache.test", "mode": "soft"}"#,
+    );
+    assert_eq!(v["invalidated"], 1, "{v}");
+    assert_eq!(
+        server.metrics().value("ringcache_store_items"),
+        1.0,
+        "still stored"
+    );
+    let r = server.get(path);
+    assert_eq!(r.body, b"soft body");
+    // This build fetches a stale object again in full (fwd=stale); the
+    // conditional request with the stored validators comes with
+    // revalidation. Either way the stale object goes to the origin once.
+    assert!(
+        r.cache_status_params().iter().any(|p| p == "fwd=stale"),
+        "{}",
+        r.summary()
+    );
+    assert_eq!(origin.requests(), 2);
+    assert_hit(&server.get(path));
+    assert_eq!(origin.requests(), 2);
+    // Soft without a host cannot name the key: refused.
+    let r = admin(
+        &server,
+        "POST",
+        "/invalidate",
+        Some(TOKEN),
+        r#"{"urls": ["/soft"], "mode": "soft"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.summary());
+}
+
+fn tag_purge(io: &str) {
+    let Some((origin, _dir, server)) = with_demo(io, "") else {
+        return;
+    };
+    let a = "/api/items/1?tags=a,b";
+    let b = "/api/items/2?tags=b";
+    let c = "/api/items/3?tags=c";
+    for p in [a, b, c] {
+        let r = server.get(p);
+        assert_miss(&r);
+        assert!(!r.has_header("surrogate-key"), "stripped: {}", r.summary());
+    }
+    for p in [a, b, c] {
+        let r = server.get(p);
+        assert_hit(&r);
+        assert!(!r.has_header("surrogate-key"), "stripped: {}", r.summary());
+    }
+    assert!(server.metrics().value("ringcache_tag_index_bytes") > 0.0);
+    let v = invalidate(&server, r#"{"tags": ["b"]}"#);
+    assert_eq!(v["invalidated"], 2, "{v}");
+    assert_eq!(v["bans"], 0, "the index is complete: no ban needed: {v}");
+    assert_miss(&server.get(a));
+    assert_miss(&server.get(b));
+    assert_hit(&server.get(c));
+    assert_eq!(origin.count("/api/items/1"), 2);
+    assert_eq!(origin.count("/api/items/2"), 2);
+    assert_eq!(origin.count("/api/items/3"), 1);
+    // A tag nothing carries invalidates nothing.
+    let v = invalidate(&server, r#"{"tags": ["zzz"]}"#);
+    assert_eq!(v["invalidated"], 0, "{v}");
+    assert_eq!(
+        server
+            .metrics()
+            .labelled("ringcache_purges_total", "kind=\"tag\""),
+        2.0
+    );
+}
+
+fn prefix_and_regex_bans(io: &str) {
+    let Some((origin, _dir, server)) = with_demo(io, "") else {
+        return;
+    };
+    let paths = [
+        "/api/items/10",
+        "/api/items/11",
+        "/api/items/20",
+        "/api/items/30",
+    ];
+    for p in paths {
+        assert_miss(&server.get(p));
+        assert_hit(&server.get(p));
+    }
+    let v = invalidate(
+        &server,
+        r#"{"prefixes": ["/api/items/1"], "regex": "^/api/items/2[0-9]$"}"#,
+    );
+    assert_eq!(v["bans"], 2, "{v}");
+    for p in &paths[..3] {
+        assert_miss(&server.get(p));
+        assert_eq!(origin.count(p), 2, "{p}");
+    }
+    assert_hit(&server.get(paths[3]));
+    assert_eq!(origin.count(paths[3]), 1);
+    let r = admin(&server, "GET", "/bans", Some(TOKEN), "");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let bans: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let list = bans["bans"].as_array().expect("a list");
+    assert_eq!(list.len(), 2, "{bans}");
+    assert_eq!(list[0]["selector"]["prefix"], "/api/items/1", "{bans}");
+    assert_eq!(list[0]["invalidated"], 2, "{bans}");
+    assert_eq!(
+        list[1]["selector"]["regex"], "^/api/items/2[0-9]$",
+        "{bans}"
+    );
+    assert_eq!(list[1]["invalidated"], 1, "{bans}");
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_bans_active"), 2.0);
+    assert_eq!(m.labelled("ringcache_purges_total", "kind=\"prefix\""), 1.0);
+    assert_eq!(m.labelled("ringcache_purges_total", "kind=\"regex\""), 1.0);
+}
+
+fn header_ban_and_invalidate_all(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        let team = if req.path().starts_with("/search") {
+            "search"
+        } else {
+            "ads"
+        };
+        Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=60"), ("X-Team", team)],
+            req.path().as_bytes(),
+        ))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &config(""))
+    else {
+        return;
+    };
+    let paths = ["/search/1", "/search/2", "/ads/1"];
+    for p in paths {
+        assert_miss(&server.get(p));
+        assert_hit(&server.get(p));
+    }
+    let v = invalidate(
+        &server,
+        r#"{"header": {"name": "X-Team", "value": "search"}}"#,
+    );
+    assert_eq!(v["bans"], 1, "{v}");
+    assert_miss(&server.get(paths[0]));
+    assert_miss(&server.get(paths[1]));
+    assert_hit(&server.get(paths[2]));
+    assert_eq!(origin.requests(), 5);
+    // Everything: one ban that replaces the others.
+    let r = admin(&server, "POST", "/invalidate/all", Some(TOKEN), "");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_miss(&server.get(paths[2]));
+    assert_eq!(origin.requests(), 6);
+    let m = server.metrics();
+    assert_eq!(m.value("ringcache_bans_active"), 1.0);
+    assert_eq!(m.labelled("ringcache_purges_total", "kind=\"all\""), 1.0);
+    assert_eq!(m.labelled("ringcache_purges_total", "kind=\"header\""), 1.0);
+}
+
+fn access_control(io: &str) {
+    let origin = DemoOrigin::start();
+    // No token configured: the invalidation API is closed.
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
+        return;
+    };
+    let body = r#"{"urls": ["/api/items/1"]}"#;
+    assert_eq!(
+        admin(&server, "POST", "/invalidate", None, body).status,
+        403
+    );
+    assert_eq!(
+        admin(&server, "POST", "/invalidate", Some(TOKEN), body).status,
+        403
+    );
+    assert_eq!(admin(&server, "GET", "/bans", None, "").status, 403);
+    assert_eq!(admin(&server, "GET", "/stats", None, "").status, 200);
+    drop(server);
+    let Some((_origin, _dir, server)) = with_demo(io, "") else {
+        return;
+    };
+    let r = admin(&server, "POST", "/invalidate", None, body);
+    assert_eq!(r.status, 401, "{}", r.summary());
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        admin(
+            &server,
+            "POST",
+            "/invalidate",
+            Some("test-token-012345678X"),
+            body
+        )
+        .status,
+        401
+    );
+    assert_eq!(admin(&server, "GET", "/bans", Some("nope"), "").status, 401);
+    assert_eq!(admin(&server, "GET", "/stats", None, "").status, 401);
+    assert_eq!(admin(&server, "GET", "/stats", Some(TOKEN), "").status, 200);
+    assert_eq!(admin(&server, "GET", "/healthz", None, "").status, 200);
+    assert_eq!(admin(&server, "GET", "/metrics", None, "").status, 200);
+    assert_eq!(
+        admin(&server, "POST", "/invalidate", Some(TOKEN), body).status,
+        200
+    );
+    let logged = server
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("invalidate: peer 127.0.0.1") && l.contains("/api/items/1"));
+    assert!(logged, "{:?}", server.stderr_lines());
+}
+
+fn purge_request(path: &str) -> String {
+    format!("PURGE {path} HTTP/1.1\r\nHost: ringcache.test\r\n\r\n")
+}
+
+fn purge_method(io: &str) {
+    let origin = DemoOrigin::start();
+    let path = "/api/items/5";
+    // Allowed only from 10.0.0.0/8: loopback is refused, nothing is purged.
+    let denied = config(
+        "[invalidation]\npurge_method = true\npurge_allow = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+    );
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &denied)
+    else {
+        return;
+    };
+    assert_miss(&server.get(path));
+    let mut c = server.client();
+    c.send(purge_request(path).as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 403, "{}", r.summary());
+    assert_hit(&server.get(path));
+    assert_eq!(origin.count(path), 1, "PURGE never reaches the origin");
+    drop(server);
+    let allowed = config(
+        "[invalidation]\npurge_method = true\npurge_allow = [\"127.0.0.1/32\", \"::1/128\"]\n",
+    );
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &allowed)
+    else {
+        return;
+    };
+    assert_miss(&server.get(path));
+    assert_eq!(origin.count(path), 2);
+    let mut c = server.client();
+    c.send(purge_request(path).as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body_str(), "{\"purged\":1}\n");
+    // The connection stays usable, and the purged object is fetched again.
+    let r = c.get(path);
+    assert_miss(&r);
+    assert_eq!(origin.count(path), 3);
+    assert_eq!(
+        server
+            .metrics()
+            .labelled("ringcache_purges_total", "kind=\"url\""),
+        1.0
+    );
+}
+
+fn bad_requests(io: &str) {
+    let Some((_origin, _dir, server)) =
+        with_demo(io, "[limits]\nadmin_body_bytes_max = \"1KiB\"\n")
+    else {
+        return;
+    };
+    for (body, what) in [
+        ("{not json", "invalid JSON"),
+        ("{}", "nothing to invalidate"),
+        (r#"{"regex": "(unclosed"}"#, "regex"),
+        (r#"{"urls": ["no-slash"]}"#, "url"),
+        (r#"{"prefixes": ["/a"], "mode": "soft"}"#, "hard"),
+        (r#"{"urls": ["/a"], "mode": "sideways"}"#, "invalid JSON"),
+        (r#"{"unknown": 1}"#, "invalid JSON"),
+        (r#"{"tags": [""]}"#, "tag"),
+    ] {
+        let r = admin(&server, "POST", "/invalidate", Some(TOKEN), body);
+        assert_eq!(r.status, 400, "{body}: {}", r.summary());
+        assert!(r.body_str().contains(what), "{body}: {}", r.body_str());
+    }
+    let big = format!(r#"{{"urls": ["/{}"]}}"#, "a".repeat(2000));
+    let r = admin(&server, "POST", "/invalidate", Some(TOKEN), &big);
+    assert_eq!(r.status, 413, "{}", r.summary());
+    // A regex too large once compiled is refused, not built.
+    let huge = r#"{"regex": "(\\w{50}){50}"}"#;
+    let r = admin(&server, "POST", "/invalidate", Some(TOKEN), huge);
+    assert_eq!(r.status, 400, "{}", r.summary());
+    assert_eq!(admin(&server, "GET", "/healthz", None, "").status, 200);
+    assert_eq!(server.metrics().value("ringcache_bans_active"), 0.0);
+    assert_miss(&server.get("/api/items/1"));
+}
+
+both_io!(
+    hard_url_purge,
+    soft_url_purge,
+    tag_purge,
+    prefix_and_regex_bans,
+    header_ban_and_invalidate_all,
+    access_control,
+    purge_method,
+    bad_requests,
+);
