@@ -439,6 +439,8 @@ fn bans_json(inv: &Invalidator) -> String {
 }
 
 fn invalidation_gauges(inv: &Invalidator) -> InvalidationGauges {
+    // Lookups of objects newer than every ban do not retire bans: a scrape does.
+    inv.bans.retire(unix_now());
     let p = inv.purges();
     InvalidationGauges {
         purges: std::array::from_fn(|i| (PURGE_KINDS[i], p[i])),

@@ -295,7 +295,7 @@ impl Config {
             .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let (file_admin, file_token) = match file.admin {
             Some(FileAdmin::Listen(s)) => (Some(s), None),
-            Some(FileAdmin::Table { listen, token }) => (listen, token),
+            Some(FileAdmin::Table(t)) => (t.listen, t.token),
             None => (None, None),
         };
         let admin_s = args
@@ -650,10 +650,14 @@ pub const ADMIN_TOKEN_ENV: &str = "RINGCACHE_ADMIN_TOKEN";
 #[serde(untagged)]
 enum FileAdmin {
     Listen(String),
-    Table {
-        listen: Option<String>,
-        token: Option<String>,
-    },
+    Table(FileAdminTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdminTable {
+    listen: Option<String>,
+    token: Option<String>,
 }
 
 /// An IPv4 or IPv6 network, `10.0.0.0/8` or `::1/128`.
@@ -1008,6 +1012,8 @@ mod tests {
         let again = load(&c.to_string()).unwrap();
         assert_eq!(again.invalidation.purge_allow, c.invalidation.purge_allow);
         assert_eq!(again.invalidation.admin_token, None);
+        let err = load("[admin]\ntoken = \"0123456789abcdef\"\nmemory = \"1MiB\"\n").unwrap_err();
+        assert!(err.contains("admin"), "{err}");
         let err = load("[admin]\ntoken = \"short\"\n").unwrap_err();
         assert!(err.contains("admin.token"), "{err}");
         let err = load("[invalidation]\npurge_allow = [\"nowhere\"]\n").unwrap_err();

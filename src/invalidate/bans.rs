@@ -129,6 +129,9 @@ pub struct Bans {
     next_id: AtomicU64,
     /// Earliest `retire_secs` in the list (`u64::MAX` when empty).
     next_retire_secs: AtomicU64,
+    /// Latest `created_secs` in the list: an object born after it matches
+    /// no ban, and its lookup skips the lock.
+    newest_created_secs: AtomicU64,
     /// Latest second until which any stored object may be served.
     servable_max_secs: AtomicU64,
     max: usize,
@@ -143,6 +146,7 @@ impl Bans {
             list: RwLock::new(Vec::with_capacity(max)),
             next_id: AtomicU64::new(1),
             next_retire_secs: AtomicU64::new(u64::MAX),
+            newest_created_secs: AtomicU64::new(0),
             servable_max_secs: AtomicU64::new(servable_max_secs),
             max,
         }
@@ -205,8 +209,11 @@ impl Bans {
 
     fn publish(&self, list: &[Arc<Ban>]) {
         let next = list.iter().map(|b| b.retire_secs).min().unwrap_or(u64::MAX);
-        // Relaxed: a hint; the list itself is read under the lock.
+        let newest = list.iter().map(|b| b.created_secs).max().unwrap_or(0);
+        // Relaxed: hints; the list itself is read under the lock, and the
+        // Release below orders them before the count a lookup loads first.
         self.next_retire_secs.store(next, Ordering::Relaxed);
+        self.newest_created_secs.store(newest, Ordering::Relaxed);
         // Release: pairs with the Acquire in `active`.
         self.count.store(list.len(), Ordering::Release);
     }
@@ -221,6 +228,12 @@ impl Bans {
     /// Is the object (`key`, stored `head`, born at `born_secs`) banned?
     /// Counts the match on the ban. Call only when [`Bans::active`] > 0.
     pub fn check(&self, key: &[u8], head: &[u8], born_secs: u64, now_secs: u64) -> bool {
+        // Relaxed: a hint, see `publish`. Objects stored after every ban
+        // (the common case once banned objects were fetched again) are
+        // cleared without the lock.
+        if born_secs > self.newest_created_secs.load(Ordering::Relaxed) {
+            return false;
+        }
         // Relaxed: a hint, see `publish`.
         if now_secs >= self.next_retire_secs.load(Ordering::Relaxed) {
             if let Ok(mut list) = self.list.try_write() {
