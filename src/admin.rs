@@ -233,6 +233,8 @@ struct Call {
     /// `Some(n)`: a Content-Length of n; `None`: no (valid) Content-Length.
     content_length: Option<usize>,
     chunked: bool,
+    /// `Expect: 100-continue`: the client waits for a go-ahead.
+    expect_continue: bool,
     bearer: Option<String>,
 }
 
@@ -243,6 +245,7 @@ impl Call {
             head_len,
             content_length: None,
             chunked: false,
+            expect_continue: false,
             bearer: None,
         };
         let mut lengths = 0;
@@ -254,6 +257,8 @@ impl Call {
                     .and_then(|v| v.trim().parse().ok());
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 call.chunked = true;
+            } else if h.name.eq_ignore_ascii_case("expect") {
+                call.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
             } else if h.name.eq_ignore_ascii_case("authorization") {
                 let v = std::str::from_utf8(h.value).unwrap_or("").trim();
                 if let Some((scheme, token)) = v.split_once(' ') {
@@ -349,6 +354,9 @@ fn invalidate(
     let mut body = received[call.head_len.min(received.len())..].to_vec();
     body.truncate(length);
     let mut at = body.len();
+    if at < length && call.expect_continue {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
     body.resize(length, 0);
     while at < length {
         let n = stream.read(&mut body[at..])?;

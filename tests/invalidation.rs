@@ -278,9 +278,13 @@ fn header_ban_and_invalidate_all(io: &str) {
     // Everything: one ban that replaces the others.
     let r = admin(&server, "POST", "/invalidate/all", Some(TOKEN), "");
     assert_eq!(r.status, 200, "{}", r.summary());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["invalidated"], 3, "every stored object: {v}");
     assert_miss(&server.get(paths[2]));
     assert_eq!(origin.requests(), 6);
     let m = server.metrics();
+    // Two by the header ban, one by the ban on everything (so far).
+    assert_eq!(m.value("ringcache_invalidated_objects_total"), 3.0);
     assert_eq!(m.value("ringcache_bans_active"), 1.0);
     assert_eq!(m.labelled("ringcache_purges_total", "kind=\"all\""), 1.0);
     assert_eq!(m.labelled("ringcache_purges_total", "kind=\"header\""), 1.0);
