@@ -753,6 +753,26 @@ impl Invalidation {
         {
             return Err("invalidation.tag_header: must be a field name".into());
         }
+        // It is moved and may be cut from responses: never a field that
+        // frames, dates or governs caching.
+        const RESERVED: [&str; 10] = [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "content-type",
+            "date",
+            "age",
+            "etag",
+            "last-modified",
+            "cache-control",
+            "vary",
+        ];
+        if RESERVED.contains(&self.tag_header.as_str()) {
+            return Err(format!(
+                "invalidation.tag_header: {:?} is a field ringcache needs as it is",
+                self.tag_header
+            ));
+        }
         if !(1..=256).contains(&self.tags_per_object_max) {
             return Err("invalidation.tags_per_object_max: must be between 1 and 256".into());
         }
@@ -1016,6 +1036,8 @@ mod tests {
         assert!(err.contains("admin"), "{err}");
         let err = load("[admin]\ntoken = \"short\"\n").unwrap_err();
         assert!(err.contains("admin.token"), "{err}");
+        let err = load("[invalidation]\ntag_header = \"Content-Length\"\n").unwrap_err();
+        assert!(err.contains("invalidation.tag_header"), "{err}");
         let err = load("[invalidation]\npurge_allow = [\"nowhere\"]\n").unwrap_err();
         assert!(err.contains("invalidation.purge_allow"), "{err}");
         let err = load("[invalidation]\ntag_index_bytes_max = \"200MiB\"\n").unwrap_err();
