@@ -39,8 +39,19 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
 }
 
-/// Serve admin requests on `listener` until the process exits.
+/// Serve admin requests on `listener` until the process exits; a second
+/// thread keeps the invalidation state tidy (see [`Invalidator::maintain`]).
 pub fn spawn(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
+    let invalidator = Arc::clone(&state.invalidator);
+    std::thread::Builder::new()
+        .name("ringcache-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(crate::config::INVALIDATION_UPKEEP_INTERVAL);
+            let dropped = invalidator.maintain();
+            if dropped > 0 {
+                log::debug!("tag index: {dropped} entries of objects no longer stored dropped");
+            }
+        })?;
     std::thread::Builder::new()
         .name("ringcache-admin".into())
         .spawn(move || {

@@ -642,6 +642,11 @@ pub const INVALIDATION_SELECTORS_MAX: usize = 1024;
 pub const TAG_INDEX_MEMORY_SHARE: u64 = 16;
 /// Ceiling of the default tag index cap.
 pub const TAG_INDEX_BYTES_DEFAULT_MAX: u64 = 16 << 20;
+/// How often bans are retired and the tag index pruned of objects that left
+/// the store.
+pub const INVALIDATION_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Tag index keys checked per hold of its lock while pruning.
+pub const TAG_PRUNE_CHUNK_KEYS: usize = 256;
 /// Environment variable that holds the admin token (overrides the file).
 pub const ADMIN_TOKEN_ENV: &str = "RINGCACHE_ADMIN_TOKEN";
 

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     Invalidation, BAN_REGEX_COMPILED_BYTES_MAX, BAN_REGEX_PATTERN_BYTES_MAX,
-    INVALIDATION_SELECTORS_MAX,
+    INVALIDATION_SELECTORS_MAX, TAG_PRUNE_CHUNK_KEYS,
 };
 use crate::store::item::LIFETIME_SECS_MAX;
 use crate::store::{Reader, SharedStore};
@@ -196,6 +196,21 @@ impl Invalidator {
             // Relaxed: a statistic.
             self.purges[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Periodic upkeep, off the request path: retire bans no object can
+    /// need any more, and drop tag index entries of objects that left the
+    /// store (evicted, expired, removed), so the index does not fill with
+    /// them and stays complete.
+    pub fn maintain(&self) -> usize {
+        self.bans.retire(unix_now());
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut head = Vec::new();
+        self.tags.prune(TAG_PRUNE_CHUNK_KEYS, |hash, key| {
+            head.clear();
+            // The head only: the body is not needed to know it is there.
+            reader.lookup(hash, key, &mut head, |_, _| false).is_some()
+        })
     }
 
     /// Parse a JSON body and apply it.
@@ -520,6 +535,22 @@ mod tests {
         let out = inv.apply_json(br#"{"tags": ["b"]}"#).unwrap();
         assert_eq!(out.bans, 1);
         assert!(inv.bans.check(b"h\0/9", tagged, 0, unix_now()));
+    }
+
+    #[test]
+    fn upkeep_prunes_entries_of_objects_gone() {
+        let (store, inv) = setup();
+        let head = b"HTTP/1.1 200 OK\r\nsurrogate-key: a\r\n";
+        for k in [&b"h\0/1"[..], b"h\0/2"] {
+            put(&store, k, head);
+            inv.tags.note_store(key_hash(k), k, &[b"a"]);
+        }
+        let before = inv.tags.bytes();
+        assert!(store.remove(key_hash(b"h\0/1"), b"h\0/1"));
+        assert_eq!(inv.maintain(), 1);
+        assert!(inv.tags.bytes() < before);
+        assert_eq!(inv.tags.keys_for(b"a", false).len(), 1);
+        assert!(inv.tags.is_complete());
     }
 
     #[test]

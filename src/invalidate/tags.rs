@@ -10,7 +10,9 @@
 //!
 //! Exactness: an entry can outlive its object (evicted, expired, removed):
 //! a purge therefore checks the stored head still carries the tag before
-//! it acts. An object stored when the index was full is not indexed, and a
+//! it acts, and an upkeep thread prunes such entries every
+//! `INVALIDATION_UPKEEP_INTERVAL` ([`TagIndex::prune`]), so dead entries
+//! do not fill the index. An object stored when the index was full is not indexed, and a
 //! store reopened from its file holds objects the index never saw: the
 //! index is then *incomplete*, and a tag purge also adds a tag ban, which
 //! matches the tag in the stored field (exact, checked on lookup).
@@ -140,6 +142,32 @@ impl TagIndex {
         out
     }
 
+    /// Drop the entries of objects no longer stored (`stored(hash, key)`
+    /// says). Checks `chunk` keys per lock hold, so a worker storing meanwhile
+    /// waits for one chunk at most; an object stored during the check
+    /// re-indexes itself after it (its `note_store` takes the lock after
+    /// the insert). Returns the entries dropped.
+    pub fn prune(&self, chunk: usize, mut stored: impl FnMut(u64, &[u8]) -> bool) -> usize {
+        let hashes: Vec<u64> = self.lock().keys.keys().copied().collect();
+        let mut dropped = 0;
+        for part in hashes.chunks(chunk.max(1)) {
+            let mut inner = self.lock();
+            for &h in part {
+                let gone = match inner.keys.get(&h) {
+                    Some(e) => !stored(h, &e.key),
+                    None => false,
+                };
+                if gone {
+                    unlink_key(&mut inner, h);
+                    dropped += 1;
+                }
+            }
+            // Relaxed: a gauge.
+            self.bytes.store(inner.bytes, Ordering::Relaxed);
+        }
+        dropped
+    }
+
     /// Forget everything: every stored object was just made unservable.
     pub fn reset(&self) {
         let mut inner = self.lock();
@@ -195,5 +223,13 @@ mod tests {
         idx.reset();
         assert!(idx.is_complete());
         assert_eq!(idx.bytes(), 0);
+        // Entries of objects no longer stored are pruned.
+        idx.note_store(1, b"h\0/1", &[b"a"]);
+        idx.note_store(2, b"h\0/2", &[b"a"]);
+        assert_eq!(idx.prune(1, |h, _| h == 2), 1);
+        assert_eq!(
+            idx.keys_for(b"a", false),
+            vec![(2, Box::from(&b"h\0/2"[..]))]
+        );
     }
 }
