@@ -479,6 +479,44 @@ fn bans_are_bounded(io: &str) {
     invalidate(&server, r#"{"prefixes": ["/c"]}"#);
 }
 
+fn expect_continue(io: &str) {
+    use std::io::{Read, Write};
+    let Some((_origin, _dir, server)) = with_demo(io, "") else {
+        return;
+    };
+    let body = r#"{"urls": ["http://ringcache.test/api/items/1"]}"#;
+    let mut s = std::net::TcpStream::connect(server.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /invalidate HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // The go-ahead comes before the body is sent.
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(byte[0]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(body.as_bytes()).unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
+    assert!(rest.contains("\"invalidated\":0"), "{rest}");
+}
+
 both_io!(
     hard_url_purge,
     soft_url_purge,
@@ -490,4 +528,5 @@ both_io!(
     bad_requests,
     tag_purge_after_restart,
     bans_are_bounded,
+    expect_continue,
 );
