@@ -253,6 +253,7 @@ fn three_nodes_share_invalidations_and_a_returning_node_catches_up() {
         expirations: 0,
         recovered: 0,
         dropped: 0,
+        recovery_secs: 0.0,
         clockpro: None,
     });
     assert!(text.contains("ringcache_bus_connected 1\n"), "{text}");
