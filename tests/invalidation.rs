@@ -534,6 +534,270 @@ fn expect_continue(io: &str) {
     assert!(rest.contains("\"invalidated\":0"), "{rest}");
 }
 
+/// `GET path` with extra header lines, on a fresh connection.
+fn get_with(server: &Server, path: &str, fields: &[(&str, &str)]) -> Response {
+    let mut c = server.client();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: ringcache.test\r\n");
+    for (n, v) in fields {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.send(req.as_bytes());
+    c.read_response()
+}
+
+/// An origin varying on Accept-Language, tagging each variant `page` and
+/// `lang-<language>`; the body names the language.
+fn language_origin() -> TestOrigin {
+    TestOrigin::start(|req| {
+        let lang = req.header("accept-language").unwrap_or("none").to_string();
+        Reply::Send(response(
+            200,
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Vary", "Accept-Language"),
+                ("Surrogate-Key", &format!("page lang-{lang}")),
+            ],
+            format!("lang={lang}").as_bytes(),
+        ))
+    })
+}
+
+const LANGUAGES: [&str; 3] = ["en", "fr", "de"];
+
+/// Store one variant per language and check each is a hit.
+#[track_caller]
+fn store_variants(server: &Server) {
+    for lang in LANGUAGES {
+        let r = get_with(server, "/page", &[("Accept-Language", lang)]);
+        assert_miss(&r);
+    }
+    for lang in LANGUAGES {
+        let r = get_with(server, "/page", &[("Accept-Language", lang)]);
+        assert_hit(&r);
+        assert_eq!(r.body_str(), format!("lang={lang}"));
+        assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    }
+}
+
+/// A URL purge acts on every Vary variant of the URL: the admin API's
+/// hard and soft purges, and PURGE on the traffic port.
+fn url_purge_covers_every_variant(io: &str) {
+    let origin = language_origin();
+    let extra = "[invalidation]\npurge_method = true\n";
+    let Some((_dir, server)) =
+        Server::serve_with_config(io, Some(&origin.url()), 2, &config(extra))
+    else {
+        return;
+    };
+    store_variants(&server);
+    assert_eq!(origin.requests(), 3);
+    let v = invalidate(&server, r#"{"urls": ["http://ringcache.test/page"]}"#);
+    assert_eq!(v["invalidated"], 3, "every variant: {v}");
+    for lang in LANGUAGES {
+        assert_miss(&get_with(&server, "/page", &[("Accept-Language", lang)]));
+    }
+    assert_eq!(origin.requests(), 6, "each variant fetched again");
+    // Soft: every variant is kept, stale; the next request of each goes
+    // to the origin for it.
+    let v = invalidate(
+        &server,
+        r#"{"urls": ["/page"], "host": "ringcache.test", "mode": "soft"}"#,
+    );
+    assert_eq!(v["invalidated"], 3, "every variant: {v}");
+    for lang in LANGUAGES {
+        let r = get_with(&server, "/page", &[("Accept-Language", lang)]);
+        assert_eq!(r.cache_status_params()[0], "fwd=stale", "{}", r.summary());
+        assert_eq!(r.body_str(), format!("lang={lang}"));
+    }
+    assert_eq!(origin.requests(), 9);
+    // PURGE on the traffic port: the same purge.
+    let mut c = server.client();
+    c.send(purge_request("/page").as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body_str(), "{\"purged\":3}\n");
+    for lang in LANGUAGES {
+        assert_miss(&get_with(&server, "/page", &[("Accept-Language", lang)]));
+    }
+    assert_eq!(origin.requests(), 12);
+}
+
+/// The tag index holds variants under their own keys: a tag one variant
+/// carries invalidates that variant only, a tag all carry every one.
+fn tag_purge_of_a_variant(io: &str) {
+    let origin = language_origin();
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &config(""))
+    else {
+        return;
+    };
+    store_variants(&server);
+    let v = invalidate(&server, r#"{"tags": ["lang-fr"]}"#);
+    assert_eq!(
+        (v["invalidated"].as_u64(), v["bans"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    let fr = get_with(&server, "/page", &[("Accept-Language", "fr")]);
+    assert_eq!(
+        fr.cache_status_params()[0],
+        "fwd=vary-miss",
+        "{}",
+        fr.summary()
+    );
+    assert_eq!(fr.body_str(), "lang=fr");
+    for lang in ["en", "de"] {
+        assert_hit(&get_with(&server, "/page", &[("Accept-Language", lang)]));
+    }
+    assert_eq!(
+        origin.requests(),
+        4,
+        "only the tagged variant was fetched again"
+    );
+    let v = invalidate(&server, r#"{"tags": ["page"]}"#);
+    assert_eq!(v["invalidated"], 3, "{v}");
+    for lang in LANGUAGES {
+        assert_miss(&get_with(&server, "/page", &[("Accept-Language", lang)]));
+    }
+    assert_eq!(origin.requests(), 7);
+}
+
+/// A ban hides a stale-while-revalidate object: the request after it is
+/// fetched, never answered with the stale copy. A URL the ban does not
+/// match is answered stale as usual (and without its tag field).
+fn ban_hides_a_stale_while_revalidate_object(io: &str) {
+    // Stale on arrival (Age beyond max-age), within its swr window.
+    let origin = TestOrigin::start(|req| {
+        Reply::Send(response(
+            200,
+            &[
+                ("Cache-Control", "max-age=1, stale-while-revalidate=600"),
+                ("Age", "10"),
+                ("ETag", "\"v1\""),
+                ("Surrogate-Key", "swr"),
+            ],
+            format!("body of {}", req.path()).as_bytes(),
+        ))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &config(""))
+    else {
+        return;
+    };
+    for path in ["/swr/banned", "/kept"] {
+        assert_miss(&server.get(path));
+    }
+    // The control: a stale answer at once.
+    let r = server.get("/kept");
+    assert!(r.is_hit(), "{}", r.summary());
+    assert!(
+        r.cache_status_params()
+            .iter()
+            .any(|p| p == "detail=stale-while-revalidate"),
+        "{}",
+        r.summary()
+    );
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    let v = invalidate(&server, r#"{"prefixes": ["/swr/"]}"#);
+    assert_eq!(v["bans"], 1, "{v}");
+    let r = server.get("/swr/banned");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(
+        r.cache_status_params()[..2],
+        ["fwd=miss", "fwd-status=200"],
+        "no stale answer after the ban: {}",
+        r.summary()
+    );
+    let fetched = origin
+        .all_requests()
+        .iter()
+        .filter(|q| q.path() == "/swr/banned")
+        .count();
+    assert_eq!(fetched, 2, "the banned object was fetched again");
+    assert!(
+        origin
+            .all_requests()
+            .iter()
+            .filter(|q| q.path() == "/swr/banned")
+            .all(|q| q.header("if-none-match").is_none()),
+        "a banned object is not validated either"
+    );
+}
+
+/// The tag field is cut from a range answered from the store and from the
+/// answers of requests that waited for another's fetch, whether relayed,
+/// served from the store (another worker) or streamed; it stays stored
+/// (a tag purge still finds the object).
+fn tag_field_absent_from_range_and_collapsed_answers(io: &str) {
+    let body: Vec<u8> = (0..96 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let origin = {
+        let body = body.clone();
+        TestOrigin::start(move |req| {
+            let body = if req.path().starts_with("/large") {
+                &body[..]
+            } else {
+                b"0123456789"
+            };
+            // Slow enough that the herd below parks behind the first.
+            Reply::After(
+                Duration::from_millis(300),
+                Box::new(Reply::Send(response(
+                    200,
+                    &[("Cache-Control", "max-age=60"), ("Surrogate-Key", "t1 t2")],
+                    body,
+                ))),
+            )
+        })
+    };
+    let extra = "[limits]\ncoalesce_stream_bytes_min = \"64KiB\"\n";
+    let Some((_dir, server)) =
+        Server::serve_with_config(io, Some(&origin.url()), 2, &config(extra))
+    else {
+        return;
+    };
+    // A range of a stored response.
+    assert_miss(&server.get("/digits"));
+    let r = get_with(&server, "/digits", &[("Range", "bytes=2-4")]);
+    assert_eq!(r.status, 206, "{}", r.summary());
+    assert!(
+        r.cache_status().starts_with("ringcache; hit"),
+        "{}",
+        r.summary()
+    );
+    assert_eq!(r.body, b"234");
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    // A herd on a cold key, over both workers, small and large (streamed).
+    for (path, len) in [("/herd", 10), ("/large", body.len())] {
+        let mut clients: Vec<Client> = (0..16).map(|_| server.client()).collect();
+        for c in clients.iter_mut() {
+            c.timeout = Duration::from_secs(20);
+            c.send(get_request(path).as_bytes());
+        }
+        let answers: Vec<Response> = clients.iter_mut().map(|c| c.read_response()).collect();
+        let mut collapsed = 0;
+        for r in &answers {
+            assert_eq!(r.status, 200, "{}", r.summary());
+            assert_eq!(r.body.len(), len, "{}", r.summary());
+            assert!(!r.has_header("surrogate-key"), "{path}: {}", r.summary());
+            collapsed += usize::from(r.cache_status_params().iter().any(|p| p == "collapsed"));
+        }
+        assert!(
+            collapsed > 0,
+            "{path}: no request waited for another's fetch"
+        );
+    }
+    let fetched = |p: &str| {
+        origin
+            .all_requests()
+            .iter()
+            .filter(|q| q.path() == p)
+            .count()
+    };
+    assert!(fetched("/herd") <= 2 && fetched("/large") <= 2);
+    // Stored with the field: the tag finds all three objects.
+    let v = invalidate(&server, r#"{"tags": ["t2"]}"#);
+    assert_eq!(v["invalidated"], 3, "{v}");
+}
+
 both_io!(
     hard_url_purge,
     soft_url_purge,
@@ -546,4 +810,8 @@ both_io!(
     tag_purge_after_restart,
     bans_are_bounded,
     expect_continue,
+    url_purge_covers_every_variant,
+    tag_purge_of_a_variant,
+    ban_hides_a_stale_while_revalidate_object,
+    tag_field_absent_from_range_and_collapsed_answers,
 );
