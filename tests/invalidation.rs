@@ -798,6 +798,157 @@ fn tag_field_absent_from_range_and_collapsed_answers(io: &str) {
     assert_eq!(v["invalidated"], 3, "{v}");
 }
 
+/// SIGHUP applies a new admin token and a new `purge_allow` at once: the
+/// old token gets 401, the new one works, and PURGE from loopback is
+/// refused once loopback is no longer allowed.
+fn token_and_purge_allow_reload(io: &str) {
+    let origin = DemoOrigin::start();
+    let path = "/api/items/9";
+    let Some((dir, mut server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        &config("[invalidation]\npurge_method = true\n"),
+    ) else {
+        return;
+    };
+    let all = r#"{"tags": ["nothing"]}"#;
+    assert_eq!(
+        admin(&server, "POST", "/invalidate", Some(TOKEN), all).status,
+        200
+    );
+    let new_token = "a-second-token-0123456789";
+    dir.write(
+        "ringcache.toml",
+        &format!(
+            "[invalidation]\npurge_method = true\npurge_allow = [\"10.0.0.0/8\"]\n\n[admin]\ntoken = \"{new_token}\"\n"
+        ),
+    );
+    server.proc.signal(libc::SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        admin(&server, "POST", "/invalidate", Some(new_token), all).status == 200
+    });
+    assert!(reloaded, "{:?}", server.stderr_lines());
+    assert_eq!(
+        admin(&server, "POST", "/invalidate", Some(TOKEN), all).status,
+        401
+    );
+    let line = server
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("reload: applied"))
+        .expect("a reload line");
+    assert!(line.contains("admin.token (set → set, changed)"), "{line}");
+    assert!(line.contains("invalidation.purge_allow"), "{line}");
+    assert!(
+        !line.contains(new_token),
+        "the token is never logged: {line}"
+    );
+    assert_miss(&server.get(path));
+    let mut c = server.client();
+    c.send(purge_request(path).as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 403, "{}", r.summary());
+    assert_hit(&server.get(path));
+    assert_eq!(origin.count(path), 1);
+}
+
+/// An origin for `/v` with a validator and a tag, stale on arrival (no
+/// stale window): every later request validates, and the 304 adds a
+/// field; `/fresh` is the same response, fresh for a minute. Their
+/// `Set-Cookie` makes the stored head differ from the relayed one under
+/// `set_cookie = "strip"`.
+fn validating_tagged_origin() -> TestOrigin {
+    TestOrigin::start(|req| {
+        if req.path() == "/fresh" {
+            return Reply::Send(response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=60"),
+                    ("Surrogate-Key", "t-fresh"),
+                    ("Set-Cookie", "s=1"),
+                    ("X-After", "1"),
+                ],
+                b"fresh body",
+            ));
+        }
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply::Send(response(
+                304,
+                &[
+                    ("ETag", "\"v1\""),
+                    ("Cache-Control", "max-age=60"),
+                    ("X-Validated", "yes"),
+                ],
+                b"",
+            ));
+        }
+        Reply::Send(response(
+            200,
+            &[
+                ("Cache-Control", "max-age=1"),
+                ("Age", "10"),
+                ("ETag", "\"v1\""),
+                ("Surrogate-Key", "t-v"),
+                ("Set-Cookie", "s=1"),
+                ("X-After", "1"),
+            ],
+            b"validated body",
+        ))
+    })
+}
+
+/// The tag field stays the stored head's last line when `[cache]` strips
+/// fields for storing and after a 304 merges new fields in: answers never
+/// carry it (the 304 from the store, the validated answer, the hit after
+/// it), and the tag index still finds the object.
+fn tag_field_survives_stripping_and_304_merge(io: &str) {
+    let origin = validating_tagged_origin();
+    let extra = "[cache]\nset_cookie = \"strip\"\n";
+    let Some((_dir, server)) =
+        Server::serve_with_config(io, Some(&origin.url()), 2, &config(extra))
+    else {
+        return;
+    };
+    let r = server.get("/v");
+    assert_miss(&r);
+    assert!(r.has_header("set-cookie"), "{}", r.summary());
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    // Stale: validated, the stored body served with the merged fields.
+    let r = server.get("/v");
+    assert_eq!(
+        r.cache_status_params()[..2],
+        ["fwd=stale", "fwd-status=304"],
+        "{}",
+        r.summary()
+    );
+    assert_eq!(r.body, b"validated body");
+    assert_eq!(r.header("x-validated"), Some("yes"), "{}", r.summary());
+    assert!(!r.has_header("set-cookie"), "{}", r.summary());
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    let r = server.get("/v");
+    assert_hit(&r);
+    assert_eq!(r.header("x-after"), Some("1"), "{}", r.summary());
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    // A 304 from the store for the client's own condition.
+    let r = get_with(&server, "/v", &[("If-None-Match", "\"v1\"")]);
+    assert_eq!(r.status, 304, "{}", r.summary());
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    assert_eq!(origin.requests(), 2);
+    let v = invalidate(&server, r#"{"tags": ["t-v"]}"#);
+    assert_eq!(v["invalidated"], 1, "still tagged after the merge: {v}");
+    assert_miss(&server.get("/v"));
+    // Stored in the stripped form, never validated: the hit has no tag field.
+    assert_miss(&server.get("/fresh"));
+    let r = server.get("/fresh");
+    assert_hit(&r);
+    assert_eq!(r.header("x-after"), Some("1"), "{}", r.summary());
+    assert!(!r.has_header("set-cookie"), "{}", r.summary());
+    assert!(!r.has_header("surrogate-key"), "{}", r.summary());
+    let v = invalidate(&server, r#"{"tags": ["t-fresh"]}"#);
+    assert_eq!(v["invalidated"], 1, "{v}");
+}
+
 both_io!(
     hard_url_purge,
     soft_url_purge,
@@ -814,4 +965,6 @@ both_io!(
     tag_purge_of_a_variant,
     ban_hides_a_stale_while_revalidate_object,
     tag_field_absent_from_range_and_collapsed_answers,
+    token_and_purge_allow_reload,
+    tag_field_survives_stripping_and_304_merge,
 );
