@@ -72,6 +72,8 @@ pub(super) struct Fetch {
     /// This fetch leads the fill with this id (see `coalesce`).
     pub fill_id: Option<u64>,
     /// `host\0path` of an unsafe request: what its answer may invalidate.
+    /// The URL as sent, not a key: `origin_head` turns it (and the
+    /// `Location` / `Content-Location` URLs) into keys with `KeyRules`.
     pub target_key: Option<Box<[u8]>>,
     /// What the lookup found, for Cache-Status `fwd` (miss, stale, request).
     pub found: super::Found,
@@ -1065,8 +1067,9 @@ impl Proxy {
     /// Store one response under `key` (a primary key or a variant key),
     /// the only insert of a response: the bans learn until when it may be
     /// served (its expiry, plus `stale_secs` of stale-while-revalidate or
-    /// stale-if-error, within `BAN_STALE_WINDOW_SECS_MAX`), and once it is in,
-    /// the tag index learns its tags (the last line of `head`) under `key`.
+    /// stale-if-error, within `BAN_STALE_WINDOW_SECS_MAX`), and once it is
+    /// in, the tag index learns its tags (the last line of `head`) under
+    /// `key`.
     pub(super) fn insert_response(
         &mut self,
         hash: u64,
@@ -1229,8 +1232,7 @@ impl Proxy {
             return; // an earlier answer on this connection is not out yet
         }
         // Nothing can come between: later answers wait behind this exchange.
-        let cut = tag_cut;
-        put_response_head(&mut c.out, f, p, length, (false, collapsed), cut);
+        put_response_head(&mut c.out, f, p, length, (false, collapsed), tag_cut);
         c.out.extend_from_slice(&p.body);
         f.streaming = true;
         self.counters().incr(Counter::Status2xx);

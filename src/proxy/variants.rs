@@ -33,8 +33,10 @@
 //! acts on every variant it lists (a hard purge removes the marker too; a
 //! soft one keeps it, so each stale variant is still found and
 //! revalidated). Bans and tags see a variant as its own object: a ban
-//! matches the URL part of its key, the tag index holds the variant key. Two workers storing variants of one URL at the same moment may
-//! each rewrite the marker from the same old list, and one variant then
+//! matches the URL part of its key, the tag index holds the variant key.
+//!
+//! Two workers storing variants of one URL at the same moment may each
+//! rewrite the marker from the same old list, and one variant then
 //! drops out of the list: it is unreachable from then on (the hit path
 //! only looks up listed variants) and is replaced by the next fetch of that
 //! variant or evicted. A miss, never a wrong answer. The same holds when
