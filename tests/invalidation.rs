@@ -949,6 +949,60 @@ fn tag_field_survives_stripping_and_304_merge(io: &str) {
     assert_eq!(v["invalidated"], 1, "{v}");
 }
 
+/// A retired ban leaves a floor: an expired object stored before it is
+/// not validated (which would serve the banned body again after a 304)
+/// but fetched in full.
+fn retired_ban_leaves_no_validation_of_older_objects(io: &str) {
+    // Stale on arrival with a validator, no stale window: every later
+    // request would validate it.
+    let origin = TestOrigin::start(|req| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply::Send(response(
+                304,
+                &[("ETag", "\"v1\""), ("Cache-Control", "max-age=1")],
+                b"",
+            ));
+        }
+        Reply::Send(response(
+            200,
+            &[
+                ("Cache-Control", "max-age=1"),
+                ("Age", "10"),
+                ("ETag", "\"v1\""),
+            ],
+            b"old body",
+        ))
+    });
+    let Some((_dir, server)) = Server::serve_with_config(io, Some(&origin.url()), 2, &config(""))
+    else {
+        return;
+    };
+    assert_miss(&server.get("/old/x"));
+    let v = invalidate(&server, r#"{"prefixes": ["/old/"]}"#);
+    assert_eq!(v["bans"], 1, "{v}");
+    // Every object stored before the ban is expired: it retires within a
+    // second or two (a scrape retires what is due).
+    let retired = wait_until(Duration::from_secs(10), || {
+        server.metrics().value("ringcache_bans_active") == 0.0
+    });
+    assert!(retired, "the ban did not retire");
+    let r = server.get("/old/x");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(
+        r.cache_status_params()[..2],
+        ["fwd=miss", "fwd-status=200"],
+        "{}",
+        r.summary()
+    );
+    let requests = origin.all_requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].header("if-none-match"),
+        None,
+        "the banned copy is not validated after the ban retired"
+    );
+}
+
 both_io!(
     hard_url_purge,
     soft_url_purge,
@@ -967,4 +1021,5 @@ both_io!(
     tag_field_absent_from_range_and_collapsed_answers,
     token_and_purge_allow_reload,
     tag_field_survives_stripping_and_304_merge,
+    retired_ban_leaves_no_validation_of_older_objects,
 );
