@@ -108,6 +108,10 @@ pub struct Limits {
     pub recv_buffers_count: u16,
     /// io_uring submission queue entries per worker (a power of two).
     pub ring_entries: u32,
+    /// Active bans (prefix, regex, header, stale-index tag, all) kept at once.
+    pub bans_max: usize,
+    /// Body of one admin request (`POST /invalidate`), in bytes (beyond: 413).
+    pub admin_body_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +145,8 @@ impl Default for Limits {
             recv_buffer_bytes: 16 << 10,
             recv_buffers_count: 1024,
             ring_entries: 4096,
+            bans_max: 1024,
+            admin_body_bytes_max: 64 << 10,
         }
     }
 }
@@ -166,6 +172,7 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The invalidation bus (`[bus]`, `--bus`); `None`: this node stands alone.
     pub bus: Option<BusConfig>,
+    pub invalidation: Invalidation,
 }
 
 /// Where misses go: a plain-HTTP origin.
@@ -254,7 +261,7 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<String>,
     origin: Option<String>,
-    admin: Option<String>,
+    admin: Option<FileAdmin>,
     workers: Option<usize>,
     io: Option<IoMode>,
     memory: Option<String>,
@@ -265,6 +272,8 @@ struct FileConfig {
     #[serde(default)]
     cache: FileCache,
     bus: Option<FileBus>,
+    #[serde(default)]
+    invalidation: FileInvalidation,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +307,8 @@ struct FileLimits {
     recv_buffer_bytes: Option<String>,
     recv_buffers_count: Option<u16>,
     ring_entries: Option<u32>,
+    bans_max: Option<usize>,
+    admin_body_bytes_max: Option<String>,
 }
 
 impl Config {
@@ -312,10 +323,15 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        let (file_admin, file_token) = match file.admin {
+            Some(FileAdmin::Listen(s)) => (Some(s), None),
+            Some(FileAdmin::Table(t)) => (t.listen, t.token),
+            None => (None, None),
+        };
         let admin_s = args
             .admin
             .clone()
-            .or(file.admin)
+            .or(file_admin)
             .unwrap_or_else(|| ADMIN_DEFAULT.to_string());
         let origin = match args.origin.clone().or(file.origin) {
             Some(url) => Some(Origin::parse(&url)?),
@@ -349,9 +365,15 @@ impl Config {
             limits: file.limits.apply(Limits::default())?,
             cache: file.cache.apply(CacheConfig::default())?,
             bus,
+            invalidation: file.invalidation.apply(file_token, memory_bytes)?,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Bytes the store gets: `memory` less what the tag index reserves.
+    pub fn store_bytes(&self) -> u64 {
+        self.memory_bytes - self.invalidation.tag_index_bytes_max
     }
 
     /// Check the relations between values; each error names its key.
@@ -442,6 +464,15 @@ impl Config {
         if let Some(bus) = &self.bus {
             bus.validate()?;
         }
+        check(
+            (1..=BANS_CAP).contains(&l.bans_max),
+            "limits.bans_max: must be between 1 and 65536",
+        )?;
+        check(
+            (1024..=16 << 20).contains(&l.admin_body_bytes_max),
+            "limits.admin_body_bytes_max: must be between 1KiB and 16MiB",
+        )?;
+        self.invalidation.validate(self.memory_bytes)?;
         Ok(())
     }
 }
@@ -563,7 +594,14 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "recv_buffers_count = {}", l.recv_buffers_count)?;
         writeln!(f, "ring_entries = {}", l.ring_entries)?;
+        writeln!(f, "bans_max = {}", l.bans_max)?;
+        writeln!(
+            f,
+            "admin_body_bytes_max = \"{}\"",
+            format_size(l.admin_body_bytes_max as u64)
+        )?;
         write!(f, "{}", self.cache)?;
+        write!(f, "\n{}", self.invalidation)?;
         match &self.bus {
             Some(bus) => write!(f, "\n{bus}"),
             None => Ok(()),
@@ -670,6 +708,12 @@ impl FileLimits {
         )?;
         count(self.recv_buffers_count, &mut l.recv_buffers_count);
         count(self.ring_entries, &mut l.ring_entries);
+        count(self.bans_max, &mut l.bans_max);
+        size(
+            "admin_body_bytes_max",
+            self.admin_body_bytes_max,
+            &mut l.admin_body_bytes_max,
+        )?;
         Ok(l)
     }
 }
@@ -870,6 +914,267 @@ impl FileCache {
         dur("heuristic_max", self.heuristic_max, &mut c.heuristic_max)?;
         dur("default_ttl", self.default_ttl, &mut c.default_ttl)?;
         Ok(c)
+    }
+}
+
+// ----- invalidation: `[invalidation]` and `admin.token` ---------------------
+
+/// Hard ceiling for `limits.bans_max`.
+pub const BANS_CAP: usize = 65_536;
+/// Longest regex pattern a ban accepts, in bytes (beyond: 400).
+pub const BAN_REGEX_PATTERN_BYTES_MAX: usize = 1024;
+/// Compiled size of one ban regex, in bytes (`regex::RegexBuilder::size_limit`).
+pub const BAN_REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
+/// Selectors of one kind in one invalidation request (URLs, prefixes, tags).
+pub const INVALIDATION_SELECTORS_MAX: usize = 1024;
+/// Default cap of the tag index: this share of `memory`, at most 16MiB.
+pub const TAG_INDEX_MEMORY_SHARE: u64 = 16;
+/// Ceiling of the default tag index cap.
+pub const TAG_INDEX_BYTES_DEFAULT_MAX: u64 = 16 << 20;
+/// How often bans are retired and the tag index pruned of objects that left
+/// the store.
+pub const INVALIDATION_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest stale window (stale-while-revalidate, stale-if-error) of one
+/// object that keeps the bans older than it, in seconds; a longer one is
+/// cut off by the retired-ban floor instead (see `invalidate::bans`).
+pub const BAN_STALE_WINDOW_SECS_MAX: u64 = 24 * 3600;
+/// Tag index keys checked per hold of its lock while pruning.
+pub const TAG_PRUNE_CHUNK_KEYS: usize = 256;
+/// Environment variable that holds the admin token (overrides the file).
+pub const ADMIN_TOKEN_ENV: &str = "RINGCACHE_ADMIN_TOKEN";
+
+/// `admin = "ADDR"`, or an `[admin]` table with `listen` and `token`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileAdmin {
+    Listen(String),
+    Table(FileAdminTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdminTable {
+    listen: Option<String>,
+    token: Option<String>,
+}
+
+/// An IPv4 or IPv6 network, `10.0.0.0/8` or `::1/128`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// `ADDR/LEN`, or a bare address (a network of one).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or network"))?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= bits)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={bits}"))?,
+            None => bits,
+        };
+        Ok(Cidr { addr, prefix_len })
+    }
+
+    /// Does the network hold `ip`? An IPv4-mapped IPv6 peer counts as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(i)), 32u32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128u32),
+            _ => return false,
+        };
+        let len = u32::from(self.prefix_len);
+        if len == 0 {
+            return true;
+        }
+        let shift = bits - len;
+        (net >> shift) == (ip >> shift)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Purges, bans and tags (`[invalidation]`), and the admin token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalidation {
+    /// Bearer token the admin API asks for (`admin.token` or
+    /// `RINGCACHE_ADMIN_TOKEN`); `None`: the invalidation API answers 403.
+    pub admin_token: Option<String>,
+    /// Response field whose values are the object's tags, lowercase
+    /// (`surrogate-key` or `cache-tag`; values split on spaces and commas).
+    pub tag_header: String,
+    /// Remove the tag field from what clients get (it stays in the store).
+    pub tag_header_strip: bool,
+    /// Tags of one object that are indexed; more are ignored (logged).
+    pub tags_per_object_max: usize,
+    /// Longest tag indexed, in bytes; longer ones are ignored.
+    pub tag_bytes_max: usize,
+    /// Bytes of the tag index, reserved out of `memory`.
+    pub tag_index_bytes_max: u64,
+    /// Accept the `PURGE` method on the traffic port.
+    pub purge_method: bool,
+    /// Networks a `PURGE` may come from.
+    pub purge_allow: Vec<Cidr>,
+}
+
+impl Invalidation {
+    fn validate(&self, memory_bytes: u64) -> Result<(), String> {
+        if self.tag_header.is_empty()
+            || !self
+                .tag_header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("invalidation.tag_header: must be a field name".into());
+        }
+        // It is moved and may be cut from responses: never a field that
+        // frames, dates or governs caching.
+        const RESERVED: [&str; 10] = [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "content-type",
+            "date",
+            "age",
+            "etag",
+            "last-modified",
+            "cache-control",
+            "vary",
+        ];
+        if RESERVED.contains(&self.tag_header.as_str()) {
+            return Err(format!(
+                "invalidation.tag_header: {:?} is a field ringcache needs as it is",
+                self.tag_header
+            ));
+        }
+        if !(1..=256).contains(&self.tags_per_object_max) {
+            return Err("invalidation.tags_per_object_max: must be between 1 and 256".into());
+        }
+        if !(1..=4096).contains(&self.tag_bytes_max) {
+            return Err("invalidation.tag_bytes_max: must be between 1 and 4096".into());
+        }
+        if self.tag_index_bytes_max > memory_bytes / 4
+            || memory_bytes - self.tag_index_bytes_max < MEMORY_BYTES_MIN
+        {
+            return Err(
+                "invalidation.tag_index_bytes_max: must be at most a quarter of memory and leave the store 1MiB"
+                    .into(),
+            );
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("admin.token: must be at least 16 visible ASCII characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Invalidation {
+    /// The `[invalidation]` table; the token is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "# admin.token: {}",
+            if self.admin_token.is_some() {
+                "set"
+            } else {
+                "not set (the invalidation API answers 403)"
+            }
+        )?;
+        writeln!(f, "[invalidation]")?;
+        writeln!(f, "tag_header = \"{}\"", self.tag_header)?;
+        writeln!(f, "tag_header_strip = {}", self.tag_header_strip)?;
+        writeln!(f, "tags_per_object_max = {}", self.tags_per_object_max)?;
+        writeln!(f, "tag_bytes_max = {}", self.tag_bytes_max)?;
+        writeln!(
+            f,
+            "tag_index_bytes_max = \"{}\"",
+            format_size(self.tag_index_bytes_max)
+        )?;
+        writeln!(f, "purge_method = {}", self.purge_method)?;
+        let allow: Vec<String> = self
+            .purge_allow
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        writeln!(f, "purge_allow = [{}]", allow.join(", "))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInvalidation {
+    tag_header: Option<String>,
+    tag_header_strip: Option<bool>,
+    tags_per_object_max: Option<usize>,
+    tag_bytes_max: Option<usize>,
+    tag_index_bytes_max: Option<String>,
+    purge_method: Option<bool>,
+    purge_allow: Option<Vec<String>>,
+}
+
+impl FileInvalidation {
+    fn apply(self, file_token: Option<String>, memory_bytes: u64) -> Result<Invalidation, String> {
+        let admin_token = std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or(file_token);
+        let tag_index_bytes_max = match self.tag_index_bytes_max {
+            Some(s) => {
+                parse_size(&s).map_err(|e| format!("invalidation.tag_index_bytes_max: {e}"))?
+            }
+            None => (memory_bytes / TAG_INDEX_MEMORY_SHARE)
+                .min(TAG_INDEX_BYTES_DEFAULT_MAX)
+                .min(memory_bytes.saturating_sub(MEMORY_BYTES_MIN)),
+        };
+        let purge_allow = match self.purge_allow {
+            Some(list) => list
+                .iter()
+                .map(|s| Cidr::parse(s).map_err(|e| format!("invalidation.purge_allow: {e}")))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => vec![
+                Cidr::parse("127.0.0.1/32").expect("constant"),
+                Cidr::parse("::1/128").expect("constant"),
+            ],
+        };
+        Ok(Invalidation {
+            admin_token,
+            tag_header: self
+                .tag_header
+                .unwrap_or_else(|| "Surrogate-Key".into())
+                .to_ascii_lowercase(),
+            tag_header_strip: self.tag_header_strip.unwrap_or(true),
+            tags_per_object_max: self.tags_per_object_max.unwrap_or(32),
+            tag_bytes_max: self.tag_bytes_max.unwrap_or(128),
+            tag_index_bytes_max,
+            purge_method: self.purge_method.unwrap_or(false),
+            purge_allow,
+        })
     }
 }
 
@@ -1289,6 +1594,74 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert_eq!(format_size(256 << 20), "256MiB");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn networks() {
+        let n = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            n.contains("::ffff:10.0.0.1".parse().unwrap()),
+            "IPv4-mapped"
+        );
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert_eq!(Cidr::parse("::1").unwrap().prefix_len, 128);
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("ten/8").is_err());
+    }
+
+    #[test]
+    fn invalidation_table_and_admin_token() {
+        let dir = std::env::temp_dir().join(format!("ringcache-inv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let c = load("memory = \"64MiB\"\n").unwrap();
+        assert_eq!(c.invalidation.admin_token, None);
+        assert_eq!(c.invalidation.tag_index_bytes_max, 4 << 20);
+        assert_eq!(c.store_bytes(), 60 << 20);
+        assert!(!c.invalidation.purge_method);
+        let c = load(
+            "admin = { listen = \"127.0.0.1:9999\", token = \"0123456789abcdef\" }\n[invalidation]\ntag_header = \"Cache-Tag\"\npurge_method = true\npurge_allow = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.admin.port(), 9999);
+        assert_eq!(
+            c.invalidation.admin_token.as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(c.invalidation.tag_header, "cache-tag");
+        assert_eq!(
+            c.invalidation.purge_allow,
+            [Cidr::parse("10.0.0.0/8").unwrap()]
+        );
+        // The printed configuration parses back (the token is not printed).
+        let again = load(&c.to_string()).unwrap();
+        assert_eq!(again.invalidation.purge_allow, c.invalidation.purge_allow);
+        assert_eq!(again.invalidation.admin_token, None);
+        let err = load("[admin]\ntoken = \"0123456789abcdef\"\nmemory = \"1MiB\"\n").unwrap_err();
+        assert!(err.contains("admin"), "{err}");
+        let err = load("[admin]\ntoken = \"short\"\n").unwrap_err();
+        assert!(err.contains("admin.token"), "{err}");
+        let err = load("[invalidation]\ntag_header = \"Content-Length\"\n").unwrap_err();
+        assert!(err.contains("invalidation.tag_header"), "{err}");
+        let err = load("[invalidation]\npurge_allow = [\"nowhere\"]\n").unwrap_err();
+        assert!(err.contains("invalidation.purge_allow"), "{err}");
+        let err = load("[invalidation]\ntag_index_bytes_max = \"200MiB\"\n").unwrap_err();
+        assert!(err.contains("invalidation.tag_index_bytes_max"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

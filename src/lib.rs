@@ -14,7 +14,8 @@
 //!  │ counters (per core)   │  CachePadded, summed on scrape
 //!  └──────────┬────────────┘
 //!             ▼
-//!  store (shared by all workers)     admin thread: /metrics /healthz
+//!  store (shared by all workers)     admin thread: /metrics /healthz /stats,
+//!                                    invalidation API (bans, tag index: `invalidate`)
 //! ```
 //!
 //! Dependencies point one way: `main → runtime → proxy → {http, store}`,
@@ -37,6 +38,8 @@ pub mod bus;
 pub mod config;
 pub mod demo_origin;
 pub mod http;
+#[cfg(not(loom))]
+pub mod invalidate;
 pub mod logging;
 pub mod metrics;
 #[cfg(not(loom))]

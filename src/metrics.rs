@@ -773,6 +773,54 @@ impl BusMetrics {
     }
 }
 
+/// Invalidation figures, read on scrape (kept by `invalidate`, which is
+/// shared by the workers and the admin thread, not per core).
+pub struct InvalidationGauges {
+    /// Purges by `kind` label.
+    pub purges: [(&'static str, u64); 6],
+    /// Objects invalidated (now, or by a ban on lookup).
+    pub invalidated: u64,
+    pub bans_active: u64,
+    /// Estimated bytes held by the tag index.
+    pub tag_index_bytes: u64,
+}
+
+/// Append the invalidation series to a `/metrics` page.
+pub fn render_invalidation(out: &mut String, g: &InvalidationGauges) {
+    let _ = writeln!(
+        out,
+        "# HELP ringcache_purges_total Invalidation selectors applied, by kind.\n# TYPE ringcache_purges_total counter"
+    );
+    for (kind, v) in g.purges {
+        let _ = writeln!(out, "ringcache_purges_total{{kind=\"{kind}\"}} {v}");
+    }
+    for (name, v, kind, help) in [
+        (
+            "ringcache_invalidated_objects_total",
+            g.invalidated,
+            "counter",
+            "Objects removed or made stale by purges and bans.",
+        ),
+        (
+            "ringcache_bans_active",
+            g.bans_active,
+            "gauge",
+            "Bans checked on lookup now.",
+        ),
+        (
+            "ringcache_tag_index_bytes",
+            g.tag_index_bytes,
+            "gauge",
+            "Bytes held by the tag index (estimate), reserved out of memory.",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

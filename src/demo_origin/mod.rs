@@ -13,7 +13,8 @@
 //!   `Cache-Control`; `If-None-Match` (weak comparison, `*`) gives 304.
 //!   Query knobs: `size=BYTES` (256), `max_age=SECS` (60), `cc=VALUE`
 //!   (percent-decoded, replaces Cache-Control; empty: none), `delay_ms=MS`,
-//!   `status=CODE`, `chunked=1`, `close=1` (body delimited by closing).
+//!   `status=CODE`, `chunked=1`, `close=1` (body delimited by closing),
+//!   `tags=a,b` (sent as `Surrogate-Key: a b`, for tag purges).
 //!   Unknown parameters are ignored; a malformed knob gives 400.
 //! * `POST|PUT|DELETE|PATCH /api/items/{id}`: `{"ok":true,"method":".."}`,
 //!   `Cache-Control: no-store`.

@@ -11,6 +11,8 @@ pub const ITEM_BYTES_MAX: usize = 16 << 20;
 pub const ITEM_BYTES_DEFAULT: usize = 256;
 /// `max-age` without `max_age=`.
 pub const MAX_AGE_DEFAULT: u64 = 60;
+/// Longest `tags=` value, in bytes.
+const TAGS_BYTES_MAX: usize = 1024;
 /// Longest `delay_ms=`.
 pub const DELAY_MS_MAX: u64 = 60_000;
 /// Largest chunk of a `chunked=1` body.
@@ -67,6 +69,8 @@ pub(super) struct Knobs<'a> {
     pub status: u16,
     pub chunked: bool,
     pub close: bool,
+    /// Raw `tags=a,b` value: sent as `Surrogate-Key: a b`.
+    pub tags: Option<&'a str>,
 }
 
 /// What a request asks for.
@@ -162,6 +166,7 @@ fn parse_knobs(query: &str) -> Option<Knobs<'_>> {
         status: 200,
         chunked: false,
         close: false,
+        tags: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -176,6 +181,15 @@ fn parse_knobs(query: &str) -> Option<Knobs<'_>> {
             "status" => k.status = parse_num(v, 599).filter(|&s| s >= 200)? as u16,
             "chunked" => k.chunked = parse_flag(v)?,
             "close" => k.close = parse_flag(v)?,
+            "tags" => {
+                let ok = v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:,".contains(&b));
+                if !ok || v.len() > TAGS_BYTES_MAX {
+                    return None;
+                }
+                k.tags = Some(v);
+            }
             // Unknown parameters (cache busters and the like) are ignored.
             _ => {}
         }
@@ -484,6 +498,14 @@ fn item(
             let _ = percent_decode(cc, |b| out.push(b));
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(tags) = k.tags.filter(|t| !t.is_empty()) {
+        out.extend_from_slice(b"Surrogate-Key:");
+        for t in tags.split(',').filter(|t| !t.is_empty()) {
+            out.push(b' ');
+            out.extend_from_slice(t.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"ETag: ");
     out.extend_from_slice(&etag);

@@ -189,6 +189,16 @@ fn cache_control_and_status_knobs() {
 }
 
 #[test]
+fn tags_knob_sends_a_surrogate_key() {
+    let addr = origin(1);
+    let mut c = Client::connect(addr);
+    let r = c.get("/api/items/1?tags=a,b");
+    assert_eq!(r.header("surrogate-key"), Some("a b"));
+    assert_eq!(c.get("/api/items/1").header("surrogate-key"), None);
+    assert_eq!(c.get("/api/items/1?tags=a%20b").status, 400);
+}
+
+#[test]
 fn head_and_other_methods_and_unknown_routes() {
     let addr = origin(1);
     let mut c = Client::connect(addr);

@@ -28,7 +28,7 @@
 use crate::config::{CacheConfig, KEY_QUERY_PARAMS_MAX};
 
 /// How this proxy turns a request into its primary key.
-pub(super) struct KeyRules {
+pub struct KeyRules {
     sort_query: bool,
     include_host: bool,
     /// Ignored parameter names; `true` marks a prefix.

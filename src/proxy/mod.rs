@@ -25,7 +25,12 @@
 //! `[cache]` options), `variants` (Vary: a marker item and one item per
 //! variant), `ranges` (206/416 from complete responses), `admission`
 //! (what is stored, under the `[cache]` switches), `coalesce` and `lease`
-//! (one origin fetch per key).
+//! (one origin fetch per key). Invalidation (`crate::invalidate`) reaches
+//! in at three places: `variants` (the ban check and the tag-field cut of
+//! every answer served straight from the store, and `purge_primary`, the
+//! one URL purge), `revalidate` (the same for stale and validated
+//! objects), and `origin` (`insert_response`, the one insert of a
+//! response: ban bounds and the tag index).
 //!
 //! Buffers lent to the kernel: a send hands out a pointer into a `Vec` that
 //! is not touched again until the `Sent` or `Closed` event for its token
@@ -58,16 +63,19 @@ use crate::http::request::{parse_request, BodyFraming, Method, RequestHead, Requ
 use crate::http::reuse::RequestDirectives;
 use crate::http::validation::is_precondition_field;
 use crate::http::{headers, ParseError, Parsed};
+use crate::invalidate::{Invalidator, Mode};
 use crate::metrics::{status_class, Counter, Histogram, Metrics, WorkerCounters};
 use crate::runtime::io::{token_slot, Event, Token};
 use crate::store::{key_hash, Reader, SharedStore};
 
 use coalesce::Fills;
 use compose::{put_error, put_field, put_field_u64, put_u64, VIA};
+pub use key::KeyRules;
 pub use lease::Leases;
 pub use origin::OriginTarget;
 use origin::{Fetch, OriginConn, Pool};
 use revalidate::{Plan, NO_CLIENT};
+pub use variants::{purge_key, purge_primary, purge_url};
 
 /// Spare buffers a worker keeps for reuse.
 pub const SPARE_BUFFERS_MAX: usize = 256;
@@ -205,6 +213,8 @@ pub struct ProxyConfig {
     pub wake: std::os::unix::net::UnixStream,
     /// Cache key options, variants and storability switches.
     pub cache: crate::config::CacheConfig,
+    /// Bans, the tag index and the PURGE settings, shared with the admin.
+    pub invalidator: Arc<Invalidator>,
 }
 
 /// One worker's proxy state.
@@ -241,6 +251,8 @@ pub struct Proxy {
     /// Storability switches (`[cache]`).
     policy: crate::http::policy::Policy,
     variants_per_key_max: usize,
+    /// Bans, the tag index and the PURGE settings, shared with the admin.
+    invalidator: Arc<Invalidator>,
 }
 
 /// Slots a worker needs: every client, every origin connection, the wake socket.
@@ -280,6 +292,7 @@ impl Proxy {
             key: Vec::with_capacity(1024),
             error_logs_this_sec: 0,
             error_logs_sec: 0,
+            invalidator: config.invalidator,
         };
         // The wake socket is received on like any connection: another
         // worker's byte on it is a completion in this worker's loop.
@@ -716,6 +729,15 @@ impl Proxy {
         let mut found = Found::Absent;
         self.key.clear();
         self.key_rules.write(host, path, &mut self.key);
+        if head.method == Method::Other
+            && head.method_bytes == b"PURGE"
+            && self.invalidator.config.purge_method
+        {
+            self.pool.target.authority = authority;
+            let has_body = head.body != BodyFraming::None;
+            self.purge_request(token, keep_alive, head.minor_version, has_body);
+            return;
+        }
         // Request directives (RFC 9111 §5.2.1), read only when the client
         // sent any: no-cache and max-age limit what the store may answer,
         // only-if-cached forbids asking the origin.
@@ -1360,6 +1382,63 @@ impl Proxy {
     /// this says whether any client remains.
     pub fn is_drained(&self) -> bool {
         self.clients_count == 0
+    }
+}
+
+impl Proxy {
+    /// `PURGE` on the traffic port (`invalidation.purge_method`): the
+    /// target in `self.key` is hard-purged when the peer's address is in
+    /// `purge_allow`, else 403. Never forwarded to the origin.
+    fn purge_request(&mut self, token: Token, keep_alive: bool, minor: u8, has_body: bool) {
+        let peer = self.client(token).and_then(|c| c.peer);
+        // `purge_allow` now (a SIGHUP reload may replace it).
+        let allowed = peer.is_some_and(|ip| {
+            self.invalidator
+                .access()
+                .purge_allow
+                .iter()
+                .any(|n| n.contains(ip))
+        });
+        if !allowed {
+            self.log_client_error(
+                "PURGE from an address not in invalidation.purge_allow",
+                peer,
+            );
+            self.client_reject(token, 403, "purge-not-allowed", has_body);
+            return;
+        }
+        if has_body {
+            self.client_reject(token, 400, "purge-with-body", true);
+            return;
+        }
+        let mut scratch = self.take_buffer();
+        // Every variant of the URL, through the one purge function.
+        let purged = variants::purge_primary(&self.reader, &self.key, Mode::Hard, &mut scratch);
+        self.give_buffer(scratch);
+        self.invalidator.count_purge("url");
+        self.invalidator.note_invalidated(purged);
+        log::info!(
+            "invalidate: peer {} PURGE {} mode=hard: {purged} object(s)",
+            peer.map_or_else(|| "?".to_string(), |ip| ip.to_string()),
+            String::from_utf8_lossy(&self.key).replace('\0', ""),
+        );
+        let mut body = self.take_buffer();
+        body.extend_from_slice(b"{\"purged\":");
+        put_u64(&mut body, purged);
+        body.extend_from_slice(b"}\n");
+        let date = self.clock.date;
+        let mut resp = self.take_buffer();
+        compose::put_status_line(&mut resp, 200, b"OK");
+        put_field(&mut resp, b"Date", &date);
+        put_field(&mut resp, b"Content-Type", b"application/json");
+        put_field_u64(&mut resp, b"Content-Length", body.len() as u64);
+        put_field(&mut resp, b"Cache-Status", b"ringcache; detail=purge");
+        put_field(&mut resp, b"Via", VIA);
+        put_connection(&mut resp, keep_alive, minor);
+        resp.extend_from_slice(b"\r\n");
+        resp.extend_from_slice(&body);
+        self.give_buffer(body);
+        self.client_respond(token, None, resp, !keep_alive);
     }
 }
 

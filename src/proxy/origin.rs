@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use crate::config::{Limits, HEADERS_COUNT_CAP};
+use crate::config::{Limits, BAN_STALE_WINDOW_SECS_MAX, HEADERS_COUNT_CAP};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::freshness::{decide, Exchange};
 use crate::http::invalidation::{for_each_invalidated, Target};
@@ -30,6 +30,7 @@ use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::reuse::is_error_status;
 use crate::http::sink::Out;
 use crate::http::{headers, Parsed};
+use crate::invalidate::{fields, Mode};
 use crate::metrics::{Counter, Histogram};
 use crate::runtime::io::Token;
 use crate::store::ItemMeta;
@@ -40,6 +41,7 @@ use super::compose::{
     is_dropped_on_forward, put_error, put_field, put_field_u64, put_status_line, VIA,
 };
 use super::revalidate::{conditions_match, put_not_modified_head, Revalidation, NO_CLIENT};
+use super::variants::purge_primary;
 use super::{put_connection, Op, Proxy, Socket, TimeoutKind};
 
 /// Where misses go.
@@ -70,6 +72,8 @@ pub(super) struct Fetch {
     /// This fetch leads the fill with this id (see `coalesce`).
     pub fill_id: Option<u64>,
     /// `host\0path` of an unsafe request: what its answer may invalidate.
+    /// The URL as sent, not a key: `origin_head` turns it (and the
+    /// `Location` / `Content-Location` URLs) into keys with `KeyRules`.
     pub target_key: Option<Box<[u8]>>,
     /// What the lookup found, for Cache-Status `fwd` (miss, stale, request).
     pub found: super::Found,
@@ -131,6 +135,8 @@ struct Progress {
     keep_alive: bool,
     framing: Framing,
     /// Status line and forwarded fields, without Age; what a hit replays.
+    /// The tag field (`invalidation.tag_header`), if any, is its last line:
+    /// stored, and cut from what clients get when `tag_header_strip`.
     head: Vec<u8>,
     /// The origin's Age value, passed on to this client only.
     age_secs: Option<u64>,
@@ -461,6 +467,8 @@ impl Proxy {
     fn origin_head(&mut self, token: Token) -> bool {
         let head_max = self.limits.head_bytes_max.max(64 << 10);
         let headers_max = self.limits.headers_count_max;
+        let invalidator = std::sync::Arc::clone(&self.invalidator);
+        let tag_header = invalidator.config.tag_header.as_bytes();
         let response_time_secs = self.clock.unix_secs;
         let policy = self.policy;
         let key_rules = std::rc::Rc::clone(&self.key_rules);
@@ -522,6 +530,10 @@ impl Proxy {
                         }
                         put_field(&mut head, name, f.value);
                     }
+                    // The tag field goes last, as one line, in the relayed
+                    // head and in the stored one, so that an answer built
+                    // from either can cut it by looking at the tail alone.
+                    fields::put_field_last(&mut head, tag_header);
                     let heads = Heads {
                         method: fetch.origin_method(),
                         request: req.headers,
@@ -536,7 +548,12 @@ impl Proxy {
                         .as_ref()
                         .filter(|_| req_whole)
                         .and_then(|_| admit(&heads, &policy))
-                        .map(Box::new);
+                        .map(|mut a| {
+                            if let Some(stored_head) = a.head.as_mut() {
+                                fields::put_field_last(stored_head, tag_header);
+                            }
+                            Box::new(a)
+                        });
                     let not_stored = match (&fetch.key, &decision) {
                         (Some(_), None) => Some(not_stored_detail(
                             &Exchange {
@@ -784,11 +801,15 @@ impl Proxy {
         let origin_time = sent_at.elapsed();
         self.counters()
             .record_duration(Histogram::Origin, origin_time);
+        let mut scratch = self.take_buffer();
         for key in &p.invalidate {
-            if self.remove_variants(key) {
+            // Every variant of the URL, as a purge would (`purge_primary`).
+            let purged = purge_primary(&self.reader, key, Mode::Hard, &mut scratch);
+            if purged > 0 {
                 self.counters().incr(Counter::Invalidated);
             }
         }
+        self.give_buffer(scratch);
         // A 304 to ringcache's own conditional request (RFC 9111 §4.3.3).
         let conditional = fetch
             .revalidation
@@ -817,12 +838,15 @@ impl Proxy {
                 let s = &a.stored;
                 let meta = ItemMeta::new(self.clock.unix_secs, s.initial_age_secs, s.lifetime_secs);
                 let head = a.head.as_deref().unwrap_or(&p.head);
+                // How long past its lifetime it may still be served.
+                let stale_secs = s.stale_while_revalidate_secs.max(s.stale_if_error_secs);
                 stored = if p.validated {
                     // A validated response keeps the key it was found
                     // under (a variant's too: its marker still lists it).
-                    self.store.insert(*hash, key, head, &p.body, meta)
+                    self.insert_response(*hash, key, head, &p.body, meta, stale_secs)
                 } else {
-                    self.store_response(key, a.variant.as_ref(), head, &p.body, meta)
+                    let variant = a.variant.as_ref();
+                    self.store_response(key, variant, head, &p.body, meta, stale_secs)
                 };
                 if stored {
                     self.counters().incr(Counter::Stored);
@@ -961,13 +985,15 @@ impl Proxy {
         stored: bool,
         collapsed: bool,
     ) -> Vec<u8> {
+        let cut = self.tag_cut(&p.head);
         if let Some(ask) = fetch.range.as_deref().filter(|_| p.status == 200) {
-            let (head, body, age) = (&p.head[..], &p.body[..], p.age_secs);
+            let head = &p.head[..p.head.len() - cut];
+            let (body, age) = (&p.body[..], p.age_secs);
             return self.compose_ranged(fetch, ask, head, body, age, (stored, collapsed));
         }
         let mut resp = self.take_buffer();
-        let bodiless =
-            put_response_head(&mut resp, fetch, p, p.body.len() as u64, stored, collapsed);
+        let len = p.body.len() as u64;
+        let bodiless = put_response_head(&mut resp, fetch, p, len, (stored, collapsed), cut);
         if !fetch.client_head && !bodiless {
             resp.extend_from_slice(&p.body);
         }
@@ -976,14 +1002,17 @@ impl Proxy {
 }
 
 /// The head of a response from the origin as `fetch`'s client gets it, with
-/// `Content-Length: body_len`. Returns whether the status has no body.
+/// `Content-Length: body_len`; `flags`: (stored, collapsed) for
+/// Cache-Status; `tag_cut`: bytes of the tag field at the end of `p.head`
+/// to leave out (see `Proxy::tag_cut`). Returns whether the status has no
+/// body.
 fn put_response_head(
     resp: &mut Vec<u8>,
     fetch: &Fetch,
     p: &Progress,
     body_len: u64,
-    stored: bool,
-    collapsed: bool,
+    (stored, collapsed): (bool, bool),
+    tag_cut: usize,
 ) -> bool {
     // The client's own preconditions, when ringcache validated for it
     // (RFC 9111 §4.3.2): a 304 from the response it would get.
@@ -998,7 +1027,7 @@ fn put_response_head(
     if not_modified {
         put_not_modified_head(resp, &p.head);
     } else {
-        resp.extend_from_slice(&p.head);
+        resp.extend_from_slice(&p.head[..p.head.len() - tag_cut]);
     }
     if !bodiless {
         put_field_u64(resp, b"Content-Length", body_len);
@@ -1035,6 +1064,78 @@ fn put_response_head(
 }
 
 impl Proxy {
+    /// Store one response under `key` (a primary key or a variant key),
+    /// the only insert of a response: the bans learn until when it may be
+    /// served (its expiry, plus `stale_secs` of stale-while-revalidate or
+    /// stale-if-error, within `BAN_STALE_WINDOW_SECS_MAX`), and once it is
+    /// in, the tag index learns its tags (the last line of `head`) under
+    /// `key`.
+    pub(super) fn insert_response(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        head: &[u8],
+        body: &[u8],
+        meta: ItemMeta,
+        stale_secs: u64,
+    ) -> bool {
+        let stale_secs = stale_secs.min(BAN_STALE_WINDOW_SECS_MAX);
+        self.invalidator
+            .bans
+            .note_servable_until(meta.expires_secs() + stale_secs);
+        if !self.store.insert(hash, key, head, body, meta) {
+            return false;
+        }
+        let tag_header = self.invalidator.config.tag_header.as_bytes();
+        let tag_len = fields::last_field_len(head, tag_header);
+        self.index_tags(hash, key, &head[head.len() - tag_len..]);
+        true
+    }
+
+    /// Bytes of the tag field at the end of a stored or relayed head that
+    /// a client's answer leaves out: its length with
+    /// `invalidation.tag_header_strip`, else 0.
+    #[inline]
+    pub(super) fn tag_cut(&self, head: &[u8]) -> usize {
+        let inv = &self.invalidator.config;
+        if inv.tag_header_strip {
+            fields::last_field_len(head, inv.tag_header.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// Record the tags of an object just stored (`field`: its tag field
+    /// line, or empty) in the tag index, within the per-object limits.
+    fn index_tags(&mut self, hash: u64, key: &[u8], field: &[u8]) {
+        let inv = &self.invalidator;
+        let field = field.strip_suffix(b"\r\n").unwrap_or(field);
+        let value = field
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(&[][..], |i| &field[i + 1..]);
+        let mut tags: [&[u8]; 256] = [&[]; 256];
+        let mut n = 0;
+        let mut skipped = false;
+        for t in fields::tags(headers::trim_ows(value)) {
+            if n == inv.config.tags_per_object_max || t.len() > inv.config.tag_bytes_max {
+                skipped = true;
+                continue;
+            }
+            tags[n] = t;
+            n += 1;
+        }
+        if skipped {
+            // A tag purge of those tags falls back to a ban from now on.
+            inv.tags.mark_incomplete();
+            log::debug!(
+                "tags beyond invalidation.tags_per_object_max or tag_bytes_max not indexed for {}",
+                String::from_utf8_lossy(key).replace('\0', "")
+            );
+        }
+        inv.tags.note_store(hash, key, &tags[..n]);
+    }
+
     /// Answer a fetch's client with an error ringcache generates.
     pub(super) fn fail_fetch(&mut self, fetch: Box<Fetch>, status: u16, detail: &str) {
         self.fill_failed(&fetch, status, detail);
@@ -1123,6 +1224,7 @@ impl Proxy {
         if f.client_head || f.range.is_some() || f.client == NO_CLIENT {
             return;
         }
+        let tag_cut = self.tag_cut(&p.head);
         let Some(c) = self.client(f.client) else {
             return;
         };
@@ -1130,7 +1232,7 @@ impl Proxy {
             return; // an earlier answer on this connection is not out yet
         }
         // Nothing can come between: later answers wait behind this exchange.
-        put_response_head(&mut c.out, f, p, length, false, collapsed);
+        put_response_head(&mut c.out, f, p, length, (false, collapsed), tag_cut);
         c.out.extend_from_slice(&p.body);
         f.streaming = true;
         self.counters().incr(Counter::Status2xx);

@@ -48,6 +48,14 @@
 //! `stored` when re-inserted); one served because the origin failed is
 //! `fwd=stale; fwd-status=<the failure>; ttl=-N; detail=stale-if-error`.
 //!
+//! Invalidation: every stored item this file uses (the cold lookup, the
+//! stale-if-error answer, the item a 304 validates) is checked against the
+//! bans first, and once expired against the floor retired bans leave
+//! (`invalidate::bans`): an invalidated item is removed and the request
+//! goes on as if nothing were stored (fetched in full, never validated).
+//! Answers built here leave out the tag field (`tag_header_strip`), and the
+//! head a 304 merge stores again keeps it as its last line.
+//!
 //! ringcache fetches a HEAD miss as GET, so no HEAD response from the
 //! origin ever meets a stored GET: `validation::head_update` has no caller.
 
@@ -64,6 +72,7 @@ use crate::http::validation::{
     evaluate_preconditions, merge_not_modified, selects_stored, write_conditional_fields,
     write_not_modified_fields, Precondition,
 };
+use crate::invalidate::fields::put_field_last;
 use crate::runtime::io::Token;
 use crate::store::item::Hit;
 use crate::store::ItemMeta;
@@ -251,6 +260,10 @@ impl Proxy {
             self.give_buffer(item);
             return Plan::Forward(Found::Absent, None);
         };
+        if self.drop_if_invalidated(hash, &self.key, &item[..hit.head_len], &hit.meta) {
+            self.give_buffer(item);
+            return Plan::Forward(Found::Absent, None);
+        }
         let found = if hit.meta.is_fresh(now) {
             Found::NotAccepted
         } else {
@@ -325,6 +338,26 @@ impl Proxy {
         Plan::Forward(found, Some(rev))
     }
 
+    /// Is the stored object under `key` (`head`, `meta`) invalidated: a
+    /// ban matches it, or, once expired, it is older than a retired ban
+    /// (`invalidate::bans`, retirement)? Then it is removed, and the
+    /// caller goes on as if nothing were stored.
+    fn drop_if_invalidated(&self, hash: u64, key: &[u8], head: &[u8], meta: &ItemMeta) -> bool {
+        let now = self.clock.unix_secs;
+        let bans = &self.invalidator.bans;
+        let born = u64::from(meta.born_secs);
+        let invalidated = if meta.is_fresh(now) {
+            bans.active() > 0 && bans.check(key, head, born, now)
+        } else {
+            bans.check_expired(key, head, born, now)
+        };
+        if invalidated {
+            self.store.remove(hash, key);
+            self.invalidator.note_banned();
+        }
+        invalidated
+    }
+
     fn revalidation(
         &mut self,
         stored_fields: &[Header<'_>],
@@ -357,7 +390,7 @@ impl Proxy {
         if reply.not_modified {
             put_not_modified_head(&mut resp, head);
         } else {
-            resp.extend_from_slice(head);
+            resp.extend_from_slice(&head[..head.len() - self.tag_cut(head)]);
             put_field_u64(&mut resp, b"Content-Length", hit.body_len as u64);
         }
         put_field_u64(&mut resp, b"Age", hit.meta.age_secs(now));
@@ -386,6 +419,10 @@ impl Proxy {
             self.give_buffer(item);
             return None;
         };
+        if self.drop_if_invalidated(*hash, key, &item[..hit.head_len], &hit.meta) {
+            self.give_buffer(item);
+            return None;
+        }
         let not_modified = rev
             .client_conditions
             .as_deref()
@@ -429,6 +466,11 @@ impl Proxy {
             self.give_buffer(item);
             return None;
         };
+        // Invalidated while the validation was on its way: fetched anew.
+        if self.drop_if_invalidated(*hash, key, &item[..hit.head_len], &hit.meta) {
+            self.give_buffer(item);
+            return None;
+        }
         let stored_text = head_text(&item[..hit.head_len]);
         let mut stored_fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
         let nm_text = head_text(not_modified_head);
@@ -451,6 +493,8 @@ impl Proxy {
         let mut head = Vec::with_capacity(hit.head_len + not_modified_head.len());
         head.extend_from_slice(&item[..line_end]);
         let _ = merge_not_modified(stored, nm, &mut head);
+        // The tag field stays the stored head's last line.
+        put_field_last(&mut head, self.invalidator.config.tag_header.as_bytes());
         let body = item[hit.head_len..hit.head_len + hit.body_len].to_vec();
         self.give_buffer(item);
         let merged_text = head_text(&head);

@@ -28,9 +28,15 @@
 //! lists, the old variants are removed. The marker lives as long as its
 //! longest-lived variant. `Vary: *` is never stored.
 //!
-//! Invalidation (RFC 9111 §4.4) removes the marker and every variant it
-//! lists. Two workers storing variants of one URL at the same moment may
-//! each rewrite the marker from the same old list, and one variant then
+//! Invalidation (RFC 9111 §4.4), a URL purge (admin API, `PURGE`) and
+//! its soft form all go through [`purge_primary`]: it finds the marker and
+//! acts on every variant it lists (a hard purge removes the marker too; a
+//! soft one keeps it, so each stale variant is still found and
+//! revalidated). Bans and tags see a variant as its own object: a ban
+//! matches the URL part of its key, the tag index holds the variant key.
+//!
+//! Two workers storing variants of one URL at the same moment may each
+//! rewrite the marker from the same old list, and one variant then
 //! drops out of the list: it is unreachable from then on (the hit path
 //! only looks up listed variants) and is replaced by the next fetch of that
 //! variant or evicted. A miss, never a wrong answer. The same holds when
@@ -38,12 +44,17 @@
 //! of the URL references the marker): the variants wait, unreachable, for
 //! their own eviction, and the next fetch writes a new marker.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use httparse::Header;
 
 use crate::http::vary::write_secondary_key;
+use crate::invalidate::fields::last_field_len;
+use crate::invalidate::Mode;
 use crate::store::item::Hit;
-use crate::store::{key_hash, ItemMeta};
+use crate::store::{key_hash, ItemMeta, Reader};
 
+use super::key::KeyRules;
 use super::Proxy;
 
 /// The first bytes of a marker's head.
@@ -144,6 +155,15 @@ impl Proxy {
     /// between head and body; returns whether the body is wanted); it is
     /// never called for a marker. Returns the hit, the hash of the key
     /// `self.key` now holds, and what was found about `Vary`.
+    ///
+    /// This is the lookup of every answer served straight from the store
+    /// (fresh hit, range, coalesced waiter), so it applies what
+    /// invalidation asks of them: an object a ban matches is removed and
+    /// reported as not found (before `between` sees it), and with
+    /// `invalidation.tag_header_strip` the tag field, stored as the last
+    /// line of the head, is cut before `between` appends to it: the
+    /// returned hit's `head_len` counts what is left. With no ban active
+    /// and no tag field stored, this costs one atomic load.
     pub(super) fn lookup_varied<F>(
         &mut self,
         hash: u64,
@@ -155,9 +175,12 @@ impl Proxy {
         F: FnOnce(&mut Vec<u8>, &Hit) -> bool + Copy,
     {
         let start = buf.len();
-        let hit = self.reader.lookup(hash, &self.key, buf, |b, h| {
-            !is_marker_head(b, h) && between(b, h)
-        });
+        let (hit, banned) = self.lookup_served(hash, buf, between);
+        if banned {
+            buf.truncate(start);
+            self.drop_banned(hash);
+            return (None, hash, Varied::No);
+        }
         let Some(h) = hit else {
             return (None, hash, Varied::No);
         };
@@ -185,9 +208,14 @@ impl Proxy {
         if !listed {
             return (None, vhash, Varied::NotListed);
         }
-        let hit = self.reader.lookup(vhash, &self.key, buf, |b, h| {
-            !is_marker_head(b, h) && between(b, h)
-        });
+        let (hit, banned) = self.lookup_served(vhash, buf, between);
+        if banned {
+            buf.truncate(start);
+            // The marker still lists it: the next request is a vary-miss
+            // that stores the variant again.
+            self.drop_banned(vhash);
+            return (None, vhash, Varied::NotListed);
+        }
         if hit.is_some() && buf.get(start) == Some(&0) {
             buf.truncate(start);
             return (None, vhash, Varied::NotListed);
@@ -200,10 +228,66 @@ impl Proxy {
         (hit, vhash, found)
     }
 
+    /// One lookup of `self.key` for [`Proxy::lookup_varied`]: markers pass
+    /// untouched; a response is checked against the bans (`true` when one
+    /// matches: nothing is appended for it) and loses its tag field when
+    /// the configuration strips it.
+    #[inline]
+    fn lookup_served<F>(&self, hash: u64, buf: &mut Vec<u8>, between: F) -> (Option<Hit>, bool)
+    where
+        F: FnOnce(&mut Vec<u8>, &Hit) -> bool,
+    {
+        let inv = &*self.invalidator;
+        // The whole cost of bans when there are none: this load.
+        let bans_on = inv.bans.active() > 0;
+        let strip = inv
+            .config
+            .tag_header_strip
+            .then_some(inv.config.tag_header.as_bytes());
+        let now_secs = self.clock.unix_secs;
+        let key = &self.key;
+        let mut banned = false;
+        let mut cut = 0;
+        let hit = self.reader.lookup(hash, key, buf, |b, h| {
+            if is_marker_head(b, h) {
+                return false;
+            }
+            let head = &b[b.len() - h.head_len..];
+            let born = u64::from(h.meta.born_secs);
+            if bans_on && inv.bans.check(key, head, born, now_secs) {
+                banned = true;
+                return false; // rolled back by the caller
+            }
+            if let Some(name) = strip {
+                cut = last_field_len(head, name);
+                b.truncate(b.len() - cut);
+            }
+            let served = Hit {
+                head_len: h.head_len - cut,
+                ..*h
+            };
+            between(b, &served)
+        });
+        (
+            hit.map(|h| Hit {
+                head_len: h.head_len - cut,
+                ..h
+            }),
+            banned,
+        )
+    }
+
+    /// A ban matched the object under `self.key` (hash `hash`): it goes.
+    fn drop_banned(&mut self, hash: u64) {
+        self.store.remove(hash, &self.key);
+        self.invalidator.note_banned();
+    }
+
     /// Store a response under `key` (a primary or a variant key). Without
     /// `variant` it goes under the primary key, replacing a marker and its
     /// variants; with one it is stored as a variant and listed in the
-    /// marker. Returns whether it was stored.
+    /// marker. `stale_secs`: see [`Proxy::insert_response`]. Returns
+    /// whether it was stored.
     pub(super) fn store_response(
         &mut self,
         key: &[u8],
@@ -211,16 +295,18 @@ impl Proxy {
         head: &[u8],
         body: &[u8],
         meta: ItemMeta,
+        stale_secs: u64,
     ) -> bool {
         let primary = primary_of(key);
         let Some(v) = variant else {
             if primary.len() != key.len() {
                 // A marker was there when the request looked: its variants go.
-                self.remove_variants(primary);
+                let mut scratch = self.take_buffer();
+                purge_primary(&self.reader, primary, Mode::Hard, &mut scratch);
+                self.give_buffer(scratch);
             }
-            return self
-                .store
-                .insert(key_hash(primary), primary, head, body, meta);
+            let phash = key_hash(primary);
+            return self.insert_response(phash, primary, head, body, meta, stale_secs);
         };
         let phash = key_hash(primary);
         let mut old = self.take_buffer();
@@ -246,7 +332,8 @@ impl Proxy {
         }
         vkey.truncate(primary.len() + 1);
         vkey.extend_from_slice(&v.secondary);
-        if !self.store.insert(key_hash(&vkey), &vkey, head, body, meta) {
+        // The variant's tags are indexed under the variant key.
+        if !self.insert_response(key_hash(&vkey), &vkey, head, body, meta, stale_secs) {
             self.give_buffer(old);
             return false;
         }
@@ -268,31 +355,101 @@ impl Proxy {
         listed
     }
 
-    /// Remove what `primary` holds: its item, or its marker and every
-    /// variant the marker lists (RFC 9111 §4.4 removes them all). Returns
-    /// whether anything was there.
-    pub(super) fn remove_variants(&mut self, primary: &[u8]) -> bool {
-        let phash = key_hash(primary);
-        let mut head = self.take_buffer();
-        if let Some(h) = self.reader.lookup(phash, primary, &mut head, |_, _| false) {
-            if let Some(m) = Marker::parse(&head[..h.head_len]) {
-                let mut vkey = Vec::with_capacity(primary.len() + 64);
-                vkey.extend_from_slice(primary);
-                vkey.push(0);
-                for s in m.variants() {
-                    self.remove_key(&mut vkey, primary.len() + 1, s);
-                }
-            }
-        }
-        self.give_buffer(head);
-        self.store.remove(phash, primary)
-    }
-
     /// Remove `prefix[..keep] + secondary` from the store.
     fn remove_key(&self, prefix: &mut Vec<u8>, keep: usize, secondary: &[u8]) {
         prefix.truncate(keep);
         prefix.extend_from_slice(secondary);
         self.store.remove(key_hash(prefix), prefix);
+    }
+}
+
+/// Invalidate what the store holds for the URL (`host`, `target`): the
+/// key is built by the proxy's own [`KeyRules`], then [`purge_primary`].
+/// Returns the objects invalidated.
+pub fn purge_url(
+    reader: &Reader,
+    rules: &KeyRules,
+    host: &[u8],
+    target: &[u8],
+    mode: Mode,
+    scratch: &mut Vec<u8>,
+) -> u64 {
+    let mut key = Vec::with_capacity(host.len() + 1 + target.len());
+    rules.write(host, target, &mut key);
+    purge_primary(reader, &key, mode, scratch)
+}
+
+/// Invalidate what is stored under the primary key `primary`: its
+/// response, or every variant its marker lists. `Hard` removes them and
+/// the marker; `Soft` makes each stale in place and keeps the marker, so
+/// every variant is still found and revalidated. The one place a URL is
+/// purged: the admin API and `PURGE` ([`purge_url`]), and invalidation
+/// after unsafe requests (RFC 9111 §4.4). It needs a read handle only, so
+/// the admin thread calls it as the workers do. Returns the objects
+/// (responses, not markers) invalidated.
+pub fn purge_primary(reader: &Reader, primary: &[u8], mode: Mode, scratch: &mut Vec<u8>) -> u64 {
+    let phash = key_hash(primary);
+    scratch.clear();
+    // The head only: a marker's list is all that is needed.
+    let Some(h) = reader.lookup(phash, primary, scratch, |_, _| false) else {
+        return 0;
+    };
+    let Some(marker) = Marker::parse(&scratch[..h.head_len]) else {
+        return u64::from(purge_key(reader, phash, primary, mode, scratch));
+    };
+    let vkeys: Vec<Vec<u8>> = marker
+        .variants()
+        .map(|secondary| {
+            let mut vkey = Vec::with_capacity(primary.len() + 1 + secondary.len());
+            vkey.extend_from_slice(primary);
+            vkey.push(0);
+            vkey.extend_from_slice(secondary);
+            vkey
+        })
+        .collect();
+    let mut n = 0;
+    for vkey in &vkeys {
+        n += u64::from(purge_key(reader, key_hash(vkey), vkey, mode, scratch));
+    }
+    if mode == Mode::Hard {
+        reader.store().remove(phash, primary);
+    }
+    n
+}
+
+/// Invalidate the one object under `key` (a primary key holding a
+/// response, or a variant key). `Hard` removes it; `Soft` stores the same
+/// bytes again with a lifetime that ends now (birth kept, so bans still
+/// see it as the old object). Returns whether an object was there.
+pub fn purge_key(
+    reader: &Reader,
+    hash: u64,
+    key: &[u8],
+    mode: Mode,
+    scratch: &mut Vec<u8>,
+) -> bool {
+    let store = reader.store();
+    match mode {
+        Mode::Hard => store.remove(hash, key),
+        Mode::Soft => {
+            scratch.clear();
+            let Some(hit) = reader.lookup_into(hash, key, scratch) else {
+                return false;
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if !hit.meta.is_fresh(now) {
+                return true; // already stale
+            }
+            let meta = ItemMeta {
+                born_secs: hit.meta.born_secs,
+                lifetime_secs: u32::try_from(hit.meta.age_secs(now)).unwrap_or(u32::MAX),
+                now_secs: u32::try_from(now).unwrap_or(u32::MAX),
+            };
+            let (head, body) = scratch.split_at(hit.head_len);
+            store.insert(hash, key, head, body, meta) || store.remove(hash, key)
+        }
     }
 }
 

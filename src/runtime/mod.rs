@@ -101,18 +101,21 @@ pub fn choose_backend(mode: IoMode) -> Result<Backend, String> {
 /// reopened file held.
 fn open_store(config: &Config) -> Result<SharedStore, String> {
     let options = StoreOptions {
-        readers_max: config.workers,
+        // One reader per worker, and one for the admin thread's soft purges.
+        readers_max: config.workers + 1,
         ..StoreOptions::default()
     };
+    // The tag index's bytes are reserved out of --memory.
+    let store_bytes = config.store_bytes();
     let started = Instant::now();
     let Some(path) = &config.store_path else {
-        return SharedStore::anonymous_with(config.memory_bytes, options)
-            .map_err(|e| format!("store (anonymous, {} bytes): {e}", config.memory_bytes));
+        return SharedStore::anonymous_with(store_bytes, options)
+            .map_err(|e| format!("store (anonymous, {store_bytes} bytes): {e}"));
     };
     let opened = if config.store_reset {
-        SharedStore::open_reset(path, config.memory_bytes, options)
+        SharedStore::open_reset(path, store_bytes, options)
     } else {
-        SharedStore::open(path, config.memory_bytes, options)
+        SharedStore::open(path, store_bytes, options)
     };
     let store = opened.map_err(|e| {
         let hint = if matches!(e, OpenError::Layout(LayoutError::NotAStore(_))) {
@@ -138,11 +141,7 @@ fn open_store(config: &Config) -> Result<SharedStore, String> {
             started.elapsed()
         );
     } else {
-        log::info!(
-            "store {}: created ({} bytes)",
-            path.display(),
-            config.memory_bytes
-        );
+        log::info!("store {}: created ({store_bytes} bytes)", path.display());
     }
     Ok(store)
 }
@@ -292,7 +291,12 @@ fn traffic_listeners(config: &Config, inherited: Vec<OwnedFd>) -> Result<Listene
 
 /// SIGHUP: reread the file with the same flags, apply what can change now,
 /// report the rest. A file that fails to load or validate changes nothing.
-fn reload_config(running: &mut Config, args: &ServeArgs, reload: &Reload) {
+fn reload_config(
+    running: &mut Config,
+    args: &ServeArgs,
+    reload: &Reload,
+    invalidator: &crate::invalidate::Invalidator,
+) {
     let reloading = [
         sd_notify::NotifyState::Reloading,
         sd_notify::NotifyState::monotonic_usec_now()
@@ -311,6 +315,12 @@ fn reload_config(running: &mut Config, args: &ServeArgs, reload: &Reload) {
         }
         Ok(plan) => {
             crate::logging::apply_level(plan.config.log_level);
+            if plan.access_changed(running) {
+                invalidator.set_access(crate::invalidate::InvalidationAccess {
+                    admin_token: plan.config.invalidation.admin_token.clone(),
+                    purge_allow: plan.config.invalidation.purge_allow.clone(),
+                });
+            }
             if plan.limits_changed(running) {
                 let generation = reload.publish(plan.config.limits);
                 if !reload.wait_seen(generation, RELOAD_PICKUP_TIMEOUT) {
@@ -399,10 +409,22 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
+    let admin_reader = store
+        .reader()
+        .ok_or("the store has no reader slot left for the admin thread")?;
+    let invalidator = Arc::new(crate::invalidate::Invalidator::new(
+        config.invalidation.clone(),
+        &config.cache,
+        config.limits.bans_max,
+        Arc::clone(&store),
+        admin_reader,
+    ));
     crate::admin::spawn(
         admin,
         crate::admin::AdminState {
             metrics: Arc::clone(&metrics),
+            invalidator: Arc::clone(&invalidator),
+            body_bytes_max: config.limits.admin_body_bytes_max,
             store: Arc::clone(&store),
             ready: Arc::clone(&ready),
             draining: Arc::clone(&draining),
@@ -438,6 +460,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
             shutdown: Arc::clone(&shutdown),
             heartbeat: Arc::clone(heartbeat),
             leases: Arc::clone(&leases),
+            invalidator: Arc::clone(&invalidator),
             wake: wakes.next().expect("one wake socket per worker"),
             ready: ready_tx.clone(),
             reload: Arc::clone(&reload),
@@ -500,7 +523,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
             continue;
         };
         if sig == libc::SIGHUP {
-            reload_config(&mut config, args, &reload);
+            reload_config(&mut config, args, &reload, &invalidator);
             continue;
         }
         log::info!(

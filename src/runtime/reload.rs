@@ -13,7 +13,12 @@
 //!
 //! Reloadable: the log level and the limits read per request or per tick
 //! (sizes of a request, timeouts, the largest object stored, the drain
-//! times). Everything that sizes a structure built at start (connection
+//! times), and who may invalidate: `admin.token` and
+//! `invalidation.purge_allow` (kept behind a lock in the `Invalidator`,
+//! read once per admin request and per `PURGE`). The rest of
+//! `[invalidation]` (the tag field, whether it is cut, the tag index's
+//! limits, `purge_method`) and `limits.bans_max` /
+//! `limits.admin_body_bytes_max` shape what was built at start: restart. Everything that sizes a structure built at start (connection
 //! slots, buffers, rings, queues, the shared lease table) or that names a
 //! resource (addresses, origin, workers, I/O backend, memory, store) needs a
 //! restart: it is reported, and the running value stays.
@@ -110,6 +115,12 @@ impl Plan {
     /// Whether the workers' limits change.
     pub fn limits_changed(&self, running: &Config) -> bool {
         self.config.limits != running.limits
+    }
+
+    /// Whether the admin token or `purge_allow` change.
+    pub fn access_changed(&self, running: &Config) -> bool {
+        let (new, old) = (&self.config.invalidation, &running.invalidation);
+        new.admin_token != old.admin_token || new.purge_allow != old.purge_allow
     }
 
     /// The one log line that reports the reload.
@@ -234,6 +245,46 @@ pub fn plan(running: &Config, new: &Config) -> Plan {
         recv_buffer_bytes,
         recv_buffers_count,
         ring_entries,
+        bans_max,
+        admin_body_bytes_max,
+    );
+
+    // Who may invalidate: applied now. The token is never printed.
+    let (old, fresh) = (&running.invalidation, &new.invalidation);
+    if old.admin_token != fresh.admin_token {
+        let state = |t: &Option<String>| if t.is_some() { "set" } else { "unset" };
+        plan.applied.push(format!(
+            "admin.token ({} → {}, changed)",
+            state(&old.admin_token),
+            state(&fresh.admin_token)
+        ));
+    }
+    let nets = |l: &[crate::config::Cidr]| {
+        let l: Vec<String> = l.iter().map(ToString::to_string).collect();
+        format!("[{}]", l.join(", "))
+    };
+    note_text(
+        &mut plan.applied,
+        "invalidation.purge_allow",
+        &nets(&old.purge_allow),
+        &nets(&fresh.purge_allow),
+    );
+    plan.config.invalidation.admin_token = fresh.admin_token.clone();
+    plan.config.invalidation.purge_allow = fresh.purge_allow.clone();
+    // The rest of [invalidation] shapes the tag index and what the workers
+    // store: a restart.
+    macro_rules! invalidation_restart_only {
+        ($($field:ident),* $(,)?) => {$(
+            note(&mut plan.restart, concat!("invalidation.", stringify!($field)), &old.$field, &fresh.$field);
+        )*};
+    }
+    invalidation_restart_only!(
+        tag_header,
+        tag_header_strip,
+        tags_per_object_max,
+        tag_bytes_max,
+        tag_index_bytes_max,
+        purge_method,
     );
     plan
 }
@@ -280,6 +331,42 @@ mod tests {
         assert!(restart.contains("workers 2 → 7"), "{line}");
         assert!(restart.contains("limits.connections_max"), "{line}");
         assert!(!restart.contains("head_bytes_max"), "{line}");
+    }
+
+    #[test]
+    fn admin_token_and_purge_allow_apply_the_rest_of_invalidation_waits() {
+        let running = config();
+        let mut new = running.clone();
+        new.invalidation.admin_token = Some("a-secret-token-of-some-length".into());
+        new.invalidation.purge_allow = vec![crate::config::Cidr::parse("10.0.0.0/8").unwrap()];
+        new.invalidation.tag_header = "cache-tag".into();
+        new.limits.bans_max = 7;
+        let plan = plan(&running, &new);
+        assert!(plan.access_changed(&running));
+        assert_eq!(
+            plan.config.invalidation.admin_token,
+            new.invalidation.admin_token
+        );
+        assert_eq!(
+            plan.config.invalidation.purge_allow,
+            new.invalidation.purge_allow
+        );
+        assert_eq!(
+            plan.config.invalidation.tag_header,
+            running.invalidation.tag_header
+        );
+        assert_eq!(plan.config.limits.bans_max, running.limits.bans_max);
+        let line = plan.summary();
+        assert!(!line.contains("a-secret-token"), "{line}");
+        let restart = &line[line.find("needs a restart").expect(&line)..];
+        let applied = &line[..line.find("needs a restart").expect(&line)];
+        assert!(
+            applied.contains("admin.token (unset → set, changed)"),
+            "{line}"
+        );
+        assert!(applied.contains("invalidation.purge_allow"), "{line}");
+        assert!(restart.contains("invalidation.tag_header"), "{line}");
+        assert!(restart.contains("limits.bans_max"), "{line}");
     }
 
     #[test]

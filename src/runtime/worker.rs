@@ -61,6 +61,7 @@ pub struct WorkerSpec {
     pub heartbeat: Arc<crossbeam_utils::CachePadded<AtomicU64>>,
     /// The fill leases shared by every worker, and this worker's wake socket.
     pub leases: Arc<Leases>,
+    pub invalidator: Arc<crate::invalidate::Invalidator>,
     pub wake: std::os::unix::net::UnixStream,
     /// `Ok(cpu)` once accepting (the CPU it is pinned to, if any), or why it could not start.
     pub ready: SyncSender<Result<Option<usize>, String>>,
@@ -133,6 +134,7 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             cache: spec.cache,
             origin: spec.origin,
             leases: spec.leases,
+            invalidator: spec.invalidator,
             wake: spec.wake,
         },
         reader,
