@@ -40,6 +40,9 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Set when shutdown begins; `/healthz` answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// The invalidation bus (`--bus`): what this node applies is published
+    /// to the others.
+    pub bus: Option<Arc<crate::bus::Bus>>,
 }
 
 /// Serve admin requests on `listener` until the process exits; a second
@@ -432,14 +435,16 @@ fn invalidate(
         at += n;
     }
     let inv = &state.invalidator;
-    let result = if all {
-        inv.apply(&crate::invalidate::InvalidationRequest {
+    let request = if all {
+        Ok(crate::invalidate::InvalidationRequest {
             all: true,
             ..Default::default()
         })
     } else {
-        inv.apply_json(&body)
+        serde_json::from_slice::<crate::invalidate::InvalidationRequest>(&body)
+            .map_err(|e| Refusal::Invalid(format!("invalid JSON request: {e}")))
     };
+    let result = request.and_then(|req| inv.apply(&req).map(|out| (req, out)));
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.ip().to_string());
@@ -453,16 +458,20 @@ fn invalidate(
             .collect()
     };
     match result {
-        Ok(out) => {
+        Ok((req, out)) => {
             log::info!(
                 "invalidate: peer {peer} {what}: {} object(s) now, {} ban(s)",
                 out.invalidated,
                 out.bans
             );
+            let nodes = match &state.bus {
+                Some(bus) => share(bus, &req),
+                None => vec![serde_json::json!({ "node": inv.node(), "applied": true })],
+            };
             let mut body = serde_json::json!({
                 "invalidated": out.invalidated,
                 "bans": out.bans,
-                "nodes": [{ "node": inv.node(), "applied": true }],
+                "nodes": nodes,
             })
             .to_string();
             body.push('\n');
@@ -482,6 +491,46 @@ fn invalidate(
             )
         }
     }
+}
+
+/// Publish an invalidation this node applied to the bus, and, when the
+/// request says `"wait": "all"`, wait for every live node's ack. Returns
+/// the `nodes` of the answer: this node (applied), then the others.
+fn share(
+    bus: &crate::bus::Bus,
+    req: &crate::invalidate::InvalidationRequest,
+) -> Vec<serde_json::Value> {
+    use crate::invalidate::{Wait, ACK_WAIT_MS_DEFAULT};
+    let me = bus.node().to_string();
+    let mut nodes = vec![serde_json::json!({ "node": me, "applied": true })];
+    let id = match bus.publish(&req.for_bus()) {
+        Ok(id) => id,
+        Err(e) => {
+            // Applied here; the others get it when Redis is back (outbox),
+            // or never when refused: say so in the answer and the log.
+            log::warn!("invalidate: bus: {e}");
+            nodes[0]["bus"] = serde_json::json!(e.to_string());
+            return nodes;
+        }
+    };
+    if req.wait != Wait::All {
+        return nodes;
+    }
+    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(ACK_WAIT_MS_DEFAULT));
+    match bus.wait_acks(id, timeout) {
+        Ok(acks) => {
+            for (node, applied) in acks {
+                if node != me {
+                    nodes.push(serde_json::json!({ "node": node, "applied": applied }));
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!("invalidate: bus: waiting for acks: {e}");
+            nodes[0]["bus"] = serde_json::json!(e.to_string());
+        }
+    }
+    nodes
 }
 
 fn unix_now() -> u64 {

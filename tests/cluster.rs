@@ -1,10 +1,11 @@
 //! A ringcache cluster: three nodes sharing invalidations over one Redis
 //! stream, and the deploy/cluster/ front (haproxy, consistent URI hashing).
 //!
-//! The invalidation API is not wired to the bus in this suite: the nodes are
-//! three `Bus` instances driven through their public API, each standing for a
-//! node whose cache is a set of URLs. Skipped, with a printed reason, when
-//! `redis-server` (or, for the front, `haproxy`) is not installed.
+//! Three real nodes (`serve --bus`) share an invalidation sent to one of
+//! them; three `Bus` instances driven through their public API (each
+//! standing for a node whose cache is a set of URLs) cover delivery, acks
+//! and a returning node. Skipped, with a printed reason, when `redis-server`
+//! (or, for the front, `haproxy`) is not installed.
 
 #[macro_use]
 mod common;
@@ -343,6 +344,110 @@ fn front_sends_each_uri_to_one_node(io: &str) {
 }
 
 both_io!(front_sends_each_uri_to_one_node);
+
+const TOKEN: &str = "cluster-token-0123456789";
+
+/// One admin `POST` on a fresh connection, with the token.
+fn admin_post(server: &Server, path: &str, body: &str) -> Response {
+    let mut c = Client::connect(server.admin);
+    c.send(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response()
+}
+
+/// An invalidation sent to one node's admin API is applied by every node
+/// through the bus; `"wait": "all"` answers once all three applied it.
+fn an_invalidation_reaches_every_node(io: &str) {
+    let Some(redis) = Redis::start() else { return };
+    let origin = DemoOrigin::start();
+    let (_cfg_dir, cfg) = config_file(&format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+    let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("bus{i}"))).collect();
+    let mut servers = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let store = d.path().join("store");
+        let node = format!("node{}", i + 1);
+        let extra = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--bus",
+            &redis.url(),
+            "--bus-node",
+            &node,
+        ];
+        let Some(s) = Server::serve(io, Some(&origin.url()), 1, &extra) else {
+            return;
+        };
+        servers.push(s);
+    }
+    for s in &servers {
+        assert!(
+            wait_until(WAIT, || s.metrics().value("ringcache_bus_connected") == 1.0),
+            "a node did not connect to the bus"
+        );
+        for p in ["/api/items/7", "/api/items/8"] {
+            assert_eq!(s.get(p).status, 200);
+            let r = s.get(p);
+            assert!(
+                r.cache_status().starts_with("ringcache; hit"),
+                "{}",
+                r.summary()
+            );
+        }
+    }
+    let r = admin_post(
+        &servers[0],
+        "/invalidate",
+        r#"{"urls": ["/api/items/7"], "wait": "all", "timeout_ms": 10000}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let mut applied: Vec<(String, bool)> = answer["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["applied"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    applied.sort();
+    let want: Vec<(String, bool)> = (1..=3).map(|i| (format!("node{i}"), true)).collect();
+    assert_eq!(applied, want, "{answer}");
+    // Acknowledged means applied: no node answers the purged URL from its
+    // store any more, and the others are untouched.
+    for s in &servers {
+        let r = s.get("/api/items/7");
+        assert_eq!(r.status, 200);
+        assert!(
+            r.cache_status().starts_with("ringcache; fwd="),
+            "{}",
+            r.summary()
+        );
+        let r = s.get("/api/items/8");
+        assert!(
+            r.cache_status().starts_with("ringcache; hit"),
+            "{}",
+            r.summary()
+        );
+    }
+    let stats = origin.stats();
+    assert_eq!(stats.path("/api/items/7"), 6, "3 fills, 3 refetches");
+    assert_eq!(stats.path("/api/items/8"), 3);
+    for s in &servers[1..] {
+        assert_eq!(s.metrics().value("ringcache_bus_applied_total"), 1.0);
+    }
+}
+
+both_io!(an_invalidation_reaches_every_node);
 
 #[test]
 fn the_nginx_front_is_valid() {

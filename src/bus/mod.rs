@@ -70,8 +70,10 @@ use self::state::{Loaded, Position, StateFile};
 pub use crate::config::BusConfig;
 use crate::metrics::BusMetrics;
 
-/// How often [`Bus::wait_acks`] looks for new acknowledgements.
+/// How often [`Bus::wait_acks`] looks for new acknowledgements, at most.
 pub const ACK_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Its first pause; each later one doubles, up to [`ACK_POLL_INTERVAL`].
+pub const ACK_POLL_FIRST: Duration = Duration::from_millis(1);
 /// Longest uninterrupted sleep of the consumer thread (so that stop is prompt).
 pub const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -273,6 +275,9 @@ impl Bus {
         let sh = &*self.shared;
         let deadline = Instant::now() + timeout;
         let mut conn = sh.connect()?;
+        // Acks land within a millisecond or two of the publish on a quiet
+        // cluster: look again soon, then back off to the poll interval.
+        let mut pause = ACK_POLL_FIRST;
         loop {
             let members = conn.command(&[b"SMEMBERS", sh.keys.nodes.as_bytes()])?;
             let mut names: Vec<String> = members
@@ -322,7 +327,8 @@ impl Bus {
                 }
                 return Ok(out);
             }
-            std::thread::sleep(ACK_POLL_INTERVAL.min(deadline - now));
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(ACK_POLL_INTERVAL);
         }
     }
 

@@ -91,6 +91,45 @@ pub struct InvalidationRequest {
     pub all: bool,
     #[serde(default)]
     pub mode: Mode,
+    /// With the bus: answer once every live node applied it (`all`), or
+    /// at once (`none`, the default). Not sent on the bus.
+    #[serde(default, skip_serializing_if = "Wait::is_none")]
+    pub wait: Wait,
+    /// How long `"wait": "all"` waits, in milliseconds (default
+    /// [`ACK_WAIT_MS_DEFAULT`], at most [`ACK_WAIT_MS_MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Default of `timeout_ms` for an acknowledged invalidation.
+pub const ACK_WAIT_MS_DEFAULT: u64 = 2000;
+/// Longest `timeout_ms` accepted (beyond: 400): the admin thread waits.
+pub const ACK_WAIT_MS_MAX: u64 = 30_000;
+
+/// Whether an invalidation's answer waits for the other nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wait {
+    #[default]
+    None,
+    All,
+}
+
+impl Wait {
+    fn is_none(&self) -> bool {
+        *self == Wait::None
+    }
+}
+
+impl InvalidationRequest {
+    /// The request as the bus carries it to the other nodes: the same
+    /// selectors and mode, without this node's waiting.
+    pub fn for_bus(&self) -> Vec<u8> {
+        let mut r = self.clone();
+        r.wait = Wait::None;
+        r.timeout_ms = None;
+        serde_json::to_vec(&r).expect("an invalidation request serialises")
+    }
 }
 
 /// What an applied request did.
@@ -369,6 +408,9 @@ impl Invalidator {
             return Err(bad(
                 "nothing to invalidate: give urls, prefixes, regex, header, tags or all".into(),
             ));
+        }
+        if req.timeout_ms.is_some_and(|t| t > ACK_WAIT_MS_MAX) {
+            return Err(bad(format!("timeout_ms: at most {ACK_WAIT_MS_MAX}")));
         }
         for (name, n) in [
             ("urls", req.urls.len()),

@@ -8,6 +8,38 @@
 //! watchdog.
 
 pub mod activation;
+
+/// Start the invalidation bus: every other node's invalidation is applied
+/// here as if it came to this node's admin API; lost entries drop the whole
+/// cache (an invalidation of everything).
+fn start_bus(
+    cfg: crate::config::BusConfig,
+    invalidator: &Arc<crate::invalidate::Invalidator>,
+    metrics: &Metrics,
+) -> Result<crate::bus::Bus, String> {
+    let (apply_inv, drop_inv) = (Arc::clone(invalidator), Arc::clone(invalidator));
+    let bus = crate::bus::Bus::start(
+        cfg,
+        move |body| match apply_inv.apply_json(body) {
+            Ok(out) => Ok(out.invalidated),
+            Err(crate::invalidate::Refusal::Invalid(m)) => Err(m),
+            Err(crate::invalidate::Refusal::BansFull) => Err("limits.bans_max reached".into()),
+        },
+        move || {
+            let all = crate::invalidate::InvalidationRequest {
+                all: true,
+                ..Default::default()
+            };
+            if let Err(e) = drop_inv.apply(&all) {
+                log::error!("bus: dropping the whole cache failed: {e:?}");
+            }
+        },
+    )?;
+    metrics.attach_bus(bus.metrics());
+    log::info!("bus: node {} on the invalidation stream", bus.node());
+    Ok(bus)
+}
+
 #[cfg(test)]
 mod conformance;
 pub mod epoll;
@@ -419,6 +451,10 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         Arc::clone(&store),
         admin_reader,
     ));
+    let bus = match config.bus.clone() {
+        Some(bc) => Some(Arc::new(start_bus(bc, &invalidator, &metrics)?)),
+        None => None,
+    };
     crate::admin::spawn(
         admin,
         crate::admin::AdminState {
@@ -428,6 +464,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
             store: Arc::clone(&store),
             ready: Arc::clone(&ready),
             draining: Arc::clone(&draining),
+            bus,
         },
     )
     .map_err(|e| format!("cannot start the admin thread: {e}"))?;
