@@ -248,13 +248,17 @@ fn origin_total_cap_across_workers(io: &str) {
         }
     }
     eprintln!(
-        "answered {full}, refused {refused}, origin peak {} connections",
-        origin.connections_peak()
+        "answered {full}, refused {refused}, origin peak {} connections, {} requests",
+        origin.connections_peak(),
+        origin.requests_peak()
     );
+    // Requests in progress, not connections: the test origin notices a
+    // closed connection only when its thread next reads, so its connection
+    // count can lag a slot handed from one worker to another.
     assert!(
-        origin.connections_peak() <= TOTAL_MAX,
-        "the origin saw {} connections at once",
-        origin.connections_peak()
+        origin.requests_peak() <= TOTAL_MAX,
+        "the origin had {} requests in progress at once",
+        origin.requests_peak()
     );
     // At most 4 connections and 2 queued per worker; at least one worker's
     // 3 connections and 2 queued are taken.

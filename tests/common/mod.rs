@@ -1590,7 +1590,10 @@ fn serve_origin_conn(mut s: TcpStream, conn: u64, st: &OriginState) {
         st.log.lock().unwrap().push(req.clone());
         let active = st.requests_active.fetch_add(1, Ordering::SeqCst) + 1;
         st.requests_peak.fetch_max(active, Ordering::SeqCst);
-        let _active = Held(&st.requests_active);
+        // Released before the last bytes of the reply are written: by the
+        // time the client has the whole answer (and may reuse or replace
+        // the connection), this request no longer counts as in progress.
+        let mut active = Some(Held(&st.requests_active));
         let mut reply = (st.handler)(&req);
         loop {
             match reply {
@@ -1611,12 +1614,14 @@ fn serve_origin_conn(mut s: TcpStream, conn: u64, st: &OriginState) {
                     reply = *inner;
                 }
                 Reply::Send(bytes) => {
+                    active.take();
                     if s.write_all(&bytes).is_err() {
                         return;
                     }
                     break;
                 }
                 Reply::SendClose(bytes) => {
+                    active.take();
                     let _ = s.write_all(&bytes);
                     let _ = s.shutdown(Shutdown::Both);
                     return;
