@@ -250,6 +250,10 @@ pub struct ServeArgs {
     /// This node's name on the bus [default: hostname:admin-port]
     #[arg(long, env = "RINGCACHE_BUS_NODE")]
     pub bus_node: Option<String>,
+    /// Refresh a fresh object hit in the last PERCENT of its lifetime, in
+    /// the background, e.g. 10% (0 to 50) [default: 0, off]
+    #[arg(long, env = "RINGCACHE_REFRESH_AHEAD", value_name = "PERCENT")]
+    pub refresh_ahead: Option<String>,
     /// TOML configuration file; flags override it
     #[arg(long, env = "RINGCACHE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -363,7 +367,14 @@ impl Config {
                 None => None,
             },
             limits: file.limits.apply(Limits::default())?,
-            cache: file.cache.apply(CacheConfig::default())?,
+            cache: {
+                let mut c = file.cache.apply(CacheConfig::default())?;
+                if let Some(s) = args.refresh_ahead.as_deref() {
+                    c.refresh_ahead_percent =
+                        parse_refresh_ahead(s).map_err(|e| format!("refresh-ahead: {e}"))?;
+                }
+                c
+            },
             bus,
             invalidation: file.invalidation.apply(file_token, memory_bytes)?,
         };
@@ -729,6 +740,28 @@ pub const KEY_QUERY_PARAMS_MAX: usize = 64;
 pub const KEY_IGNORE_PARAMS_MAX: usize = 64;
 /// Largest `cache.heuristic_max` and `cache.default_ttl`: a year.
 pub const CACHE_TTL_SECS_CAP: u64 = 365 * 24 * 3600;
+/// Largest `cache.refresh_ahead`, in percent of a freshness lifetime.
+pub const REFRESH_AHEAD_PERCENT_MAX: u8 = 50;
+
+/// A `cache.refresh_ahead` / `--refresh-ahead` value: `10%` or `10`.
+fn parse_refresh_ahead(s: &str) -> Result<u8, String> {
+    let digits = s.trim();
+    let digits = digits.strip_suffix('%').unwrap_or(digits).trim_end();
+    match digits.parse::<u8>() {
+        Ok(n) if n <= REFRESH_AHEAD_PERCENT_MAX => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a percentage between 0 and {REFRESH_AHEAD_PERCENT_MAX}"
+        )),
+    }
+}
+
+/// `cache.refresh_ahead` as written in the file: a number or a `"10%"` string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FilePercent {
+    Number(i64),
+    Text(String),
+}
 
 /// What to do with a response carrying `Set-Cookie` (`cache.set_cookie`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -777,6 +810,9 @@ pub struct CacheConfig {
     /// Lifetime given to a response with a validator (ETag or
     /// Last-Modified) but no explicit freshness; zero: off.
     pub default_ttl: Duration,
+    /// A fresh hit in the last this-many percent of its freshness lifetime
+    /// also starts a background refresh of the key; 0: off.
+    pub refresh_ahead_percent: u8,
 }
 
 impl Default for CacheConfig {
@@ -791,6 +827,7 @@ impl Default for CacheConfig {
             heuristic_percent: 10,
             heuristic_max: Duration::from_secs(24 * 3600),
             default_ttl: Duration::ZERO,
+            refresh_ahead_percent: 0,
         }
     }
 }
@@ -818,6 +855,11 @@ impl CacheConfig {
                     "cache.key_ignore_params: {p:?} is not a parameter name (or prefix with a trailing *)"
                 ));
             }
+        }
+        if self.refresh_ahead_percent > REFRESH_AHEAD_PERCENT_MAX {
+            return Err(format!(
+                "cache.refresh_ahead: must be between 0% and {REFRESH_AHEAD_PERCENT_MAX}%"
+            ));
         }
         if self.heuristic_percent > 100 {
             return Err("cache.heuristic_percent: must be between 0 and 100".to_string());
@@ -855,7 +897,8 @@ impl fmt::Display for CacheConfig {
             "heuristic_max = \"{}\"",
             format_duration(self.heuristic_max)
         )?;
-        writeln!(f, "default_ttl = \"{}\"", format_duration(self.default_ttl))
+        writeln!(f, "default_ttl = \"{}\"", format_duration(self.default_ttl))?;
+        writeln!(f, "refresh_ahead = \"{}%\"", self.refresh_ahead_percent)
     }
 }
 
@@ -871,6 +914,7 @@ struct FileCache {
     heuristic_percent: Option<u8>,
     heuristic_max: Option<String>,
     default_ttl: Option<String>,
+    refresh_ahead: Option<FilePercent>,
 }
 
 impl FileCache {
@@ -913,6 +957,14 @@ impl FileCache {
         }
         dur("heuristic_max", self.heuristic_max, &mut c.heuristic_max)?;
         dur("default_ttl", self.default_ttl, &mut c.default_ttl)?;
+        if let Some(p) = self.refresh_ahead {
+            let text = match p {
+                FilePercent::Number(n) => n.to_string(),
+                FilePercent::Text(s) => s,
+            };
+            c.refresh_ahead_percent =
+                parse_refresh_ahead(&text).map_err(|e| format!("cache.refresh_ahead: {e}"))?;
+        }
         Ok(c)
     }
 }
@@ -1672,6 +1724,37 @@ mod tests {
         assert_eq!(Origin::parse("http://127.0.0.1/").unwrap().addr.port(), 80);
         assert!(Origin::parse("https://example.com").is_err());
         assert!(Origin::parse("http://127.0.0.1:1/api").is_err());
+    }
+
+    #[test]
+    fn refresh_ahead_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ringcache-cfg-ahead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str, flag: Option<&str>| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                refresh_ahead: flag.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        assert_eq!(load("", None).unwrap().cache.refresh_ahead_percent, 0);
+        let c = load("[cache]\nrefresh_ahead = \"10%\"\n", None).unwrap();
+        assert_eq!(c.cache.refresh_ahead_percent, 10);
+        // The printed configuration parses back.
+        assert_eq!(load(&c.to_string(), None).unwrap().cache, c.cache);
+        let c = load("[cache]\nrefresh_ahead = 25\n", None).unwrap();
+        assert_eq!(c.cache.refresh_ahead_percent, 25);
+        let c = load("[cache]\nrefresh_ahead = 25\n", Some("5%")).unwrap();
+        assert_eq!(c.cache.refresh_ahead_percent, 5, "the flag wins");
+        for bad in ["51", "-1", "\"x%\"", "\"60%\""] {
+            let err = load(&format!("[cache]\nrefresh_ahead = {bad}\n"), None).unwrap_err();
+            assert!(err.contains("cache.refresh_ahead"), "{err}");
+        }
+        let err = load("", Some("abc")).unwrap_err();
+        assert!(err.contains("refresh-ahead"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

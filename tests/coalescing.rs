@@ -837,6 +837,8 @@ fn raise_open_files_limit(n: u64) {
 }
 
 both_io!(
+    refresh_ahead_keeps_a_hot_key_fresh,
+    without_refresh_ahead_the_key_expires,
     overdue_lease_is_taken_over,
     large_response_streams_to_waiters,
     streamed_fill_keeps_pipelined_order,

@@ -86,6 +86,11 @@ pub(super) enum Outcome {
 }
 
 impl Fills {
+    /// Is a fetch for the key under way on this worker?
+    pub(super) fn is_filling(&self, hash: u64) -> bool {
+        self.by_hash.contains_key(&hash)
+    }
+
     pub fn new(limits: &Limits) -> Fills {
         Fills {
             by_hash: HashMap::new(),

@@ -251,6 +251,12 @@ pub struct Proxy {
     /// Storability switches (`[cache]`).
     policy: crate::http::policy::Policy,
     variants_per_key_max: usize,
+    /// `cache.refresh_ahead`: a fresh hit in this last share (percent) of
+    /// its lifetime starts a background refresh; 0: off.
+    refresh_ahead_percent: u8,
+    /// Set by the fast hit path when the hit it answered is due for a
+    /// refresh ahead of its expiry.
+    refresh_ahead_due: bool,
     /// Bans, the tag index and the PURGE settings, shared with the admin.
     invalidator: Arc<Invalidator>,
 }
@@ -271,6 +277,8 @@ impl Proxy {
             key_rules,
             policy,
             variants_per_key_max: config.cache.variants_per_key_max,
+            refresh_ahead_percent: config.cache.refresh_ahead_percent,
+            refresh_ahead_due: false,
             reader,
             ops: Vec::with_capacity(1024),
             slots: Slab::with_capacity(slots),
@@ -820,6 +828,13 @@ impl Proxy {
                         c.stop_reading = true;
                     }
                 }
+                if !refresh && std::mem::take(&mut self.refresh_ahead_due) {
+                    // Refresh-ahead: answered fresh, and near its expiry.
+                    if let Some(rev) = self.refresh_ahead(hash) {
+                        revalidation = Some(rev);
+                        refresh = true;
+                    }
+                }
                 if !refresh {
                     self.pool.target.authority = authority;
                     return;
@@ -1199,6 +1214,7 @@ impl Proxy {
         age_max: Option<Option<u64>>,
     ) -> Found {
         let now_secs = self.clock.unix_secs;
+        self.refresh_ahead_due = false;
         let direct = self.client(token).is_some_and(|c| c.queue.is_empty());
         let mut buf = if direct {
             let c = self.client(token).expect("checked");
@@ -1228,6 +1244,10 @@ impl Proxy {
         let fresh = hit.as_ref().is_some_and(|h| usable(h, now_secs, age_max));
         if !fresh {
             buf.truncate(start);
+        } else if self.refresh_ahead_percent > 0 {
+            self.refresh_ahead_due = hit
+                .as_ref()
+                .is_some_and(|h| refresh_ahead_due(&h.meta, now_secs, self.refresh_ahead_percent));
         }
         if direct {
             let now = self.clock.now;
@@ -1458,6 +1478,15 @@ pub(crate) enum Found {
     Absent,
 }
 
+/// Is a fresh item in the last `percent` of its freshness lifetime? Plain
+/// arithmetic on the metadata, for the hit path.
+#[inline]
+fn refresh_ahead_due(meta: &crate::store::item::ItemMeta, now_secs: u64, percent: u8) -> bool {
+    let lifetime = u64::from(meta.lifetime_secs);
+    let left = lifetime.saturating_sub(meta.age_secs(now_secs));
+    percent > 0 && left > 0 && left * 100 <= lifetime * u64::from(percent)
+}
+
 /// May a stored item answer a request? Fresh, and within the client's
 /// limit on age: `age_max` is `Some(None)` for no-cache (nothing stored),
 /// `Some(Some(n))` for max-age=n.
@@ -1539,5 +1568,18 @@ mod tests {
         assert_eq!(origin_form(b"*", Method::Get), None);
         assert_eq!(origin_form(b"h:80", Method::Get), None);
         assert_eq!(absolute_authority(b"http://h:1/x"), Some(&b"h:1"[..]));
+    }
+
+    #[test]
+    fn refresh_ahead_window() {
+        // Born at 1000 with a 100 s lifetime: fresh until 1100.
+        let meta = crate::store::item::ItemMeta::new(1000, 0, 100);
+        assert!(!refresh_ahead_due(&meta, 1089, 10));
+        assert!(refresh_ahead_due(&meta, 1090, 10));
+        assert!(refresh_ahead_due(&meta, 1099, 10));
+        assert!(!refresh_ahead_due(&meta, 1100, 10), "stale: not this path");
+        assert!(!refresh_ahead_due(&meta, 1099, 0), "off");
+        assert!(refresh_ahead_due(&meta, 1050, 50));
+        assert!(!refresh_ahead_due(&meta, 1049, 50));
     }
 }

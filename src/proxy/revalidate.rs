@@ -358,6 +358,30 @@ impl Proxy {
         invalidated
     }
 
+    /// Refresh-ahead (`cache.refresh_ahead`): the background revalidation
+    /// of the fresh response just answered for the key in `self.key`,
+    /// conditional when it has validators. `None` when a fetch for the key
+    /// is under way on this worker already, or the stored head is gone.
+    pub(super) fn refresh_ahead(&mut self, hash: u64) -> Option<Box<Revalidation>> {
+        if self.fills.is_filling(hash) {
+            return None;
+        }
+        let policy = self.policy;
+        let mut item = self.take_buffer();
+        let Some(hit) = self.reader.lookup_into(hash, &self.key, &mut item) else {
+            self.give_buffer(item);
+            return None;
+        };
+        let text = head_text(&item[..hit.head_len]);
+        self.give_buffer(item);
+        let mut fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
+        let (status, stored_fields) = parse_head(&text, &mut fields)?;
+        let rules = stored_rules(status, stored_fields, hit.meta, &policy);
+        let mut rev = self.revalidation(stored_fields, &rules, 0);
+        rev.background = true;
+        Some(rev)
+    }
+
     fn revalidation(
         &mut self,
         stored_fields: &[Header<'_>],

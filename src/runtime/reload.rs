@@ -18,7 +18,9 @@
 //! read once per admin request and per `PURGE`). The rest of
 //! `[invalidation]` (the tag field, whether it is cut, the tag index's
 //! limits, `purge_method`) and `limits.bans_max` /
-//! `limits.admin_body_bytes_max` shape what was built at start: restart. Everything that sizes a structure built at start (connection
+//! `limits.admin_body_bytes_max` shape what was built at start: restart.
+//! `cache.refresh_ahead` is read from the workers' start-time copy of the
+//! `[cache]` table: restart. Everything that sizes a structure built at start (connection
 //! slots, buffers, rings, queues, the shared lease table) or that names a
 //! resource (addresses, origin, workers, I/O backend, memory, store) needs a
 //! restart: it is reported, and the running value stays.
@@ -249,6 +251,15 @@ pub fn plan(running: &Config, new: &Config) -> Plan {
         admin_body_bytes_max,
     );
 
+    // The worker reads the refresh-ahead share from its own copy of the
+    // `[cache]` table, taken at start: a restart.
+    note(
+        &mut plan.restart,
+        "cache.refresh_ahead",
+        &running.cache.refresh_ahead_percent,
+        &new.cache.refresh_ahead_percent,
+    );
+
     // Who may invalidate: applied now. The token is never printed.
     let (old, fresh) = (&running.invalidation, &new.invalidation);
     if old.admin_token != fresh.admin_token {
@@ -311,7 +322,9 @@ mod tests {
         new.limits.connections_max = 10;
         new.workers = 7;
         new.log_level = Some(log::LevelFilter::Debug);
+        new.cache.refresh_ahead_percent = 10;
         let plan = plan(&running, &new);
+        assert_eq!(plan.config.cache.refresh_ahead_percent, 0);
         assert_eq!(plan.config.limits.head_bytes_max, 1024);
         assert_eq!(plan.config.limits.keepalive_timeout, Duration::from_secs(5));
         assert_eq!(
@@ -330,6 +343,7 @@ mod tests {
         let restart = &line[line.find("needs a restart").expect(&line)..];
         assert!(restart.contains("workers 2 → 7"), "{line}");
         assert!(restart.contains("limits.connections_max"), "{line}");
+        assert!(restart.contains("cache.refresh_ahead 0 → 10"), "{line}");
         assert!(!restart.contains("head_bytes_max"), "{line}");
     }
 
