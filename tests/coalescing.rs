@@ -422,6 +422,181 @@ fn thousand_clients_on_an_expired_key(io: &str) {
     assert!(server.get("/expiring").is_hit());
 }
 
+/// 1000 clients at once on a key within its stale-while-revalidate window,
+/// over two workers, while the one background refresh is held at the
+/// origin (answered 200 ms after the herd is in): every client gets the
+/// stale body at once, marked `detail=stale-while-revalidate`; the origin
+/// sees exactly one refresh; once it is in, the next request gets the new
+/// body.
+fn thousand_clients_while_revalidating(io: &str) {
+    raise_open_files_limit(4096);
+    let herd_answered = Arc::new(AtomicBool::new(false));
+    let release = herd_answered.clone();
+    let origin = TestOrigin::start(move |req| {
+        let body = format!("version {} of {}", req.seq, req.path());
+        if req.seq == 0 {
+            // Stale on arrival (Age past max-age), within its window.
+            return Reply::Send(response(
+                200,
+                &[
+                    ("Cache-Control", "max-age=1, stale-while-revalidate=60"),
+                    ("Age", "10"),
+                ],
+                body.as_bytes(),
+            ));
+        }
+        let reply = Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=60")],
+            body.as_bytes(),
+        ));
+        // Held until every client of the herd has its answer: an answer
+        // that waited for the refresh would never arrive.
+        Reply::Until(
+            release.clone(),
+            Box::new(Reply::After(Duration::from_millis(200), Box::new(reply))),
+        )
+    });
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let first = server.get("/swr-herd");
+    assert_eq!(first.body_str(), "version 0 of /swr-herd");
+    let answers = herd_of(&server, "/swr-herd", 1000);
+    herd_answered.store(true, Ordering::SeqCst);
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body_str(), "version 0 of /swr-herd", "{}", r.summary());
+        assert!(r.is_hit(), "answered from the store: {}", r.summary());
+        assert!(
+            r.cache_status_params()
+                .iter()
+                .any(|p| p == "detail=stale-while-revalidate"),
+            "{}",
+            r.summary()
+        );
+    }
+    assert!(origin.wait_requests(2, Duration::from_secs(10)));
+    assert!(wait_until(Duration::from_secs(10), || {
+        server.get("/swr-herd").body_str() == "version 1 of /swr-herd"
+    }));
+    assert_eq!(origin.requests(), 2, "exactly one refresh for the herd");
+    assert_eq!(server.metrics().value("ringcache_refreshes_total"), 1.0);
+}
+
+/// An origin for refresh-ahead: `max-age=4` with an ETag; a request that
+/// validates that ETag gets a 304 with a new lifetime.
+fn four_second_origin() -> TestOrigin {
+    TestOrigin::start(|req| {
+        let fields = [("Cache-Control", "max-age=4"), ("ETag", "\"v1\"")];
+        if req.header("if-none-match") == Some("\"v1\"") {
+            Reply::Send(response(304, &fields, b""))
+        } else {
+            Reply::Send(response(200, &fields, b"ahead body"))
+        }
+    })
+}
+
+/// A few clients (over two workers) hitting `path` steadily until `done`
+/// says so or 30 s pass; every answer, in order of arrival.
+fn steady_load(server: &Server, path: &'static str, done: impl Fn() -> bool) -> Vec<Response> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    answers.push(http_get(addr, path));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                answers
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), done);
+    stop.store(true, Ordering::SeqCst);
+    clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect()
+}
+
+/// Refresh-ahead: an object with max-age=4 hit steadily well past its
+/// lifetime, with `--refresh-ahead 50%`, over two workers. Every answer
+/// after the first fill is a fresh hit (never a miss, never stale), and the
+/// origin sees the key refreshed in the background, one conditional
+/// request per refresh.
+fn refresh_ahead_keeps_a_hot_key_fresh(io: &str) {
+    let origin = four_second_origin();
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &["--refresh-ahead", "50%"])
+    else {
+        return;
+    };
+    let first = server.get("/ahead");
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.summary()
+    );
+    // Three refreshes take at least two lifetimes' halves after the fill:
+    // the load outlives the first lifetime.
+    let answers = steady_load(&server, "/ahead", || origin.requests() >= 4);
+    assert!(
+        origin.requests() >= 4,
+        "the key was refreshed ahead of expiry"
+    );
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, b"ahead body", "{}", r.summary());
+        assert_eq!(
+            r.cache_status_params()[0],
+            "hit",
+            "a fresh hit: {}",
+            r.summary()
+        );
+        assert!(
+            !r.cache_status().contains("fwd=") && !r.cache_status().contains("detail="),
+            "{}",
+            r.summary()
+        );
+    }
+    let m = server.metrics();
+    let refreshes = m.value("ringcache_refreshes_total");
+    // Every request after the fill was a refresh, each one request, and
+    // conditional (the stored response has an ETag).
+    assert!(wait_until(Duration::from_secs(5), || {
+        server.metrics().value("ringcache_refreshes_total") == (origin.requests() - 1) as f64
+    }));
+    assert!(refreshes >= 3.0, "{refreshes}");
+    assert_eq!(origin.requests_peak(), 1, "one refresh at a time");
+    for req in &origin.all_requests()[1..] {
+        assert_eq!(req.header("if-none-match"), Some("\"v1\""));
+    }
+    assert_eq!(
+        m.value("ringcache_cache_misses_total"),
+        1.0,
+        "only the fill"
+    );
+}
+
+/// The same load without refresh-ahead: once the object expires, some
+/// client meets the expiry (a miss or a stale answer forwarded).
+fn without_refresh_ahead_the_key_expires(io: &str) {
+    let origin = four_second_origin();
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    server.get("/ahead");
+    let answers = steady_load(&server, "/ahead", || origin.requests() >= 2);
+    assert!(origin.requests() >= 2, "the object expired under the load");
+    assert!(
+        answers.iter().any(|r| !r.is_hit()),
+        "some client met the expired object"
+    );
+    assert_eq!(server.metrics().value("ringcache_refreshes_total"), 0.0);
+}
+
 /// The filler's origin connection dies mid-response while waiters sit on
 /// both workers. Nobody gets a truncated 200: the filler's worker answers
 /// 502 to its waiters, the other worker fetches once more for its own (one
@@ -839,6 +1014,7 @@ fn raise_open_files_limit(n: u64) {
 both_io!(
     refresh_ahead_keeps_a_hot_key_fresh,
     without_refresh_ahead_the_key_expires,
+    thousand_clients_while_revalidating,
     overdue_lease_is_taken_over,
     large_response_streams_to_waiters,
     streamed_fill_keeps_pipelined_order,
