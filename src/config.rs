@@ -82,6 +82,8 @@ pub struct Limits {
     pub origin_idle_timeout: Duration,
     /// Requests waiting for a free origin connection on one worker (beyond: 503).
     pub origin_queue_max: usize,
+    /// Time a request waits in that queue before it is answered 503.
+    pub origin_queue_timeout: Duration,
     /// Largest origin response (head + body) ringcache relays (beyond: 502).
     pub origin_response_bytes_max: usize,
     /// Largest object stored in the cache; larger responses are relayed, not stored.
@@ -133,6 +135,7 @@ impl Default for Limits {
             origin_idle_max: 128,
             origin_idle_timeout: Duration::from_secs(30),
             origin_queue_max: 4096,
+            origin_queue_timeout: Duration::from_secs(5),
             origin_response_bytes_max: 64 << 20,
             object_bytes_max: 8 << 20,
             coalesce_waiters_max: 4096,
@@ -299,6 +302,7 @@ struct FileLimits {
     origin_idle_max: Option<usize>,
     origin_idle_timeout: Option<String>,
     origin_queue_max: Option<usize>,
+    origin_queue_timeout: Option<String>,
     origin_response_bytes_max: Option<String>,
     object_bytes_max: Option<String>,
     coalesce_waiters_max: Option<usize>,
@@ -462,6 +466,7 @@ impl Config {
             ("limits.origin_connect_timeout", l.origin_connect_timeout),
             ("limits.origin_response_timeout", l.origin_response_timeout),
             ("limits.origin_idle_timeout", l.origin_idle_timeout),
+            ("limits.origin_queue_timeout", l.origin_queue_timeout),
             ("limits.coalesce_wait_timeout", l.coalesce_wait_timeout),
             ("limits.hit_for_miss_ttl", l.hit_for_miss_ttl),
             ("limits.drain_idle_timeout", l.drain_idle_timeout),
@@ -561,6 +566,11 @@ impl fmt::Display for Config {
             format_duration(l.origin_idle_timeout)
         )?;
         writeln!(f, "origin_queue_max = {}", l.origin_queue_max)?;
+        writeln!(
+            f,
+            "origin_queue_timeout = \"{}\"",
+            format_duration(l.origin_queue_timeout)
+        )?;
         writeln!(
             f,
             "origin_response_bytes_max = \"{}\"",
@@ -679,6 +689,11 @@ impl FileLimits {
             &mut l.origin_idle_timeout,
         )?;
         count(self.origin_queue_max, &mut l.origin_queue_max);
+        dur(
+            "origin_queue_timeout",
+            self.origin_queue_timeout,
+            &mut l.origin_queue_timeout,
+        )?;
         size(
             "origin_response_bytes_max",
             self.origin_response_bytes_max,

@@ -5,6 +5,8 @@
 #[macro_use]
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -334,7 +336,82 @@ fn origin_total_cap_moves_between_workers(io: &str) {
     assert!(m.value("ringcache_origin_connections_open") <= 1.0);
 }
 
+/// One origin connection for the process, two workers, and an origin
+/// that holds the first request until the others are answered: the
+/// requests queued behind it wait `limits.origin_queue_timeout` and are
+/// answered 503 with Retry-After (with a log line), without reaching the
+/// origin; the held one then completes.
+fn origin_queue_timeout_503(io: &str) {
+    const QUEUED: usize = 3;
+    let queued_answered = Arc::new(AtomicBool::new(false));
+    let release = queued_answered.clone();
+    let origin = TestOrigin::start(move |req| {
+        let reply = Reply::Send(response(
+            200,
+            &[("Cache-Control", "max-age=60")],
+            format!("answer to {}", req.path()).as_bytes(),
+        ));
+        if req.path() == "/held" {
+            Reply::Until(release.clone(), Box::new(reply))
+        } else {
+            reply
+        }
+    });
+    let Some((_dir, server)) = Server::serve_with_config(
+        io,
+        Some(&origin.url()),
+        2,
+        "[limits]\norigin_connections_total_max = 1\norigin_queue_timeout = \"500ms\"\n",
+    ) else {
+        return;
+    };
+    let mut held = server.client();
+    held.timeout = Duration::from_secs(20);
+    held.send(get_request("/held").as_bytes());
+    assert!(origin.wait_requests(1, Duration::from_secs(5)));
+    let mut queued: Vec<Client> = (0..QUEUED)
+        .map(|_| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(20);
+            c
+        })
+        .collect();
+    for (i, c) in queued.iter_mut().enumerate() {
+        c.send(get_request(&format!("/queued/{i}")).as_bytes());
+    }
+    for c in queued.iter_mut() {
+        let r = c.read_response();
+        assert_eq!(r.status, 503, "{}", r.summary());
+        assert_eq!(r.header("retry-after"), Some("1"), "{}", r.summary());
+        assert!(
+            r.cache_status().contains("detail=origin-queue-timeout"),
+            "{}",
+            r.summary()
+        );
+    }
+    queued_answered.store(true, Ordering::SeqCst);
+    let r = held.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body_str(), "answer to /held");
+    assert_eq!(origin.requests(), 1, "the queued requests never went out");
+    let m = server.metrics();
+    assert_eq!(
+        m.labelled("ringcache_errors_total", "origin_busy"),
+        QUEUED as f64
+    );
+    assert!(
+        server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("for an origin connection; answered 503")),
+        "a log line says so"
+    );
+    // The queue is empty again: a new miss goes through.
+    assert_eq!(server.get("/after").status, 200);
+}
+
 both_io!(
+    origin_queue_timeout_503,
     origin_total_cap_moves_between_workers,
     origin_total_cap_across_workers,
     origin_queue_full_503,

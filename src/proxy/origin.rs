@@ -10,7 +10,9 @@
 //! worker, and `limits.origin_connections_total_max` for the process, kept
 //! in the shared [`OriginBudget`](super::lease::OriginBudget). A request
 //! beyond either waits in the worker's queue (`limits.origin_queue_max`)
-//! and beyond that is answered 503 with `Retry-After` at once. A worker held
+//! and beyond that is answered 503 with `Retry-After` at once; one that
+//! waits there longer than `limits.origin_queue_timeout` is answered the
+//! same way (or stale, within stale-if-error). A worker held
 //! back only by the process-wide cap says so in the budget; the other
 //! workers then close connections rather than keep them idle, and the held
 //! worker takes the freed slots on its next tick.
@@ -206,7 +208,8 @@ pub(super) struct Pool {
     pub idle: Vec<Token>,
     /// Connections open or opening (busy, idle, closing).
     pub conns_count: usize,
-    pub queue: VecDeque<Box<Fetch>>,
+    /// Fetches waiting for a connection, with when each was queued.
+    pub queue: VecDeque<(Instant, Box<Fetch>)>,
     /// This worker is counted in the budget as waiting for a slot.
     starving: bool,
     conns_max: usize,
@@ -263,7 +266,8 @@ impl Proxy {
         } else if self.origin_slot_take() {
             self.origin_open(fetch);
         } else if self.pool.queue.len() < self.pool.queue_max {
-            self.pool.queue.push_back(fetch);
+            let now = self.clock.now;
+            self.pool.queue.push_back((now, fetch));
             self.pool_note_starving();
         } else {
             self.counters().incr(Counter::ErrOriginBusy);
@@ -281,10 +285,10 @@ impl Proxy {
     pub(super) fn pool_next(&mut self) {
         while !self.pool.queue.is_empty() {
             if let Some(token) = self.pool.idle.pop() {
-                let fetch = self.pool.queue.pop_front().expect("checked non-empty");
+                let (_, fetch) = self.pool.queue.pop_front().expect("checked non-empty");
                 self.origin_assign(token, fetch);
             } else if self.origin_slot_take() {
-                let fetch = self.pool.queue.pop_front().expect("checked non-empty");
+                let (_, fetch) = self.pool.queue.pop_front().expect("checked non-empty");
                 self.origin_open(fetch);
             } else {
                 break;
@@ -321,6 +325,34 @@ impl Proxy {
             }
         }
         self.pool_next();
+        self.pool_expire_queued();
+    }
+
+    /// Per tick: fetches queued longer than `limits.origin_queue_timeout`
+    /// are answered 503 with `Retry-After` (or stale, within
+    /// stale-if-error). The queue is in arrival order: only its head is
+    /// looked at.
+    fn pool_expire_queued(&mut self) {
+        let now = self.clock.now;
+        let timeout = self.limits.origin_queue_timeout;
+        let mut expired = 0u64;
+        while self
+            .pool
+            .queue
+            .front()
+            .is_some_and(|(queued, _)| now.saturating_duration_since(*queued) >= timeout)
+        {
+            let (_, fetch) = self.pool.queue.pop_front().expect("checked non-empty");
+            self.counters().incr(Counter::ErrOriginBusy);
+            self.fail_fetch(fetch, 503, "origin-queue-timeout");
+            expired += 1;
+        }
+        if expired > 0 {
+            self.pool_note_starving();
+            self.log_origin_error(&format!(
+                "origin: {expired} request(s) waited {timeout:?} for an origin connection; answered 503"
+            ));
+        }
     }
 
     fn origin_open(&mut self, fetch: Box<Fetch>) {

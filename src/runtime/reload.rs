@@ -229,6 +229,7 @@ pub fn plan(running: &Config, new: &Config) -> Plan {
         origin_connect_timeout,
         origin_response_timeout,
         origin_idle_timeout,
+        origin_queue_timeout,
         origin_response_bytes_max,
         object_bytes_max,
         shutdown_grace,
