@@ -31,7 +31,7 @@ fn assert_miss_stored(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
         r.cache_status_params(),
-        ["fwd=miss", "fwd-status=200", "stored"],
+        ["fwd=uri-miss", "fwd-status=200", "stored"],
         "{}",
         r.summary()
     );
@@ -56,7 +56,7 @@ fn assert_not_stored(r: &Response) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
         r.cache_status_params()[..2],
-        ["fwd=miss", "fwd-status=200"],
+        ["fwd=uri-miss", "fwd-status=200"],
         "{}",
         r.summary()
     );
