@@ -129,7 +129,8 @@ pub const STATUS_CLASSES: [(Counter, &str); 5] = [
 /// What the cache did for a response, and the `outcome` label:
 /// - `hit`: answered from the store;
 /// - `miss`, `stale`, `request`, `method`: answered by the origin, with the
-///   Cache-Status `fwd` reason of the same name;
+///   Cache-Status `fwd` reason of the same name (`miss` counts both
+///   `uri-miss` and `vary-miss`);
 /// - `collapsed`: answered from another request's fetch of the same key;
 /// - `bypass`: sent to the origin without waiting for others, because the
 ///   key's last answer could not be shared (hit-for-miss);

@@ -171,7 +171,7 @@ fn filler_failure_fails_waiters_cleanly(io: &str) {
     };
     for r in herd(&server, "/broken") {
         assert_eq!(r.status, 502, "{}", r.summary());
-        assert!(r.cache_status().contains("fwd=miss"), "{}", r.summary());
+        assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.summary());
     }
     assert_eq!(origin.requests(), 1);
     let r = server.get("/broken");

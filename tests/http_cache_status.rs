@@ -58,8 +58,8 @@ fn hit_has_ttl(io: &str) {
     let r = server.get("/fresh");
     assert_eq!(
         r.cache_status_params(),
-        ["fwd=miss", "fwd-status=200", "stored"],
-        "§2.2 fwd=miss, §2.3 fwd-status, §2.5 stored: {}",
+        ["fwd=uri-miss", "fwd-status=200", "stored"],
+        "§2.2 fwd=uri-miss, §2.3 fwd-status, §2.5 stored: {}",
         r.summary()
     );
     let r = server.get("/fresh");
@@ -111,6 +111,59 @@ fn fwd_reasons(io: &str) {
     assert_eq!(r.cache_status_params()[0], "fwd=request", "{}", r.summary());
 }
 
+/// §2.2: ringcache tells the two misses apart: nothing stored under the
+/// URI is `fwd=uri-miss`, a stored URI with no variant for this request
+/// is `fwd=vary-miss`; errors ringcache makes for a miss say the same.
+fn uri_miss_and_vary_miss(io: &str) {
+    let origin = TestOrigin::start(|req| {
+        if req.path() == "/down" {
+            return Reply::Drop;
+        }
+        let lang = req.header("accept-language").unwrap_or("").to_string();
+        Reply::Send(response(
+            200,
+            &[
+                ("Cache-Control", "max-age=100"),
+                ("Vary", "Accept-Language"),
+            ],
+            format!("lang={lang}").as_bytes(),
+        ))
+    });
+    let Some((origin, server)) = with_origin(io, origin) else {
+        return;
+    };
+    let absent = request(&server, "GET", "/v", "Accept-Language: en");
+    let unlisted = request(&server, "GET", "/v", "Accept-Language: fr");
+    assert_eq!(
+        (absent.cache_status_params(), unlisted.cache_status_params()),
+        (
+            vec![
+                "fwd=uri-miss".into(),
+                "fwd-status=200".into(),
+                "stored".into()
+            ],
+            vec![
+                "fwd=vary-miss".into(),
+                "fwd-status=200".into(),
+                "stored".into()
+            ],
+        ),
+        "{} / {}",
+        absent.summary(),
+        unlisted.summary()
+    );
+    assert_eq!(unlisted.body_str(), "lang=fr");
+    assert_eq!(origin.requests(), 2);
+    let failed = server.get("/down");
+    assert_eq!(failed.status, 502, "{}", failed.summary());
+    assert_eq!(
+        failed.cache_status_params()[0],
+        "fwd=uri-miss",
+        "{}",
+        failed.summary()
+    );
+}
+
 /// §2.8 detail says why a response was not stored.
 fn detail_not_stored(io: &str) {
     let Some((_origin, server)) = with_origin(io, origin()) else {
@@ -124,7 +177,7 @@ fn detail_not_stored(io: &str) {
     ] {
         let r = server.get(path);
         let params = r.cache_status_params();
-        assert_eq!(params[0], "fwd=miss", "{path}: {}", r.summary());
+        assert_eq!(params[0], "fwd=uri-miss", "{path}: {}", r.summary());
         assert!(!params.iter().any(|p| p == "stored"), "{path}");
         assert_eq!(
             params.last().map(String::as_str),
@@ -166,6 +219,10 @@ fn collapsed(io: &str) {
         .filter(|p| p.iter().any(|x| x == "collapsed") || p[0] == "hit")
         .count();
     assert_eq!(collapsed, 3, "{statuses:?}");
+    // §2.2: a waiter went forward because nothing was stored under the URI.
+    for p in statuses.iter().filter(|p| p[0] != "hit") {
+        assert_eq!(p[0], "fwd=uri-miss", "{statuses:?}");
+    }
 }
 
 /// Every answer ringcache generates itself carries Cache-Status too.
@@ -243,6 +300,7 @@ both_io!(
     hit_has_ttl,
     stale_forms,
     fwd_reasons,
+    uri_miss_and_vary_miss,
     detail_not_stored,
     collapsed,
     generated_answers,

@@ -116,7 +116,7 @@ fn invalid_expires_is_stale(io: &str) {
         let r = server.get("/bad-expires");
         assert_eq!(
             r.cache_status_params(),
-            ["fwd=miss", "fwd-status=200", "detail=not-reusable"],
+            ["fwd=uri-miss", "fwd-status=200", "detail=not-reusable"],
             "{}",
             r.summary()
         );

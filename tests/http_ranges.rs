@@ -183,7 +183,7 @@ fn miss_fetches_whole_and_stores(io: &str) {
     assert_eq!(r.header("content-range"), Some("bytes 2-3/20"));
     assert_eq!(
         r.cache_status_params(),
-        ["fwd=miss", "fwd-status=200", "stored"],
+        ["fwd=uri-miss", "fwd-status=200", "stored"],
         "{}",
         r.summary()
     );

@@ -49,7 +49,7 @@ fn variants_stored_and_selected(io: &str) {
         return;
     };
     let en = get_with(&server, "/page", &[("Accept-Language", "en")]);
-    assert_params(&en, &["fwd=miss", "fwd-status=200", "stored"]);
+    assert_params(&en, &["fwd=uri-miss", "fwd-status=200", "stored"]);
     assert_eq!(en.body_str(), "lang=en");
     let fr = get_with(&server, "/page", &[("Accept-Language", "fr")]);
     assert_params(&fr, &["fwd=vary-miss", "fwd-status=200", "stored"]);
@@ -93,7 +93,7 @@ fn normalised_field_values(io: &str) {
         return;
     };
     let first = get_with(&server, "/n", &[("Accept-Encoding", "gzip, br")]);
-    assert_params(&first, &["fwd=miss", "fwd-status=200", "stored"]);
+    assert_params(&first, &["fwd=uri-miss", "fwd-status=200", "stored"]);
     for fields in [
         &[("accept-encoding", "gzip,br")][..],
         &[("ACCEPT-ENCODING", "  gzip ,   br  ")],
@@ -122,7 +122,7 @@ fn vary_star_not_stored(io: &str) {
     };
     for _ in 0..2 {
         let r = server.get("/star");
-        assert_params(&r, &["fwd=miss", "fwd-status=200", "detail=vary-star"]);
+        assert_params(&r, &["fwd=uri-miss", "fwd-status=200", "detail=vary-star"]);
     }
     assert_eq!(origin.requests(), 2);
 }
@@ -178,7 +178,7 @@ fn invalidation_removes_every_variant(io: &str) {
     // Marker and variants are gone: the first request finds nothing at
     // all, the second a new marker that does not list its variant.
     let en = get_with(&server, "/doc", &[("Accept-Language", "en")]);
-    assert_params(&en, &["fwd=miss", "fwd-status=200", "stored"]);
+    assert_params(&en, &["fwd=uri-miss", "fwd-status=200", "stored"]);
     let fr = get_with(&server, "/doc", &[("Accept-Language", "fr")]);
     assert_params(&fr, &["fwd=vary-miss", "fwd-status=200", "stored"]);
     assert_eq!(fr.body_str(), "lang=fr");

@@ -84,7 +84,7 @@ fn hard_url_purge(io: &str) {
     let r = server.get(path);
     assert_eq!(
         r.cache_status_params(),
-        ["fwd=miss", "fwd-status=200", "stored"]
+        ["fwd=uri-miss", "fwd-status=200", "stored"]
     );
     assert_eq!(
         origin.count(path),
@@ -703,7 +703,7 @@ fn ban_hides_a_stale_while_revalidate_object(io: &str) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
         r.cache_status_params()[..2],
-        ["fwd=miss", "fwd-status=200"],
+        ["fwd=uri-miss", "fwd-status=200"],
         "no stale answer after the ban: {}",
         r.summary()
     );
@@ -990,7 +990,7 @@ fn retired_ban_leaves_no_validation_of_older_objects(io: &str) {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
         r.cache_status_params()[..2],
-        ["fwd=miss", "fwd-status=200"],
+        ["fwd=uri-miss", "fwd-status=200"],
         "{}",
         r.summary()
     );

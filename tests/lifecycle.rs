@@ -35,7 +35,7 @@ fn builtin_demo_origin(io: &str) {
     assert_eq!(first.status, 200, "{}", first.summary());
     assert_eq!(
         first.cache_status_params(),
-        ["fwd=miss", "fwd-status=200", "stored"]
+        ["fwd=uri-miss", "fwd-status=200", "stored"]
     );
     assert_eq!(body_id(&first.body), Some(1));
     let second = server.get("/api/items/1");

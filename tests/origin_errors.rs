@@ -29,7 +29,7 @@ fn origin_down_502(io: &str) {
         let r = c.get("/api/items/1");
         assert_eq!(r.status, 502, "{}", r.summary());
         assert!(
-            r.cache_status().contains("fwd=miss"),
+            r.cache_status().contains("fwd=uri-miss"),
             "Cache-Status on a failed fetch: {}",
             r.summary()
         );
@@ -55,7 +55,7 @@ fn origin_closes_without_answer_502(io: &str) {
     };
     let r = server.get("/api/items/1");
     assert_eq!(r.status, 502, "{}", r.summary());
-    assert!(r.cache_status().contains("fwd=miss"), "{}", r.summary());
+    assert!(r.cache_status().contains("fwd=uri-miss"), "{}", r.summary());
     // One try plus at most one retry.
     let n = origin.requests();
     assert!((1..=2).contains(&n), "origin saw {n} requests");

@@ -256,6 +256,9 @@ impl Proxy {
             waiter.client_minor_version,
             waiter.client_head,
         );
+        // Why the waiter went forward: absent (`uri-miss`), no variant
+        // matched (`vary-miss`), or stale.
+        let fwd = super::origin::fwd_reason(&waiter);
         // The answer fetched for this request may be served even if its
         // lifetime ran out meanwhile (a one-second max-age stored late in a
         // second): one that was fresh after the request arrived is newer
@@ -289,7 +292,9 @@ impl Proxy {
                 put_field_u64(b, b"Content-Length", hit.body_len as u64);
             }
             put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
-            b.extend_from_slice(b"Cache-Status: ringcache; fwd=miss; fwd-status=");
+            b.extend_from_slice(b"Cache-Status: ringcache; fwd=");
+            b.extend_from_slice(fwd);
+            b.extend_from_slice(b"; fwd-status=");
             b.extend_from_slice(&status);
             b.extend_from_slice(b"; collapsed\r\nVia: 1.1 ringcache\r\n");
             put_connection(b, keep_alive, minor);

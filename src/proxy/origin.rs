@@ -970,6 +970,7 @@ impl Proxy {
                 b"request" => Counter::OutcomeRequest,
                 b"method" => Counter::OutcomeMethod,
                 b"bypass" => Counter::OutcomeBypass,
+                // uri-miss, vary-miss
                 _ => Counter::OutcomeMiss,
             }
         };
@@ -1198,7 +1199,7 @@ impl Proxy {
             status,
             &date,
             Some(detail),
-            Some(std::str::from_utf8(fwd_reason(&fetch)).unwrap_or("miss")),
+            Some(std::str::from_utf8(fwd_reason(&fetch)).unwrap_or("uri-miss")),
             !fetch.keep_alive,
         );
         self.fetch_respond(&fetch, resp, Counter::OutcomeError);
@@ -1335,7 +1336,9 @@ pub(super) fn fwd_reason(fetch: &Fetch) -> &'static [u8] {
             super::Found::Stale => b"stale",
             super::Found::NotAccepted => b"request",
             super::Found::VaryMiss => b"vary-miss",
-            super::Found::Fresh | super::Found::Absent => b"miss",
+            super::Found::Absent => b"uri-miss",
+            // A fresh answer is never fetched; kept as the generic reason.
+            super::Found::Fresh => b"miss",
         }
     } else if matches!(fetch.method, Method::Get | Method::Head) {
         b"bypass" // a GET or HEAD with a body is relayed, never looked up

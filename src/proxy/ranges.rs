@@ -332,9 +332,12 @@ impl Proxy {
         let (head, body) = stored.split_at(hit.head_len);
         let mut resp = self.take_buffer();
         let (keep_alive, minor) = (waiter.keep_alive, waiter.client_minor_version);
+        let fwd = fwd_reason(&waiter);
         put_ranged(&mut resp, head, body, ask, hash ^ now_secs, |b| {
             put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
-            b.extend_from_slice(b"Cache-Status: ringcache; fwd=miss; fwd-status=");
+            b.extend_from_slice(b"Cache-Status: ringcache; fwd=");
+            b.extend_from_slice(fwd);
+            b.extend_from_slice(b"; fwd-status=");
             b.extend_from_slice(head.get(9..12).unwrap_or(b"200"));
             b.extend_from_slice(b"; collapsed\r\n");
             put_field(b, b"Via", VIA);

@@ -946,7 +946,7 @@ impl Response {
 
     /// Whether `Cache-Status` says hit.
     /// The parameters of ringcache's Cache-Status entry, in order, without
-    /// the cache name: `["fwd=miss", "fwd-status=200", "stored"]`.
+    /// the cache name: `["fwd=uri-miss", "fwd-status=200", "stored"]`.
     pub fn cache_status_params(&self) -> Vec<String> {
         let cs = self.cache_status();
         let mut parts = cs.split(';').map(|p| p.trim().to_string());
