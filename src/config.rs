@@ -633,17 +633,10 @@ impl fmt::Display for Config {
 impl FileLimits {
     fn apply(self, mut l: Limits) -> Result<Limits, String> {
         fn size(key: &str, v: Option<String>, into: &mut usize) -> Result<(), String> {
-            if let Some(s) = v {
-                let n = parse_size(&s).map_err(|e| format!("limits.{key}: {e}"))?;
-                *into = usize::try_from(n).map_err(|_| format!("limits.{key}: too large"))?;
-            }
-            Ok(())
+            set_size("limits", key, v, into)
         }
         fn dur(key: &str, v: Option<String>, into: &mut Duration) -> Result<(), String> {
-            if let Some(s) = v {
-                *into = parse_duration(&s).map_err(|e| format!("limits.{key}: {e}"))?;
-            }
-            Ok(())
+            set_duration("limits", key, v, into)
         }
         fn count<T>(v: Option<T>, into: &mut T) {
             if let Some(n) = v {
@@ -934,12 +927,9 @@ struct FileCache {
 
 impl FileCache {
     fn apply(self, mut c: CacheConfig) -> Result<CacheConfig, String> {
-        let dur = |key: &str, v: Option<String>, into: &mut Duration| -> Result<(), String> {
-            if let Some(s) = v {
-                *into = parse_duration(&s).map_err(|e| format!("cache.{key}: {e}"))?;
-            }
-            Ok(())
-        };
+        fn dur(key: &str, v: Option<String>, into: &mut Duration) -> Result<(), String> {
+            set_duration("cache", key, v, into)
+        }
         if let Some(n) = self.variants_per_key_max {
             c.variants_per_key_max = n;
         }
@@ -1245,6 +1235,28 @@ impl FileInvalidation {
     }
 }
 
+/// `table.key = "SIZE"` from the file, when given, into `into`.
+fn set_size(table: &str, key: &str, v: Option<String>, into: &mut usize) -> Result<(), String> {
+    if let Some(s) = v {
+        let n = parse_size(&s).map_err(|e| format!("{table}.{key}: {e}"))?;
+        *into = usize::try_from(n).map_err(|_| format!("{table}.{key}: too large"))?;
+    }
+    Ok(())
+}
+
+/// `table.key = "DURATION"` from the file, when given, into `into`.
+fn set_duration(
+    table: &str,
+    key: &str,
+    v: Option<String>,
+    into: &mut Duration,
+) -> Result<(), String> {
+    if let Some(s) = v {
+        *into = parse_duration(&s).map_err(|e| format!("{table}.{key}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
@@ -1481,17 +1493,10 @@ impl BusConfig {
         b.state_dir = file.state_dir;
         b.store_path = store.map(Path::to_path_buf);
         fn size(key: &str, v: Option<String>, into: &mut usize) -> Result<(), String> {
-            if let Some(s) = v {
-                let n = parse_size(&s).map_err(|e| format!("bus.{key}: {e}"))?;
-                *into = usize::try_from(n).map_err(|_| format!("bus.{key}: too large"))?;
-            }
-            Ok(())
+            set_size("bus", key, v, into)
         }
         fn dur(key: &str, v: Option<String>, into: &mut Duration) -> Result<(), String> {
-            if let Some(s) = v {
-                *into = parse_duration(&s).map_err(|e| format!("bus.{key}: {e}"))?;
-            }
-            Ok(())
+            set_duration("bus", key, v, into)
         }
         if let Some(n) = file.stream_len_max {
             b.stream_len_max = n;
