@@ -312,18 +312,7 @@ echo "loadavg at end: $(cat /proc/loadavg)" >>"$RAW/env.txt"
 # workload conns server rps_med rps_min rps_max p50_us p90_us p99_us
 # hit_med errors non2xx origin cpu_med runs
 aggregate() {
-    awk -F, '
-        function median(list,   a, n, i, j, t) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) {
-                t = a[i] + 0
-                for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
-                a[j + 1] = t
-            }
-            if (n == 0) return 0
-            if (n % 2) return a[(n + 1) / 2]
-            return (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -F, "$AWK_MEDIAN"'
         NR > 1 {
             k = $1 SUBSEP $2 SUBSEP $4
             if (!(k in runs)) order[++n] = k
@@ -403,18 +392,7 @@ awk -v dir="$RAW/plot-data" '{
     close(f)
 }' "$AGG"
 if [[ -s $HERD_ROWS ]]; then
-    awk '
-        function median(list,   a, n, i, j, t) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) {
-                t = a[i] + 0
-                for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
-                a[j + 1] = t
-            }
-            if (n == 0) return 0
-            if (n % 2) return a[(n + 1) / 2]
-            return (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk "$AWK_MEDIAN"'
         {
             delete f
             for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }

@@ -12,6 +12,22 @@
 
 # Seconds a server gets to come up before the run is abandoned.
 START_TIMEOUT=${START_TIMEOUT:-30}
+# An awk function every table of the kit uses: the median of a list of
+# numbers separated by spaces (0 for an empty list). Prepend it to a program:
+# awk "$AWK_MEDIAN"'{ ... median(list) ... }'.
+AWK_MEDIAN='
+function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) {
+        t = a[i] + 0
+        for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
+        a[j + 1] = t
+    }
+    if (n == 0) return 0
+    if (n % 2) return a[(n + 1) / 2]
+    return (a[n / 2] + a[n / 2 + 1]) / 2
+}
+'
 # Which script is talking, in log lines.
 BENCH_NAME=${BENCH_NAME:-bench}
 
@@ -403,18 +419,7 @@ print("fetches_per_key_max=%d fetches_per_key_mean=%.2f origin_requests=%d"
 
 # herd_table OUT TITLE SERVERS DELAY_MS: median over rounds per server, markdown.
 herd_table() {
-    awk -v title="$2" -v order="$3" -v delay="$4" '
-        function median(list,   a, n, i, j, t) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) {
-                t = a[i] + 0
-                for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
-                a[j + 1] = t
-            }
-            if (n == 0) return 0
-            if (n % 2) return a[(n + 1) / 2]
-            return (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -v title="$2" -v order="$3" -v delay="$4" "$AWK_MEDIAN"'
         {
             delete f
             for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }

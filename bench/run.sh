@@ -242,18 +242,7 @@ run_one() {
 
 # table SCENARIO CONNS: the summary of the CSV rows for one block.
 table() {
-    awk -F, -v scen="$1" -v conns="$2" -v order="$SERVERS" '
-        function median(list,   a, n, i, j, t) {
-            n = split(list, a, " ")
-            for (i = 2; i <= n; i++) {
-                t = a[i] + 0
-                for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]
-                a[j + 1] = t
-            }
-            if (n == 0) return 0
-            if (n % 2) return a[(n + 1) / 2]
-            return (a[n / 2] + a[n / 2 + 1]) / 2
-        }
+    awk -F, -v scen="$1" -v conns="$2" -v order="$SERVERS" "$AWK_MEDIAN"'
         NR > 1 && $2 == scen && $3 == conns {
             s = $5
             rps[s] = rps[s] " " $6
