@@ -472,8 +472,46 @@ fn watchdog_stops_when_a_worker_stalls(io: &str) {
     assert!(status.success(), "{status:?}");
 }
 
+/// Signals do not postpone the watchdog: SIGHUPs arriving faster than the
+/// ping interval (200 ms here) still leave room for WATCHDOG=1.
+fn watchdog_pings_through_frequent_reloads(io: &str) {
+    let origin = TestOrigin::fixed("max-age=60", "ok");
+    let args = serve_args(io, Some(&origin.url()), 1, &[]);
+    let Some(mut n) = Notified::start(io, "WATCHDOG_USEC=400000 WATCHDOG_PID=$$", args) else {
+        return;
+    };
+    n.until("READY=1");
+    n.sock
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut pings = 0;
+    let mut hups = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        n.server.proc.signal(libc::SIGHUP);
+        hups += 1;
+        let next_hup = Instant::now() + Duration::from_millis(80);
+        while Instant::now() < next_hup {
+            if let Ok(len) = n.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..len]).to_string();
+                pings += msg.lines().filter(|l| *l == "WATCHDOG=1").count();
+            }
+        }
+    }
+    assert!(
+        pings >= 3,
+        "{pings} WATCHDOG=1 in 2 s of {hups} SIGHUPs at 80 ms intervals"
+    );
+    let mut server = n.server;
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status:?}");
+}
+
 both_io!(
     sighup_reloads_limits,
+    watchdog_pings_through_frequent_reloads,
     sighup_refuses_bad_file,
     watchdog_stops_when_a_worker_stalls,
     systemd_notify_ready_and_stopping,

@@ -187,7 +187,8 @@ struct Watchdog {
     heartbeats: Vec<Arc<crossbeam_utils::CachePadded<AtomicU64>>>,
     last: Vec<u64>,
     metrics: Arc<Metrics>,
-    /// Half of `WatchdogSec=`, or the status period without a watchdog.
+    /// Half of `WatchdogSec=` capped at [`STATUS_INTERVAL`], or that
+    /// period without a watchdog.
     interval: Duration,
     enabled: bool,
     last_requests: u64,
@@ -196,7 +197,7 @@ struct Watchdog {
     stalled: bool,
 }
 
-/// How often STATUS= is refreshed when systemd asks for no watchdog.
+/// How often STATUS= is refreshed at least (and the watchdog checked).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Watchdog {
@@ -206,8 +207,9 @@ impl Watchdog {
     ) -> Watchdog {
         let mut usec = 0;
         let enabled = sd_notify::watchdog_enabled(false, &mut usec);
+        // Half the watchdog time, and often enough that STATUS= stays fresh.
         let interval = if enabled {
-            Duration::from_micros(usec / 2).max(Duration::from_millis(100))
+            Duration::from_micros(usec / 2).clamp(Duration::from_millis(100), STATUS_INTERVAL)
         } else {
             STATUS_INTERVAL
         };
@@ -554,9 +556,17 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     }
 
     let mut watchdog = Watchdog::new(heartbeats, Arc::clone(&metrics));
+    // The checks keep their own clock: a signal (a reload, say) ends the
+    // wait early and must not push the next ping back, or a few SIGHUPs
+    // inside one interval would starve systemd's watchdog.
+    let mut next_check = Instant::now() + watchdog.interval;
     loop {
-        let Some(sig) = crate::sys::wait_signal(watchdog.interval) else {
+        let now = Instant::now();
+        if now >= next_check {
             watchdog.check();
+            next_check = now + watchdog.interval;
+        }
+        let Some(sig) = crate::sys::wait_signal(next_check.saturating_duration_since(now)) else {
             continue;
         };
         if sig == libc::SIGHUP {
