@@ -109,8 +109,17 @@ fn client_that_never_reads_is_closed(io: &str) {
         );
     }
     c.send(&raw);
-    // Do not read: the kernel buffers fill, the write cannot finish.
-    std::thread::sleep(Duration::from_secs(3));
+    // Do not read: the kernel buffers fill, the write cannot finish, and
+    // after send_timeout the server gives up on the client. Waiting for
+    // that (rather than for a fixed time) keeps a slow machine, whose origin
+    // is still sending when a fixed wait ends, from reading everything.
+    let timed_out = wait_until(Duration::from_secs(30), || {
+        server
+            .metrics()
+            .labelled("ringcache_errors_total", "client_timeout")
+            >= 1.0
+    });
+    assert!(timed_out, "no client_timeout within 30 s of not reading");
     let t = Instant::now();
     let received = match c.wait_closed(Duration::from_secs(20)) {
         Ok(Closed::Eof(b)) | Ok(Closed::Reset(b)) => b.len(),
