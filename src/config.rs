@@ -1,10 +1,20 @@
 //! Every tunable and limit of ringcache, with its unit in its name.
 //!
-//! Precedence: command-line flags > TOML file (`--config`) > the defaults
-//! below. Sizes accept `64MiB`, `16KiB`, `1GiB` or plain bytes; durations
-//! accept `500ms`, `30s`, `2m`, `1h`. A bad value fails at start with a
-//! message naming the key. The configuration is parsed and validated once,
+//! Every key is described once, in [`OPTIONS`]: its type, default, allowed
+//! range, environment variable, flag, whether a SIGHUP applies it, and one
+//! line of doc. Precedence: command-line flags (named flags, `--set
+//! KEY=VALUE`) > environment (`RINGCACHE_TABLE_KEY`) > TOML file
+//! (`--config`) > the defaults below. Sizes accept `64MiB`, `16KiB`, `1GiB`
+//! or plain bytes; durations accept `500ms`, `30s`, `2m`, `1h`. A bad value
+//! fails at start with a message naming the key, the value, the allowed
+//! range and the source. The configuration is parsed and validated once,
 //! then copied into the workers; nothing reads it on the request path.
+//!
+//! ```text
+//!  file ─┐                    per key: kind, range          per table
+//!  env  ─┼─▶ Provenance ──▶ (check, in the file's syntax) ──▶ File* ──▶ Config ──▶ validate()
+//!  flags ┘   key → (value, source)
+//! ```
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -218,48 +228,82 @@ impl Origin {
     }
 }
 
-/// Values given on the command line; `None` means "not given".
+/// Values given on the command line; `None` means "not given". Each named
+/// flag sets one key (see [`ServeArgs::flag_values`]); `--set KEY=VALUE`
+/// sets any other. Environment variables are read by [`Config::load`],
+/// one per key ([`env_name`]), so that each value knows its source.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Traffic listener [default: 127.0.0.1:8080]
-    #[arg(long, env = "RINGCACHE_LISTEN")]
+    /// Traffic listener (key `listen`) [default: 127.0.0.1:8080]
+    #[arg(long)]
     pub listen: Option<String>,
-    /// Origin URL, http://host:port [default: the built-in demo origin]
-    #[arg(long, env = "RINGCACHE_ORIGIN")]
+    /// Origin URL, http://host:port (key `origin`) [default: the built-in demo origin]
+    #[arg(long)]
     pub origin: Option<String>,
-    /// Admin listener for /metrics and /healthz [default: 127.0.0.1:9180]
-    #[arg(long, env = "RINGCACHE_ADMIN")]
+    /// Admin listener for /metrics and /healthz (key `admin.listen`) [default: 127.0.0.1:9180]
+    #[arg(long)]
     pub admin: Option<String>,
-    /// Worker threads, one per core [default: the CPUs this process may run on]
-    #[arg(long, env = "RINGCACHE_WORKERS")]
+    /// Worker threads, one per core (key `workers`) [default: the CPUs this process may run on]
+    #[arg(long)]
     pub workers: Option<usize>,
-    /// I/O backend [default: auto]
-    #[arg(long, value_enum, env = "RINGCACHE_IO")]
+    /// I/O backend (key `io`) [default: auto]
+    #[arg(long, value_enum)]
     pub io: Option<IoMode>,
-    /// Cache memory cap, e.g. 256MiB [default: 256MiB]
-    #[arg(long, env = "RINGCACHE_MEMORY")]
+    /// Cache memory cap, e.g. 256MiB (key `memory`) [default: 256MiB]
+    #[arg(long)]
     pub memory: Option<String>,
     /// Store file: created, sized to --memory and reused, so restarts are warm
-    /// [default: anonymous memory]
-    #[arg(long, env = "RINGCACHE_STORE")]
+    /// (key `store`) [default: anonymous memory]
+    #[arg(long)]
     pub store: Option<std::path::PathBuf>,
     /// Rebuild a refused store file (other version or layout, damaged
-    /// header) empty instead of failing
+    /// header) empty instead of failing (key `store_reset`)
     #[arg(long)]
     pub store_reset: bool,
-    /// Invalidation bus, redis://HOST:PORT/STREAM [default: none]
-    #[arg(long, env = "RINGCACHE_BUS")]
+    /// Invalidation bus, redis://HOST:PORT/STREAM (key `bus.url`) [default: none]
+    #[arg(long)]
     pub bus: Option<String>,
-    /// This node's name on the bus [default: hostname:admin-port]
-    #[arg(long, env = "RINGCACHE_BUS_NODE")]
+    /// This node's name on the bus (key `bus.node`) [default: hostname:admin-port]
+    #[arg(long)]
     pub bus_node: Option<String>,
     /// Refresh a fresh object hit in the last PERCENT of its lifetime, in
-    /// the background, e.g. 10% (0 to 50) [default: 0, off]
-    #[arg(long, env = "RINGCACHE_REFRESH_AHEAD", value_name = "PERCENT")]
+    /// the background, e.g. 10% (0 to 50) (key `cache.refresh_ahead`) [default: 0, off]
+    #[arg(long, value_name = "PERCENT")]
     pub refresh_ahead: Option<String>,
-    /// TOML configuration file; flags override it
+    /// Set any configuration key, e.g. --set limits.head_bytes_max=8KiB
+    /// (repeatable; `ringcache config-reference` lists the keys)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// TOML configuration file; environment variables and flags override it
     #[arg(long, env = "RINGCACHE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+}
+
+impl ServeArgs {
+    /// The named flags that were given, as `(key, value)`.
+    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        let mut put = |key: &'static str, value: Option<String>| {
+            if let Some(value) = value {
+                v.push((key, value));
+            }
+        };
+        put("listen", self.listen.clone());
+        put("origin", self.origin.clone());
+        put("admin.listen", self.admin.clone());
+        put("workers", self.workers.map(|n| n.to_string()));
+        put("io", self.io.map(|m| m.to_string()));
+        put("memory", self.memory.clone());
+        put(
+            "store",
+            self.store.as_ref().map(|p| p.display().to_string()),
+        );
+        put("store_reset", self.store_reset.then(|| "true".to_string()));
+        put("bus.url", self.bus.clone());
+        put("bus.node", self.bus_node.clone());
+        put("cache.refresh_ahead", self.refresh_ahead.clone());
+        v
+    }
 }
 
 /// The TOML file's shape. Unknown keys are errors.
@@ -273,6 +317,7 @@ struct FileConfig {
     io: Option<IoMode>,
     memory: Option<String>,
     store: Option<std::path::PathBuf>,
+    store_reset: Option<bool>,
     log_level: Option<String>,
     #[serde(default)]
     limits: FileLimits,
@@ -320,50 +365,53 @@ struct FileLimits {
 }
 
 impl Config {
-    /// Merge flags over the file over defaults, then validate.
+    /// Merge flags over the environment over the file over defaults, then
+    /// validate.
     pub fn load(args: &ServeArgs) -> Result<Config, String> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        let listen_s = args
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        Config::load_traced(args, &|name| std::env::var(name).ok()).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`] with the environment read through `env`, returning
+    /// where each value came from as well.
+    pub fn load_traced(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Provenance), String> {
+        let given = Provenance::collect(args, env)?;
+        let config = Config::from_file(given.to_file()?)?;
+        config.validate()?;
+        Ok((config, given))
+    }
+
+    /// The configuration a file's shape holds, defaults for what it lacks.
+    fn from_file(file: FileConfig) -> Result<Config, String> {
+        let listen_s = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let (file_admin, file_token) = match file.admin {
             Some(FileAdmin::Listen(s)) => (Some(s), None),
             Some(FileAdmin::Table(t)) => (t.listen, t.token),
             None => (None, None),
         };
-        let admin_s = args
-            .admin
-            .clone()
-            .or(file_admin)
-            .unwrap_or_else(|| ADMIN_DEFAULT.to_string());
-        let origin = match args.origin.clone().or(file.origin) {
+        let admin_s = file_admin.unwrap_or_else(|| ADMIN_DEFAULT.to_string());
+        let origin = match file.origin {
             Some(url) => Some(Origin::parse(&url)?),
             None => None,
         };
-        let workers = match args.workers.or(file.workers) {
-            Some(n) => n,
-            None => available_cpus(),
-        };
-        let memory_bytes = match args.memory.as_deref().or(file.memory.as_deref()) {
+        let workers = file.workers.unwrap_or_else(available_cpus);
+        let memory_bytes = match file.memory.as_deref() {
             Some(s) => parse_size(s).map_err(|e| format!("memory: {e}"))?,
             None => MEMORY_BYTES_DEFAULT,
         };
-        let store_path = args.store.clone().or(file.store);
-        let bus = BusConfig::load(args, file.bus, &admin_s, store_path.as_deref())?;
-        let config = Config {
+        let store_path = file.store;
+        let bus = BusConfig::load(file.bus, &admin_s, store_path.as_deref())?;
+        Ok(Config {
             listen: parse_addr("listen", &listen_s)?,
             origin,
             admin: parse_addr("admin", &admin_s)?,
             workers,
-            io: args.io.or(file.io).unwrap_or(IoMode::Auto),
+            io: file.io.unwrap_or(IoMode::Auto),
             memory_bytes,
             store_path,
-            store_reset: args.store_reset,
+            store_reset: file.store_reset.unwrap_or(false),
             log_level: match file.log_level.as_deref() {
                 Some(s) => Some(crate::logging::parse_level(s).ok_or_else(|| {
                     format!("log_level: {s:?} is not one of off, error, warn, info, debug, trace")
@@ -371,19 +419,10 @@ impl Config {
                 None => None,
             },
             limits: file.limits.apply(Limits::default())?,
-            cache: {
-                let mut c = file.cache.apply(CacheConfig::default())?;
-                if let Some(s) = args.refresh_ahead.as_deref() {
-                    c.refresh_ahead_percent =
-                        parse_refresh_ahead(s).map_err(|e| format!("refresh-ahead: {e}"))?;
-                }
-                c
-            },
+            cache: file.cache.apply(CacheConfig::default())?,
             bus,
             invalidation: file.invalidation.apply(file_token, memory_bytes)?,
-        };
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Bytes the store gets: `memory` less what the tag index reserves.
@@ -1197,10 +1236,7 @@ struct FileInvalidation {
 
 impl FileInvalidation {
     fn apply(self, file_token: Option<String>, memory_bytes: u64) -> Result<Invalidation, String> {
-        let admin_token = std::env::var(ADMIN_TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or(file_token);
+        let admin_token = file_token;
         let tag_index_bytes_max = match self.tag_index_bytes_max {
             Some(s) => {
                 parse_size(&s).map_err(|e| format!("invalidation.tag_index_bytes_max: {e}"))?
@@ -1255,12 +1291,6 @@ fn set_duration(
         *into = parse_duration(&s).map_err(|e| format!("{table}.{key}: {e}"))?;
     }
     Ok(())
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, String> {
@@ -1328,10 +1358,12 @@ fn format_size(n: u64) -> String {
 
 fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    match ms {
+        0 => "0s".to_string(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
     }
 }
 
@@ -1468,16 +1500,15 @@ impl BusConfig {
     }
 
     fn load(
-        args: &ServeArgs,
         file: Option<FileBus>,
         admin: &str,
         store: Option<&Path>,
     ) -> Result<Option<BusConfig>, String> {
         let file = file.unwrap_or_default();
-        let Some(url) = args.bus.clone().or(file.url) else {
+        let Some(url) = file.url else {
             return Ok(None);
         };
-        let node = match args.bus_node.clone().or(file.node) {
+        let node = match file.node {
             Some(n) => n,
             None => {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -1649,6 +1680,920 @@ impl fmt::Display for BusConfig {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Every key in one table: type, default, range, environment variable, flag,
+// whether SIGHUP applies it, one line of doc. Loading (`Provenance`), the
+// printed effective configuration (`check-config`), the generated reference
+// (`config-reference`, README.md) and the reload plan are derived from it.
+// ---------------------------------------------------------------------------
+
+/// How a key's value is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Bytes with a unit: `64KiB`, `16MiB` (or plain bytes).
+    Size,
+    /// A time with a unit: `500ms`, `5s`, `2m`, `1h`.
+    Duration,
+    /// A whole number.
+    Count,
+    Bool,
+    /// Free text: an address, a URL, a path, a name.
+    Text,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// A list of strings (comma-separated in an environment variable or `--set`).
+    List,
+    /// A percentage: `10%` or `10`.
+    Percent,
+}
+
+/// When a new value of a key takes effect.
+#[derive(Clone, Copy)]
+pub enum Apply {
+    /// At SIGHUP: copies the key's value from the reread configuration
+    /// into the running one.
+    Reload(fn(&mut Config, &Config)),
+    /// At the next start; a SIGHUP reports the change and keeps the old value.
+    Restart,
+}
+
+/// One configuration key.
+#[derive(Clone, Copy)]
+pub struct OptionSpec {
+    /// As written in the TOML file, `table.key` (top-level keys: `key`).
+    pub key: &'static str,
+    pub kind: Kind,
+    /// Allowed values in the kind's unit: bytes, milliseconds, a count or
+    /// percent (`u64::MAX`: no upper bound).
+    pub range: Option<(u64, u64)>,
+    /// The named flag that sets it (every key also has `--set KEY=VALUE`).
+    pub flag: Option<&'static str>,
+    /// The default in words, where it is not a fixed value.
+    pub default_text: Option<&'static str>,
+    pub apply: Apply,
+    /// Never printed: shown as set or unset.
+    pub secret: bool,
+    pub doc: &'static str,
+    /// The running value as text (`None`: unset).
+    pub show: fn(&Config) -> Option<String>,
+}
+
+/// A value as text, the way `check-config` and the reference print it.
+trait Show {
+    fn show(&self, kind: Kind) -> Option<String>;
+}
+
+macro_rules! show_number {
+    ($($t:ty),*) => {$(
+        impl Show for $t {
+            fn show(&self, kind: Kind) -> Option<String> {
+                let n = *self as u64;
+                Some(match kind {
+                    Kind::Size => format_size(n),
+                    Kind::Percent => format!("{n}%"),
+                    _ => n.to_string(),
+                })
+            }
+        }
+    )*};
+}
+show_number!(usize, u64, u32, u16, u8);
+
+impl Show for Duration {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(format_duration(*self))
+    }
+}
+
+impl Show for bool {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+impl Show for String {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.clone())
+    }
+}
+
+impl Show for std::path::PathBuf {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.display().to_string())
+    }
+}
+
+impl Show for SocketAddr {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+impl Show for IoMode {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+impl Show for SetCookieMode {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+impl Show for Origin {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(format!("http://{}", self.authority))
+    }
+}
+
+impl Show for log::LevelFilter {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.as_str().to_ascii_lowercase())
+    }
+}
+
+impl Show for Vec<String> {
+    fn show(&self, _: Kind) -> Option<String> {
+        let items: Vec<String> = self.iter().map(|s| format!("{s:?}")).collect();
+        Some(format!("[{}]", items.join(", ")))
+    }
+}
+
+impl Show for Vec<Cidr> {
+    fn show(&self, _: Kind) -> Option<String> {
+        let items: Vec<String> = self.iter().map(|c| format!("\"{c}\"")).collect();
+        Some(format!("[{}]", items.join(", ")))
+    }
+}
+
+impl<T: Show> Show for Option<T> {
+    fn show(&self, kind: Kind) -> Option<String> {
+        self.as_ref().and_then(|v| v.show(kind))
+    }
+}
+
+/// One row of [`OPTIONS`] for a field of [`Config`]:
+/// `key!("table.key", KIND, field.path; reload|restart, range LO => HI,
+/// flag "--x", default "words"; "doc")`, the parts after `reload|restart`
+/// optional and in that order.
+macro_rules! key {
+    ($key:literal, $kind:expr, $($f:ident).+; $apply:ident
+     $(, range $lo:expr => $hi:expr)? $(, flag $flag:literal)? $(, default $def:literal)?;
+     $doc:literal) => {
+        OptionSpec {
+            key: $key,
+            kind: $kind,
+            range: key!(@range $($lo, $hi)?),
+            flag: key!(@opt $($flag)?),
+            default_text: key!(@opt $($def)?),
+            apply: key!(@apply $apply, $($f).+),
+            secret: false,
+            doc: $doc,
+            show: |c: &Config| Show::show(&c.$($f).+, $kind),
+        }
+    };
+    (@range $lo:expr, $hi:expr) => { Some(($lo as u64, $hi as u64)) };
+    (@range) => { None };
+    (@opt $v:literal) => { Some($v) };
+    (@opt) => { None };
+    (@apply reload, $($f:ident).+) => {
+        Apply::Reload(|run: &mut Config, new: &Config| run.$($f).+ = new.$($f).+.clone())
+    };
+    (@apply restart, $($f:ident).+) => { Apply::Restart };
+}
+
+/// One row of [`OPTIONS`] for a field of the `[bus]` table (all restart).
+macro_rules! bus_key {
+    ($key:literal, $kind:expr, $f:ident $(, range $lo:expr => $hi:expr)?; $doc:literal) => {
+        OptionSpec {
+            key: $key,
+            kind: $kind,
+            range: key!(@range $($lo, $hi)?),
+            flag: None,
+            default_text: None,
+            apply: Apply::Restart,
+            secret: false,
+            doc: $doc,
+            show: |c: &Config| c.bus.as_ref().and_then(|b| Show::show(&b.$f, $kind)),
+        }
+    };
+}
+
+const MS: u64 = 1;
+const SEC: u64 = 1000 * MS;
+const NO_MAX: u64 = u64::MAX;
+/// Smallest value of the limits' timeouts.
+const TIMEOUT_MS_MIN: u64 = 10 * MS;
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Every configuration key. To add one: a field in its `File*` table and in
+/// the type it fills (as before), then one row here.
+pub static OPTIONS: &[OptionSpec] = &[
+    key!("listen", Kind::Text, listen; restart, flag "--listen";
+        "traffic listener, `ADDR:PORT` (not used when systemd passes a socket)"),
+    OptionSpec {
+        key: "origin",
+        kind: Kind::Text,
+        range: None,
+        flag: Some("--origin"),
+        default_text: Some("the built-in demo origin"),
+        apply: Apply::Restart,
+        secret: false,
+        doc: "`http://host[:port]` of the origin misses are fetched from",
+        show: |c| Show::show(&c.origin, Kind::Text),
+    },
+    key!("workers", Kind::Count, workers; restart, range 1 => 1024, flag "--workers",
+        default "the CPUs this process may run on"; "worker threads, one per core, pinned"),
+    key!("io", Kind::Choice(&["auto", "uring", "epoll"]), io; restart, flag "--io";
+        "I/O backend; `auto` probes io_uring and falls back to epoll with one log line"),
+    key!("memory", Kind::Size, memory_bytes; restart, range MEMORY_BYTES_MIN => NO_MAX,
+        flag "--memory"; "hard cap of the cache's memory, metadata and tag index included"),
+    key!("store", Kind::Text, store_path; restart, flag "--store", default "anonymous memory";
+        "store file, sized to `memory` and reused, so restarts are warm"),
+    key!("store_reset", Kind::Bool, store_reset; restart, flag "--store-reset";
+        "rebuild a refused store file (other version or layout, damaged header) empty instead of failing"),
+    key!("log_level", Kind::Choice(LOG_LEVELS), log_level; reload,
+        default "info (`RINGCACHE_LOG`, when set, wins)"; "level of the log lines on stderr"),
+    key!("admin.listen", Kind::Text, admin; restart, flag "--admin";
+        "admin listener: metrics, health, stats, invalidation (`admin = \"ADDR\"` works too)"),
+    OptionSpec {
+        key: "admin.token",
+        kind: Kind::Text,
+        range: None,
+        flag: None,
+        default_text: Some("none (the invalidation API answers 403)"),
+        apply: Apply::Reload(|run, new| {
+            run.invalidation.admin_token = new.invalidation.admin_token.clone()
+        }),
+        secret: true,
+        doc: "bearer token of the invalidation API, at least 16 visible characters",
+        show: |c| c.invalidation.admin_token.clone(),
+    },
+    // [limits]
+    key!("limits.connections_max", Kind::Count, limits.connections_max; restart, range 1 => 1 << 20;
+        "client connections one worker holds open; more are closed at accept"),
+    key!("limits.head_bytes_max", Kind::Size, limits.head_bytes_max; reload, range 256 => 1 << 20;
+        "request line plus header fields (431 beyond)"),
+    key!("limits.headers_count_max", Kind::Count, limits.headers_count_max; reload,
+        range 8 => HEADERS_COUNT_CAP; "header fields in one request or response (431 / 502 beyond)"),
+    key!("limits.body_bytes_max", Kind::Size, limits.body_bytes_max; reload;
+        "request body after de-chunking (413 beyond)"),
+    key!("limits.pipeline_depth_max", Kind::Count, limits.pipeline_depth_max; reload, range 1 => 4096;
+        "requests of one connection parsed ahead of their responses"),
+    key!("limits.client_output_bytes_max", Kind::Size, limits.client_output_bytes_max; reload,
+        range 4096 => NO_MAX; "responses queued for one client before its further requests are not read"),
+    key!("limits.header_timeout", Kind::Duration, limits.header_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "time to receive a complete request head once it started (408, close)"),
+    key!("limits.keepalive_timeout", Kind::Duration, limits.keepalive_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "idle keep-alive client connection"),
+    key!("limits.send_timeout", Kind::Duration, limits.send_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "one write of queued responses to a client (a client that does not read is closed)"),
+    key!("limits.origin_connect_timeout", Kind::Duration, limits.origin_connect_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "connecting to the origin (504)"),
+    key!("limits.origin_response_timeout", Kind::Duration, limits.origin_response_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "from sending a request to the origin to its complete response (504)"),
+    key!("limits.origin_connections_max", Kind::Count, limits.origin_connections_max; restart,
+        range 1 => 65_536; "origin connections one worker holds, busy and idle"),
+    key!("limits.origin_connections_total_max", Kind::Count, limits.origin_connections_total_max; restart,
+        range 1 => 1 << 20; "origin connections of the whole process; beyond it requests wait in their worker's queue"),
+    key!("limits.origin_idle_max", Kind::Count, limits.origin_idle_max; restart;
+        "idle keep-alive origin connections one worker keeps (at most `origin_connections_max`)"),
+    key!("limits.origin_idle_timeout", Kind::Duration, limits.origin_idle_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "idle origin connection"),
+    key!("limits.origin_queue_max", Kind::Count, limits.origin_queue_max; restart;
+        "requests of one worker waiting for an origin connection (503 beyond)"),
+    key!("limits.origin_queue_timeout", Kind::Duration, limits.origin_queue_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "time a request waits in that queue (then 503 with `Retry-After`, or the stale object within `stale-if-error`)"),
+    key!("limits.origin_response_bytes_max", Kind::Size, limits.origin_response_bytes_max; reload;
+        "largest origin response relayed, head and body (502 beyond)"),
+    key!("limits.object_bytes_max", Kind::Size, limits.object_bytes_max; reload;
+        "largest object stored; larger responses are relayed, not stored (below `memory`)"),
+    key!("limits.coalesce_waiters_max", Kind::Count, limits.coalesce_waiters_max; restart;
+        "requests of one worker waiting for another's fetch of the same key"),
+    key!("limits.coalesce_wait_timeout", Kind::Duration, limits.coalesce_wait_timeout; restart,
+        range TIMEOUT_MS_MIN => NO_MAX; "wait for another's fetch before asking the origin directly"),
+    key!("limits.coalesce_stream_bytes_min", Kind::Size, limits.coalesce_stream_bytes_min; reload,
+        range 1024 => NO_MAX; "Content-Length from which a response is streamed to its client and that worker's waiters as it arrives"),
+    key!("limits.hit_for_miss_ttl", Kind::Duration, limits.hit_for_miss_ttl; restart,
+        range TIMEOUT_MS_MIN => NO_MAX; "a key whose answer could not be shared skips waiting this long"),
+    key!("limits.hit_for_miss_count_max", Kind::Count, limits.hit_for_miss_count_max; restart;
+        "hit-for-miss marks one worker keeps"),
+    key!("limits.shutdown_grace", Kind::Duration, limits.shutdown_grace; reload;
+        "time in-flight requests get to finish after SIGTERM"),
+    key!("limits.drain_idle_timeout", Kind::Duration, limits.drain_idle_timeout; reload,
+        range TIMEOUT_MS_MIN => NO_MAX; "while draining, a keep-alive connection with nothing pending waits for one more request"),
+    key!("limits.recv_buffer_bytes", Kind::Size, limits.recv_buffer_bytes; restart, range 1024 => 1 << 20;
+        "one provided receive buffer"),
+    key!("limits.recv_buffers_count", Kind::Count, limits.recv_buffers_count; restart, range 1 => 32_768;
+        "provided receive buffers per worker (a power of two)"),
+    key!("limits.ring_entries", Kind::Count, limits.ring_entries; restart, range 64 => 32_768;
+        "io_uring submission queue entries per worker (a power of two)"),
+    key!("limits.bans_max", Kind::Count, limits.bans_max; restart, range 1 => BANS_CAP;
+        "active bans (503 beyond)"),
+    key!("limits.admin_body_bytes_max", Kind::Size, limits.admin_body_bytes_max; restart,
+        range 1024 => 16 << 20; "body of one admin request (413 beyond)"),
+    // [cache]
+    key!("cache.variants_per_key_max", Kind::Count, cache.variants_per_key_max; reload,
+        range 1 => VARIANTS_PER_KEY_CAP; "`Vary` variants stored per URL; the oldest gives way"),
+    key!("cache.key_sort_query", Kind::Bool, cache.key_sort_query; reload;
+        "sort query parameters in the key (`b=1&a=2` = `a=2&b=1`)"),
+    key!("cache.key_ignore_params", Kind::List, cache.key_ignore_params; reload;
+        "query parameters left out of the key: names, or prefixes with `*` (`[\"utm_*\", \"fbclid\"]`)"),
+    key!("cache.key_include_host", Kind::Bool, cache.key_include_host; reload;
+        "the Host is part of the key (`false`: one origin, one site)"),
+    key!("cache.set_cookie", Kind::Choice(&["refuse", "strip", "store"]), cache.set_cookie; reload;
+        "a response with `Set-Cookie`: not stored, stored without it, or stored as is"),
+    key!("cache.heuristic", Kind::Bool, cache.heuristic; reload;
+        "heuristic freshness (RFC 9111 §4.2.2) for responses without an explicit lifetime, statuses cacheable by default"),
+    key!("cache.heuristic_percent", Kind::Count, cache.heuristic_percent; reload, range 0 => 100;
+        "heuristic lifetime: this share of the time since `Last-Modified`"),
+    key!("cache.heuristic_max", Kind::Duration, cache.heuristic_max; reload,
+        range 0 => CACHE_TTL_SECS_CAP * SEC; "cap on any heuristic lifetime, whole seconds"),
+    key!("cache.default_ttl", Kind::Duration, cache.default_ttl; reload,
+        range 0 => CACHE_TTL_SECS_CAP * SEC;
+        "lifetime of a response with `ETag` or `Last-Modified` but no lifetime (`0s`: off), whole seconds"),
+    key!("cache.refresh_ahead", Kind::Percent, cache.refresh_ahead_percent; reload,
+        range 0 => REFRESH_AHEAD_PERCENT_MAX, flag "--refresh-ahead";
+        "a fresh hit in this last share of its lifetime also refreshes the key in the background (0: off)"),
+    // [invalidation]
+    key!("invalidation.tag_header", Kind::Text, invalidation.tag_header; restart;
+        "response field holding an object's tags (values split on spaces and commas)"),
+    key!("invalidation.tag_header_strip", Kind::Bool, invalidation.tag_header_strip; restart;
+        "remove the tag field from what clients get (it stays stored)"),
+    key!("invalidation.tags_per_object_max", Kind::Count, invalidation.tags_per_object_max; restart,
+        range 1 => 256; "tags of one object indexed"),
+    key!("invalidation.tag_bytes_max", Kind::Count, invalidation.tag_bytes_max; restart,
+        range 1 => 4096; "longest tag indexed, in bytes"),
+    key!("invalidation.tag_index_bytes_max", Kind::Size, invalidation.tag_index_bytes_max; restart,
+        default "memory/16, at most 16MiB"; "tag index memory, reserved out of `memory` (at most a quarter)"),
+    key!("invalidation.purge_method", Kind::Bool, invalidation.purge_method; restart;
+        "accept `PURGE` on the traffic port"),
+    OptionSpec {
+        key: "invalidation.purge_allow",
+        kind: Kind::List,
+        range: None,
+        flag: None,
+        default_text: None,
+        apply: Apply::Reload(|run, new| {
+            run.invalidation.purge_allow = new.invalidation.purge_allow.clone()
+        }),
+        secret: false,
+        doc: "networks a `PURGE` may come from (CIDR)",
+        show: |c| Show::show(&c.invalidation.purge_allow, Kind::List),
+    },
+    // [bus]
+    OptionSpec {
+        key: "bus.url",
+        kind: Kind::Text,
+        range: None,
+        flag: Some("--bus"),
+        default_text: Some("none (no bus)"),
+        apply: Apply::Restart,
+        secret: false,
+        doc: "invalidation bus shared by a cluster's nodes, `redis://HOST:PORT/STREAM`",
+        show: |c| {
+            c.bus
+                .as_ref()
+                .map(|b| format!("redis://{}/{}", b.redis_addr, b.stream))
+        },
+    },
+    OptionSpec {
+        key: "bus.node",
+        kind: Kind::Text,
+        range: None,
+        flag: Some("--bus-node"),
+        default_text: Some("hostname:admin port"),
+        apply: Apply::Restart,
+        secret: false,
+        doc: "this node's name on the bus, unique in the cluster",
+        show: |c| c.bus.as_ref().map(|b| b.node.clone()),
+    },
+    OptionSpec {
+        key: "bus.state_dir",
+        kind: Kind::Text,
+        range: None,
+        flag: None,
+        default_text: Some("beside the store file"),
+        apply: Apply::Restart,
+        secret: false,
+        doc: "directory of the resume-point file (one node per directory)",
+        show: |c| {
+            c.bus
+                .as_ref()
+                .and_then(|b| Show::show(&b.state_dir, Kind::Text))
+        },
+    },
+    bus_key!("bus.stream_len_max", Kind::Count, stream_len_max, range 1 => 1u64 << 30;
+        "entries the stream keeps, approximately"),
+    bus_key!("bus.batch_entries_max", Kind::Count, batch_entries_max, range 1 => 10_000;
+        "entries read per `XREAD`"),
+    bus_key!("bus.payload_bytes_max", Kind::Size, payload_bytes_max, range 64 => 64 << 20;
+        "largest invalidation body published or applied"),
+    bus_key!("bus.reply_bytes_max", Kind::Size, reply_bytes_max;
+        "largest Redis reply kept (must hold a full batch)"),
+    bus_key!("bus.outbox_entries_max", Kind::Count, outbox_entries_max, range 1 => 1 << 20;
+        "invalidations kept while Redis is unreachable"),
+    bus_key!("bus.nodes_max", Kind::Count, nodes_max, range 1 => 65_536;
+        "nodes listed when collecting acknowledgements"),
+    bus_key!("bus.block_timeout", Kind::Duration, block_timeout, range TIMEOUT_MS_MIN => NO_MAX;
+        "one `XREAD BLOCK`"),
+    bus_key!("bus.connect_timeout", Kind::Duration, connect_timeout, range TIMEOUT_MS_MIN => NO_MAX;
+        "connecting to Redis"),
+    bus_key!("bus.io_timeout", Kind::Duration, io_timeout, range TIMEOUT_MS_MIN => NO_MAX;
+        "one command's write or reply"),
+    bus_key!("bus.reconnect_backoff_min", Kind::Duration, reconnect_backoff_min,
+        range TIMEOUT_MS_MIN => NO_MAX; "first wait before reconnecting; doubles up to `reconnect_backoff_max`"),
+    bus_key!("bus.reconnect_backoff_max", Kind::Duration, reconnect_backoff_max;
+        "longest wait before reconnecting"),
+    bus_key!("bus.heartbeat_ttl", Kind::Duration, heartbeat_ttl, range SEC => NO_MAX;
+        "a node counts as live this long after its last heartbeat"),
+    bus_key!("bus.ack_ttl", Kind::Duration, ack_ttl, range SEC => NO_MAX;
+        "how long an entry's acknowledgements are kept"),
+];
+
+/// Environment variables read before the systematic name of their key was
+/// introduced; the systematic name wins when both are set.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("RINGCACHE_ADMIN", "admin.listen"),
+    ("RINGCACHE_BUS", "bus.url"),
+    ("RINGCACHE_REFRESH_AHEAD", "cache.refresh_ahead"),
+];
+
+/// The environment variable of a key: `limits.head_bytes_max` →
+/// `RINGCACHE_LIMITS_HEAD_BYTES_MAX`.
+pub fn env_name(key: &str) -> String {
+    let mut name = String::from("RINGCACHE_");
+    name.extend(key.chars().map(|c| {
+        if c == '.' {
+            '_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }));
+    name
+}
+
+/// The descriptor of `key`.
+pub fn option(key: &str) -> Option<&'static OptionSpec> {
+    OPTIONS.iter().find(|o| o.key == key)
+}
+
+/// Where a key's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(std::path::PathBuf),
+    Env(String),
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::Flag => f.write_str("flag"),
+        }
+    }
+}
+
+/// A value as given: from the TOML file, or as text (environment, flag).
+enum Given {
+    Toml(toml::Value),
+    Text(String),
+}
+
+/// The value each key was given, checked and in the file's syntax, and
+/// where it came from; a key not listed has its default.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    given: std::collections::BTreeMap<&'static str, (toml::Value, Source)>,
+}
+
+impl Provenance {
+    /// Where `key`'s value came from.
+    pub fn source(&self, key: &str) -> Source {
+        self.given
+            .get(key)
+            .map_or(Source::Default, |(_, s)| s.clone())
+    }
+
+    /// File, then environment, then flags: each later one wins.
+    fn collect(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut p = Provenance::default();
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("config {}: {e}", path.display()))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+            let source = Source::File(path.clone());
+            for (key, value) in flatten(table) {
+                let spec = option(&key).ok_or_else(|| unknown_key(&key, &source))?;
+                p.give(spec, Given::Toml(value), &source)?;
+            }
+        }
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        for spec in OPTIONS {
+            let name = env_name(spec.key);
+            let found = env(&name).map(|v| (name, v)).or_else(|| {
+                ENV_ALIASES
+                    .iter()
+                    .filter(|(_, key)| *key == spec.key)
+                    .find_map(|(alias, _)| env(alias).map(|v| (alias.to_string(), v)))
+            });
+            if let Some((name, value)) = found {
+                p.give(spec, Given::Text(value), &Source::Env(name))?;
+            }
+        }
+        for (key, value) in args.flag_values() {
+            let spec = option(key).expect("every named flag has its key");
+            p.give(spec, Given::Text(value), &Source::Flag)?;
+        }
+        for set in &args.set {
+            let (key, value) = set
+                .split_once('=')
+                .ok_or_else(|| format!("--set {set:?}: expected KEY=VALUE"))?;
+            let key = key.trim();
+            let spec = option(key).ok_or_else(|| unknown_key(key, &Source::Flag))?;
+            p.give(spec, Given::Text(value.trim().to_string()), &Source::Flag)?;
+        }
+        Ok(p)
+    }
+
+    fn give(&mut self, spec: &'static OptionSpec, v: Given, source: &Source) -> Result<(), String> {
+        let value = check(spec, v)
+            .map_err(|(written, why)| format!("{} = {written}: {why} ({source})", spec.key))?;
+        self.given.insert(spec.key, (value, source.clone()));
+        Ok(())
+    }
+
+    /// The given values in the file's shape, for the per-table parsers.
+    fn to_file(&self) -> Result<FileConfig, String> {
+        let mut root = toml::Table::new();
+        for (key, (value, _)) in &self.given {
+            match key.split_once('.') {
+                Some((table, k)) => {
+                    let t = root
+                        .entry(table)
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(t) = t {
+                        t.insert(k.to_string(), value.clone());
+                    }
+                }
+                None => {
+                    root.insert(key.to_string(), value.clone());
+                }
+            }
+        }
+        toml::Value::Table(root)
+            .try_into()
+            .map_err(|e| format!("config: {e}"))
+    }
+}
+
+/// `table.key = value` pairs of a parsed file; `admin = "ADDR"` is `admin.listen`.
+fn flatten(table: toml::Table) -> Vec<(String, toml::Value)> {
+    let is_table = |name: &str| {
+        OPTIONS
+            .iter()
+            .any(|o| o.key.split_once('.').is_some_and(|(t, _)| t == name))
+    };
+    let mut out = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(t) if is_table(&key) => {
+                out.extend(t.into_iter().map(|(k, v)| (format!("{key}.{k}"), v)));
+            }
+            toml::Value::String(_) if key == "admin" => out.push(("admin.listen".into(), value)),
+            value => out.push((key, value)),
+        }
+    }
+    out
+}
+
+/// `unknown key "x" (source)`, with the closest known key when one is close.
+fn unknown_key(key: &str, source: &Source) -> String {
+    let mut msg = format!("unknown key {key:?} ({source})");
+    if let Some(near) = closest_key(key) {
+        msg.push_str(&format!("; did you mean {near:?}?"));
+    }
+    msg
+}
+
+/// The known key of which `key` is the last part or the start, else the
+/// nearest in edits.
+fn closest_key(key: &str) -> Option<&'static str> {
+    if let Some(o) = OPTIONS.iter().find(|o| {
+        o.key.rsplit_once('.').is_some_and(|(_, last)| last == key)
+            || (key.len() >= 4 && o.key.starts_with(key))
+    }) {
+        return Some(o.key);
+    }
+    let (best, distance) = OPTIONS
+        .iter()
+        .map(|o| (o.key, edit_distance(key, o.key)))
+        .min_by_key(|&(_, d)| d)?;
+    (distance <= 3.max(key.len() / 5)).then_some(best)
+}
+
+/// Levenshtein distance, over bytes.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Check a given value against its key's kind and range; the value in the
+/// file's syntax, or (the value as written, why it is refused).
+fn check(spec: &OptionSpec, v: Given) -> Result<toml::Value, (String, String)> {
+    let written = match &v {
+        Given::Toml(value) => value.to_string(),
+        Given::Text(s) => format!("{s:?}"),
+    };
+    let refuse = |why: String| (written.clone(), why);
+    let text = match &v {
+        Given::Toml(toml::Value::String(s)) | Given::Text(s) => Some(s.as_str()),
+        _ => None,
+    };
+    let in_range = |n: u64| match spec.range {
+        Some((lo, hi)) if n < lo || n > hi => Err(refuse(range_text(spec.kind, lo, hi))),
+        _ => Ok(()),
+    };
+    match spec.kind {
+        Kind::Count => {
+            let n = match (&v, text) {
+                (Given::Toml(toml::Value::Integer(n)), _) => u64::try_from(*n).ok(),
+                (_, Some(s)) => s.trim().parse::<u64>().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| refuse("must be a whole number".into()))?;
+            in_range(n)?;
+            let n = i64::try_from(n).map_err(|_| refuse("too large".into()))?;
+            Ok(toml::Value::Integer(n))
+        }
+        Kind::Bool => match (&v, text.map(|s| s.trim().to_ascii_lowercase())) {
+            (Given::Toml(toml::Value::Boolean(b)), _) => Ok(toml::Value::Boolean(*b)),
+            (Given::Text(_), Some(s)) if s == "true" || s == "false" => {
+                Ok(toml::Value::Boolean(s == "true"))
+            }
+            _ => Err(refuse("must be true or false".into())),
+        },
+        Kind::Size => {
+            let s = match (&v, text) {
+                (Given::Toml(toml::Value::Integer(n)), _) if *n >= 0 => n.to_string(),
+                (_, Some(s)) => s.trim().to_string(),
+                _ => String::new(),
+            };
+            let n = parse_size(&s).map_err(|_| {
+                refuse("must be a size: a number and B, KiB, MiB, GiB (or KB, MB, GB)".into())
+            })?;
+            in_range(n)?;
+            Ok(toml::Value::String(s))
+        }
+        Kind::Duration => {
+            let s = text.unwrap_or("").trim().to_string();
+            let d = parse_duration(&s)
+                .map_err(|_| refuse("must be a duration: a number and ms, s, m or h".into()))?;
+            in_range(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))?;
+            Ok(toml::Value::String(s))
+        }
+        Kind::Text => text
+            .map(|s| toml::Value::String(s.to_string()))
+            .ok_or_else(|| refuse("must be a string".into())),
+        Kind::Choice(words) => {
+            let s = text.map(|s| s.trim().to_ascii_lowercase());
+            match s {
+                Some(s) if words.contains(&s.as_str()) => Ok(toml::Value::String(s)),
+                _ => Err(refuse(format!("must be one of {}", words.join(", ")))),
+            }
+        }
+        Kind::List => match (&v, text) {
+            (Given::Toml(toml::Value::Array(items)), _)
+                if items.iter().all(toml::Value::is_str) =>
+            {
+                Ok(toml::Value::Array(items.clone()))
+            }
+            (Given::Text(_), Some(s)) => Ok(toml::Value::Array(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| toml::Value::String(p.to_string()))
+                    .collect(),
+            )),
+            _ => Err(refuse("must be a list of strings".into())),
+        },
+        Kind::Percent => {
+            let n = match (&v, text) {
+                (Given::Toml(toml::Value::Integer(n)), _) => u64::try_from(*n).ok(),
+                (_, Some(s)) => {
+                    let s = s.trim();
+                    s.strip_suffix('%').unwrap_or(s).trim_end().parse().ok()
+                }
+                _ => None,
+            }
+            .ok_or_else(|| refuse("must be a percentage (10% or 10)".into()))?;
+            in_range(n)?;
+            Ok(toml::Value::String(format!("{n}%")))
+        }
+    }
+}
+
+/// A value of `kind` in words: `16KiB`, `10ms`, `256 bytes`, `10%`.
+fn unit_text(kind: Kind, n: u64) -> String {
+    match kind {
+        Kind::Size if n < 1024 || n % 1024 != 0 => format!("{n} bytes"),
+        Kind::Size => format_size(n),
+        Kind::Duration => format_duration(Duration::from_millis(n)),
+        Kind::Percent => format!("{n}%"),
+        _ => n.to_string(),
+    }
+}
+
+/// `must be between 256 bytes and 1MiB`, `must be at least 10ms`.
+fn range_text(kind: Kind, lo: u64, hi: u64) -> String {
+    if hi == NO_MAX {
+        format!("must be at least {}", unit_text(kind, lo))
+    } else {
+        format!(
+            "must be between {} and {}",
+            unit_text(kind, lo),
+            unit_text(kind, hi)
+        )
+    }
+}
+
+/// A shown value in the file's syntax: strings quoted, numbers, booleans
+/// and lists as they are.
+fn literal(kind: Kind, text: &str) -> String {
+    match kind {
+        Kind::Count | Kind::Bool | Kind::List => text.to_string(),
+        _ => format!("{text:?}"),
+    }
+}
+
+/// A key's value as `check-config` and the reload line print it.
+fn shown(spec: &OptionSpec, value: Option<&str>) -> String {
+    match (spec.secret, value) {
+        (true, Some(_)) => "(set)".to_string(),
+        (_, None) => "(unset)".to_string(),
+        (false, Some(v)) => literal(spec.kind, v),
+    }
+}
+
+impl Config {
+    /// The effective configuration, one line per key with the source of
+    /// its value (`check-config`).
+    pub fn describe(&self, given: &Provenance) -> String {
+        let mut out = String::new();
+        for spec in OPTIONS {
+            let line = format!(
+                "{} = {}",
+                spec.key,
+                shown(spec, (spec.show)(self).as_deref())
+            );
+            out.push_str(&format!("{line:<56} # {}\n", given.source(spec.key)));
+        }
+        out
+    }
+
+    /// What a SIGHUP reload does with each key that differs between `self`
+    /// (running) and `new`: `(key old → new, applied now)`. The values of
+    /// the keys applied now are copied into `into`.
+    pub fn changes(&self, new: &Config, into: &mut Config) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for spec in OPTIONS {
+            let (old, fresh) = ((spec.show)(self), (spec.show)(new));
+            if old == fresh {
+                continue;
+            }
+            let text = match spec.secret {
+                true => format!(
+                    "{} ({} → {}, changed)",
+                    spec.key,
+                    if old.is_some() { "set" } else { "unset" },
+                    if fresh.is_some() { "set" } else { "unset" }
+                ),
+                false => format!(
+                    "{} {} → {}",
+                    spec.key,
+                    old.as_deref().unwrap_or("unset"),
+                    fresh.as_deref().unwrap_or("unset")
+                ),
+            };
+            match spec.apply {
+                Apply::Reload(copy) => {
+                    copy(into, new);
+                    out.push((text, true));
+                }
+                Apply::Restart => out.push((text, false)),
+            }
+        }
+        out
+    }
+}
+
+/// Markers around the generated reference in README.md.
+pub const REFERENCE_BEGIN: &str =
+    "<!-- config-reference: generated by `ringcache config-reference`, do not edit -->";
+pub const REFERENCE_END: &str = "<!-- end of config-reference -->";
+
+/// The configuration reference in Markdown, one table per TOML table
+/// (`ringcache config-reference`; README.md holds it between the markers).
+pub fn reference() -> String {
+    let mut defaults = Config::load_traced(&ServeArgs::default(), &|_| None)
+        .expect("the defaults are valid")
+        .0;
+    defaults.bus =
+        Some(BusConfig::new("redis://127.0.0.1:6379/ringcache", "node").expect("a valid bus URL"));
+    if let Some(bus) = defaults.bus.as_mut() {
+        bus.state_dir = None;
+    }
+    let mut out = String::new();
+    out.push_str(REFERENCE_BEGIN);
+    out.push_str(
+        "\n\nEvery key can be set in the TOML file (`--config`), by its environment variable \
+         (`RINGCACHE_` and the key in capitals, dots as underscores: \
+         `limits.head_bytes_max` is `RINGCACHE_LIMITS_HEAD_BYTES_MAX`), \
+         and on the command line with `--set KEY=VALUE` (repeatable) or its named flag; \
+         a flag wins over the environment, which wins over the file, which wins over the \
+         default. `ringcache check-config` (same flags and environment as `serve`) prints \
+         every key's effective value and where it came from. Sizes take `B`, `KiB`, `MiB`, \
+         `GiB` (or `KB`, `MB`, `GB`, or plain bytes); durations `ms`, `s`, `m`, `h`. \
+         *On SIGHUP*: `applied` keys change while serving, `restart` keys are reported and \
+         keep their running value until the next start.\n",
+    );
+    let mut table = None;
+    for spec in OPTIONS {
+        let this = spec.key.split_once('.').map(|(t, _)| t);
+        if table != Some(this) {
+            table = Some(this);
+            match this {
+                None => out.push_str("\nTop-level keys:\n"),
+                Some(t) => out.push_str(&format!("\n`[{t}]`:\n")),
+            }
+            out.push_str(
+                "\n| key | default | allowed | environment | flag | on SIGHUP | meaning |\n",
+            );
+            out.push_str("|---|---|---|---|---|---|---|\n");
+        }
+        let default = match spec.default_text {
+            Some(words) => words.to_string(),
+            None => format!(
+                "`{}`",
+                literal(spec.kind, &(spec.show)(&defaults).unwrap_or_default())
+            ),
+        };
+        let allowed = match (spec.kind, spec.range) {
+            (kind, Some((lo, hi))) => {
+                let what = range_text(kind, lo, hi);
+                what.strip_prefix("must be ").unwrap_or(&what).to_string()
+            }
+            (Kind::Choice(words), None) => words
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (Kind::Size, None) => "a size".into(),
+            (Kind::Duration, None) => "a duration".into(),
+            (Kind::Count, None) => "a whole number".into(),
+            (Kind::Bool, None) => "`true`, `false`".into(),
+            (Kind::List, None) => "a list of strings".into(),
+            (Kind::Text, None) | (Kind::Percent, None) => "text".into(),
+        };
+        let mut env = format!("`{}`", env_name(spec.key));
+        for (alias, _) in ENV_ALIASES.iter().filter(|(_, k)| *k == spec.key) {
+            env.push_str(&format!(" (or `{alias}`)"));
+        }
+        let flag = spec.flag.map_or("".into(), |f| format!("`{f}`"));
+        let apply = match spec.apply {
+            Apply::Reload(_) => "applied",
+            Apply::Restart => "restart",
+        };
+        out.push_str(&format!(
+            "| `{}` | {default} | {allowed} | {env} | {flag} | {apply} | {} |\n",
+            spec.key,
+            spec.doc.replace('|', "\\|")
+        ));
+    }
+    out.push('\n');
+    out.push_str(REFERENCE_END);
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1773,7 +2718,7 @@ mod tests {
             assert!(err.contains("cache.refresh_ahead"), "{err}");
         }
         let err = load("", Some("abc")).unwrap_err();
-        assert!(err.contains("refresh-ahead"), "{err}");
+        assert!(err.contains("cache.refresh_ahead = \"abc\""), "{err}");
         std::fs::remove_dir_all(dir).ok();
     }
 
@@ -1941,5 +2886,300 @@ mod tests {
             Path::new("/srv/n1/ringcache-bus-s.state")
         );
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Load with `file` as the TOML file, `env` as the environment and
+    /// `args` as the flags.
+    fn load_with(
+        file: &str,
+        env: &[(&str, &str)],
+        mut args: ServeArgs,
+    ) -> Result<(Config, Provenance), String> {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcache-cfg-src-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, file).unwrap();
+        args.config = Some(path);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = Config::load_traced(&args, &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        });
+        std::fs::remove_dir_all(dir).ok();
+        r
+    }
+
+    fn set(pairs: &[&str]) -> ServeArgs {
+        ServeArgs {
+            set: pairs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flag_over_env_over_file_over_default() {
+        // A size, a duration, a string and a bool, each at every level.
+        let keys = [
+            ("limits.head_bytes_max", ["4KiB", "8KiB", "2KiB"], "16KiB"),
+            ("limits.keepalive_timeout", ["5s", "7s", "9s"], "1m"),
+            (
+                "invalidation.tag_header",
+                ["a-tag", "b-tag", "c-tag"],
+                "surrogate-key",
+            ),
+            ("cache.key_sort_query", ["true", "false", "true"], "false"),
+        ];
+        let file = "[limits]\nhead_bytes_max = \"4KiB\"\nkeepalive_timeout = \"5s\"\n\
+                    [invalidation]\ntag_header = \"a-tag\"\n[cache]\nkey_sort_query = true\n";
+        let show = |c: &Config, key: &str| (option(key).unwrap().show)(c).unwrap();
+        let env: Vec<(String, &str)> = keys.iter().map(|(k, v, _)| (env_name(k), v[1])).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let flags: Vec<String> = keys
+            .iter()
+            .map(|(k, v, _)| format!("{k}={}", v[2]))
+            .collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        for (level, (file, env, flags)) in [
+            ("", &[][..], &[][..]),
+            (file, &[][..], &[][..]),
+            (file, &env[..], &[][..]),
+            (file, &env[..], &flags[..]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (c, given) = load_with(file, env, set(flags)).unwrap();
+            for (key, values, default) in keys {
+                let (want, source) = match level {
+                    0 => (default, "default".to_string()),
+                    1 => (values[0], "file ".to_string()),
+                    2 => (values[1], format!("env {}", env_name(key))),
+                    _ => (values[2], "flag".to_string()),
+                };
+                assert_eq!(show(&c, key), want, "{key} at level {level}");
+                let got = given.source(key).to_string();
+                assert!(got.starts_with(&source), "{key}: {got} is not {source}");
+            }
+        }
+        // Named flags and `--set` are both flags; `--set` is read last.
+        let args = ServeArgs {
+            memory: Some("64MiB".into()),
+            ..set(&["memory=32MiB"])
+        };
+        let (c, given) = load_with(
+            "memory = \"128MiB\"\n",
+            &[("RINGCACHE_MEMORY", "96MiB")],
+            args,
+        )
+        .unwrap();
+        assert_eq!(c.memory_bytes, 32 << 20);
+        assert_eq!(given.source("memory"), Source::Flag);
+        // The older environment names still work; the systematic one wins.
+        let (c, given) = load_with(
+            "",
+            &[("RINGCACHE_REFRESH_AHEAD", "5%")],
+            ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.cache.refresh_ahead_percent, 5);
+        assert_eq!(
+            given.source("cache.refresh_ahead"),
+            Source::Env("RINGCACHE_REFRESH_AHEAD".into())
+        );
+        let (c, _) = load_with(
+            "",
+            &[
+                ("RINGCACHE_REFRESH_AHEAD", "5%"),
+                ("RINGCACHE_CACHE_REFRESH_AHEAD", "7"),
+            ],
+            ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.cache.refresh_ahead_percent, 7);
+        // The admin token from the environment, never printed.
+        let (c, given) = load_with(
+            "admin = \"127.0.0.1:9999\"\n",
+            &[("RINGCACHE_ADMIN_TOKEN", "0123456789abcdef")],
+            ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.invalidation.admin_token.as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(c.admin.port(), 9999);
+        let text = c.describe(&given);
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(text.contains("admin.token = (set)"), "{text}");
+        // A list from the environment: comma-separated.
+        let (c, _) = load_with(
+            "",
+            &[("RINGCACHE_CACHE_KEY_IGNORE_PARAMS", "utm_*, fbclid")],
+            ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.cache.key_ignore_params, ["utm_*", "fbclid"]);
+    }
+
+    #[test]
+    fn errors_name_the_key_the_value_and_the_range() {
+        let err = |file: &str, env: &[(&str, &str)], flags: &[&str]| {
+            load_with(file, env, set(flags)).unwrap_err()
+        };
+        // Out of range, from each source.
+        let e = err("[limits]\nhead_bytes_max = \"128\"\n", &[], &[]);
+        assert!(
+            e.starts_with(
+                "limits.head_bytes_max = \"128\": must be between 256 bytes and 1MiB (file "
+            ),
+            "{e}"
+        );
+        let e = err("", &[("RINGCACHE_LIMITS_HEAD_BYTES_MAX", "2MiB")], &[]);
+        assert_eq!(
+            e,
+            "limits.head_bytes_max = \"2MiB\": must be between 256 bytes and 1MiB (env RINGCACHE_LIMITS_HEAD_BYTES_MAX)"
+        );
+        let e = err("", &[], &["limits.header_timeout=5ms"]);
+        assert_eq!(
+            e,
+            "limits.header_timeout = \"5ms\": must be at least 10ms (flag)"
+        );
+        let e = err("", &[], &["cache.refresh_ahead=60%"]);
+        assert_eq!(
+            e,
+            "cache.refresh_ahead = \"60%\": must be between 0% and 50% (flag)"
+        );
+        // Wrong unit.
+        let e = err("[limits]\nbody_bytes_max = \"8 parsecs\"\n", &[], &[]);
+        assert!(
+            e.starts_with("limits.body_bytes_max = \"8 parsecs\": must be a size"),
+            "{e}"
+        );
+        let e = err("[limits]\nsend_timeout = \"60\"\n", &[], &[]);
+        assert!(
+            e.starts_with("limits.send_timeout = \"60\": must be a duration"),
+            "{e}"
+        );
+        // Wrong type.
+        let e = err("[limits]\nconnections_max = \"lots\"\n", &[], &[]);
+        assert!(
+            e.starts_with("limits.connections_max = \"lots\": must be a whole number"),
+            "{e}"
+        );
+        let e = err("[cache]\nheuristic = 1\n", &[], &[]);
+        assert!(
+            e.starts_with("cache.heuristic = 1: must be true or false"),
+            "{e}"
+        );
+        let e = err("", &[], &["io=fast"]);
+        assert_eq!(e, "io = \"fast\": must be one of auto, uring, epoll (flag)");
+        let e = err("[cache]\nkey_ignore_params = \"utm_*\"\n", &[], &[]);
+        assert!(
+            e.starts_with("cache.key_ignore_params = \"utm_*\": must be a list"),
+            "{e}"
+        );
+        // Unknown keys, with the closest known key.
+        let e = err("[limits]\nhead_bytes_maxx = 3\n", &[], &[]);
+        assert!(
+            e.starts_with("unknown key \"limits.head_bytes_maxx\" (file ")
+                && e.ends_with("did you mean \"limits.head_bytes_max\"?"),
+            "{e}"
+        );
+        let e = err("", &[], &["keepalive_timeout=5s"]);
+        assert_eq!(
+            e,
+            "unknown key \"keepalive_timeout\" (flag); did you mean \"limits.keepalive_timeout\"?"
+        );
+        let e = err("[nowhere]\nx = 1\n", &[], &[]);
+        assert!(e.starts_with("unknown key \"nowhere\""), "{e}");
+        let e = err("", &[], &["limits.head_bytes_max"]);
+        assert!(e.contains("expected KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_described_and_its_default_is_in_range() {
+        let (defaults, _) = Config::load_traced(&ServeArgs::default(), &|_| None).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for spec in OPTIONS {
+            assert!(seen.insert(spec.key), "{} twice", spec.key);
+            assert!(!spec.doc.is_empty(), "{}", spec.key);
+            if let (Some((lo, hi)), Some(v)) = (spec.range, (spec.show)(&defaults)) {
+                let n = match spec.kind {
+                    Kind::Size => parse_size(&v).unwrap(),
+                    Kind::Duration => parse_duration(&v).unwrap().as_millis() as u64,
+                    Kind::Percent => v.trim_end_matches('%').parse().unwrap(),
+                    _ => v.parse().unwrap(),
+                };
+                assert!(
+                    (lo..=hi).contains(&n),
+                    "{}: default {v} out of range",
+                    spec.key
+                );
+                // Just out of range is refused with the key in the message.
+                let mut out = vec![];
+                if lo > 0 {
+                    out.push(lo - 1);
+                }
+                if hi < NO_MAX {
+                    out.push(hi + 1);
+                }
+                for n in out {
+                    let text = match spec.kind {
+                        Kind::Size => format!("{n}"),
+                        Kind::Duration => format!("{n}ms"),
+                        _ => format!("{n}"),
+                    };
+                    let e =
+                        Config::load_traced(&set(&[&format!("{}={text}", spec.key)]), &|_| None)
+                            .unwrap_err();
+                    assert!(e.starts_with(&format!("{} = ", spec.key)), "{e}");
+                }
+            }
+        }
+        // Each named flag sets the key its descriptor names, and only those keys have one.
+        let all = ServeArgs {
+            listen: Some("127.0.0.1:1".into()),
+            origin: Some("http://127.0.0.1:2".into()),
+            admin: Some("127.0.0.1:3".into()),
+            workers: Some(1),
+            io: Some(IoMode::Epoll),
+            memory: Some("64MiB".into()),
+            store: Some("/tmp/x".into()),
+            store_reset: true,
+            bus: Some("redis://127.0.0.1:4/s".into()),
+            bus_node: Some("n".into()),
+            refresh_ahead: Some("5".into()),
+            ..Default::default()
+        };
+        let mut by_flag: Vec<&str> = all.flag_values().iter().map(|(k, _)| *k).collect();
+        let mut described: Vec<&str> = OPTIONS
+            .iter()
+            .filter(|o| o.flag.is_some())
+            .map(|o| o.key)
+            .collect();
+        by_flag.sort_unstable();
+        described.sort_unstable();
+        assert_eq!(by_flag, described);
+        assert_eq!(
+            env_name("limits.head_bytes_max"),
+            "RINGCACHE_LIMITS_HEAD_BYTES_MAX"
+        );
+        assert_eq!(env_name("admin.token"), ADMIN_TOKEN_ENV);
+    }
+
+    #[test]
+    fn every_key_of_the_printed_file_is_described() {
+        // The TOML that `Display` prints holds only described keys.
+        let (c, _) = load_with("", &[], set(&["bus.url=redis://127.0.0.1:1/s"])).unwrap();
+        let table: toml::Table = toml::from_str(&c.to_string()).unwrap();
+        for (key, _) in flatten(table) {
+            assert!(option(&key).is_some(), "{key} has no descriptor");
+        }
     }
 }

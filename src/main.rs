@@ -34,11 +34,16 @@ enum Command {
         #[arg(long)]
         store: std::path::PathBuf,
     },
-    /// Validate a configuration file and print the effective configuration.
-    CheckConfig {
-        /// The TOML file to check.
-        #[arg(long)]
-        config: std::path::PathBuf,
+    /// Validate the configuration (file, environment, flags, as `serve`
+    /// reads them) and print every key's effective value and its source.
+    CheckConfig(ServeArgs),
+    /// Print the configuration reference (Markdown), generated from the
+    /// table of keys; README.md holds it.
+    ConfigReference {
+        /// Replace the reference between its markers in this file instead
+        /// of printing it (e.g. README.md).
+        #[arg(long, value_name = "FILE")]
+        write: Option<std::path::PathBuf>,
     },
 }
 
@@ -54,13 +59,13 @@ fn main() -> ExitCode {
         Command::Inspect { store } => ringcache::store::inspect::inspect(&store)
             .map(|report| print!("{report}"))
             .map_err(|e| format!("store {}: {e}", store.display())),
-        Command::CheckConfig { config } => {
-            let args = ServeArgs {
-                config: Some(config),
-                ..Default::default()
-            };
-            Config::load(&args).map(|c| print!("{c}"))
+        Command::CheckConfig(args) => Config::load_traced(&args, &|name| std::env::var(name).ok())
+            .map(|(config, given)| print!("{}", config.describe(&given))),
+        Command::ConfigReference { write: None } => {
+            print!("{}", ringcache::config::reference());
+            Ok(())
         }
+        Command::ConfigReference { write: Some(path) } => write_reference(&path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,4 +74,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Replace the text between the reference markers of `path` (inclusive)
+/// with the generated reference.
+fn write_reference(path: &std::path::Path) -> Result<(), String> {
+    use ringcache::config::{reference, REFERENCE_BEGIN, REFERENCE_END};
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let (Some(begin), Some(end)) = (text.find(REFERENCE_BEGIN), text.find(REFERENCE_END)) else {
+        return Err(format!("{shown}: the reference markers are missing"));
+    };
+    if end < begin {
+        return Err(format!("{shown}: the reference markers are out of order"));
+    }
+    let end = end + REFERENCE_END.len();
+    let end = end + usize::from(text[end..].starts_with('\n'));
+    let updated = format!("{}{}{}", &text[..begin], reference(), &text[end..]);
+    std::fs::write(path, updated).map_err(|e| format!("{shown}: {e}"))
 }

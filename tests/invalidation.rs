@@ -833,11 +833,16 @@ fn token_and_purge_allow_reload(io: &str) {
         admin(&server, "POST", "/invalidate", Some(TOKEN), all).status,
         401
     );
-    let line = server
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("reload: applied"))
-        .expect("a reload line");
+    // The line is logged just after the new access is set: wait for it.
+    let mut line = None;
+    wait_until(Duration::from_secs(10), || {
+        line = server
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.contains("reload: applied"));
+        line.is_some()
+    });
+    let line = line.expect("a reload line");
     assert!(line.contains("admin.token (set → set, changed)"), "{line}");
     assert!(line.contains("invalidation.purge_allow"), "{line}");
     assert!(

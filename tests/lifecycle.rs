@@ -351,17 +351,150 @@ fn sighup_reloads_limits(io: &str) {
     n.until("READY=1");
     let line = n.wait_log("reload: applied");
     assert!(
-        line.contains("limits.head_bytes_max 16384 → 1024"),
+        line.contains("limits.head_bytes_max 16KiB → 1KiB"),
         "{line}"
     );
     assert!(line.contains("log_level unset → debug"), "{line}");
     assert!(
-        line.contains("needs a restart") && line.contains("memory 67108864 → 33554432"),
+        line.contains("needs a restart") && line.contains("memory 64MiB → 32MiB"),
         "{line}"
     );
     // Reported after every worker picked the limits up: in effect now.
     assert_eq!(big_head_status(&n.server, 4000), 431);
     assert_eq!(n.server.get("/small").status, 200);
+    let status = n.server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// One admin call on a fresh connection, with the bearer token.
+fn admin_post(server: &Server, path: &str, token: &str, body: &str) -> Response {
+    let mut c = Client::connect(server.admin);
+    c.send(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response()
+}
+
+/// SIGHUP applies `[cache]`: a new `default_ttl` stores what was not
+/// stored before, a new key option (`key_ignore_params`) changes the
+/// workers' keys and the invalidation API's alike; the log line names
+/// them, and a `[bus]` change is reported as needing a restart.
+fn sighup_reloads_cache(io: &str) {
+    const TOKEN: &str = "reload-token-0123456789";
+    // `/k…`: an explicit lifetime; anything else: a validator only.
+    let origin = TestOrigin::start(|req| {
+        let fresh = req.target.starts_with("/k");
+        let cc: &[(&str, &str)] = if fresh {
+            &[("Cache-Control", "max-age=60")]
+        } else {
+            &[("ETag", "\"v1\"")]
+        };
+        Reply::Send(response(200, cc, req.target.as_bytes()))
+    });
+    let count = |target: &str| {
+        origin
+            .all_requests()
+            .iter()
+            .filter(|r| r.target == target)
+            .count()
+    };
+    let dir = TempDir::new("reload-cache");
+    let before = format!("memory = \"64MiB\"\n[admin]\ntoken = \"{TOKEN}\"\n");
+    let cfg = dir.write("ringcache.toml", &before);
+    let args = serve_args(
+        io,
+        Some(&origin.url()),
+        2,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let Some(mut n) = Notified::start(io, "", args) else {
+        return;
+    };
+    n.until("READY=1");
+    // Before: a validator alone gives no lifetime, and every query is its own key.
+    for _ in 0..2 {
+        assert_eq!(n.server.get("/v1").status, 200);
+    }
+    assert_eq!(count("/v1"), 2, "not stored without default_ttl");
+    for target in ["/k?utm_source=a", "/k?utm_source=b"] {
+        let r = n.server.get(target);
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.body, target.as_bytes());
+    }
+    assert_eq!(count("/k?utm_source=b"), 1, "a key of its own");
+
+    dir.write(
+        "ringcache.toml",
+        &format!(
+            "{before}[cache]\ndefault_ttl = \"1m\"\nkey_ignore_params = [\"utm_*\"]\n\
+             [bus]\nurl = \"redis://127.0.0.1:1/reload\"\n"
+        ),
+    );
+    n.server.proc.signal(libc::SIGHUP);
+    n.until("RELOADING=1");
+    n.until("READY=1");
+    let line = n.wait_log("reload: applied");
+    let at = line.find("needs a restart").expect(&line);
+    let (applied, restart) = line.split_at(at);
+    assert!(applied.contains("cache.default_ttl 0s → 1m"), "{line}");
+    assert!(
+        applied.contains("cache.key_ignore_params [] → [\"utm_*\"]"),
+        "{line}"
+    );
+    assert!(
+        restart.contains("bus.url unset → redis://127.0.0.1:1/reload"),
+        "{line}"
+    );
+    assert!(!applied.contains("bus."), "{line}");
+
+    // After: the default lifetime stores a response with a validator…
+    assert_eq!(n.server.get("/v2").status, 200);
+    let r = n.server.get("/v2");
+    assert!(
+        r.cache_status().starts_with("ringcache; hit"),
+        "{}",
+        r.summary()
+    );
+    assert_eq!(count("/v2"), 1, "stored with the reloaded default_ttl");
+    // …and utm_* parameters leave the key on every worker.
+    let first = n.server.get("/k?utm_source=c");
+    assert_eq!(first.status, 200, "{}", first.summary());
+    for i in 0..4 {
+        let r = n.server.get(&format!("/k?utm_medium=x{i}"));
+        assert!(
+            r.cache_status().starts_with("ringcache; hit"),
+            "{}",
+            r.summary()
+        );
+        assert_eq!(r.body, first.body, "the object stored under /k");
+    }
+    let to_origin = origin
+        .all_requests()
+        .iter()
+        .filter(|r| r.target.starts_with("/k"))
+        .count();
+    assert_eq!(to_origin, 3, "one fetch after the reload");
+    // The invalidation API keys URLs with the reloaded rules too.
+    let r = admin_post(
+        &n.server,
+        "/invalidate",
+        TOKEN,
+        r#"{"urls": ["http://ringcache.test/k?utm_campaign=z"]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["invalidated"], 1, "{v}");
+    assert_eq!(n.server.get("/k?utm_source=d").status, 200);
+    let to_origin = origin
+        .all_requests()
+        .iter()
+        .filter(|r| r.target.starts_with("/k"))
+        .count();
+    assert_eq!(to_origin, 4, "the purge reached the object under /k");
     let status = n.server.stop();
     assert!(status.success(), "{status:?}");
 }
@@ -512,6 +645,7 @@ fn watchdog_pings_through_frequent_reloads(io: &str) {
 both_io!(
     sighup_reloads_limits,
     watchdog_pings_through_frequent_reloads,
+    sighup_reloads_cache,
     sighup_refuses_bad_file,
     watchdog_stops_when_a_worker_stalls,
     systemd_notify_ready_and_stopping,

@@ -190,8 +190,9 @@ pub struct Invalidator {
     store: Arc<SharedStore>,
     /// The admin side's read handle, for soft purges and tag checks.
     reader: Mutex<Reader>,
-    /// How URLs become keys: the workers' rules, built from the same `[cache]`.
-    key_rules: KeyRules,
+    /// How URLs become keys: the workers' rules, built from the same
+    /// `[cache]` (replaced by a SIGHUP reload).
+    key_rules: RwLock<KeyRules>,
     purges: [AtomicU64; 6],
     invalidated: AtomicU64,
     node: String,
@@ -226,7 +227,7 @@ impl Invalidator {
             config,
             store,
             reader: Mutex::new(reader),
-            key_rules: KeyRules::new(cache),
+            key_rules: RwLock::new(KeyRules::new(cache)),
             purges: std::array::from_fn(|_| AtomicU64::new(0)),
             invalidated: AtomicU64::new(0),
             node: node_name(),
@@ -242,6 +243,15 @@ impl Invalidator {
     /// next admin request and the next `PURGE` see the new values.
     pub fn set_access(&self, access: InvalidationAccess) {
         *self.access.write().unwrap_or_else(PoisonError::into_inner) = access;
+    }
+
+    /// Build keys with a reloaded `[cache]` table from the next
+    /// invalidation on, as the workers do from their next tick.
+    pub fn set_key_rules(&self, cache: &CacheConfig) {
+        *self
+            .key_rules
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = KeyRules::new(cache);
     }
 
     /// This node's name in answers (the host name).
@@ -335,6 +345,10 @@ impl Invalidator {
         }
         let mut scratch = Vec::new();
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let key_rules = self
+            .key_rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         for u in &plan.urls {
             self.count_purge("url");
             match &u.host {
@@ -342,7 +356,7 @@ impl Invalidator {
                     // Every variant of the URL (see `proxy::purge_primary`).
                     out.invalidated += crate::proxy::purge_url(
                         &reader,
-                        &self.key_rules,
+                        &key_rules,
                         host.as_bytes(),
                         u.path.as_bytes(),
                         plan.mode,

@@ -11,7 +11,8 @@
 //! refuses them), so the first NUL ends the host and a second one, when
 //! present, starts a `Vary` secondary key (see `variants`).
 //!
-//! Options from the `[cache]` table, read once at start:
+//! Options from the `[cache]` table, read at start and again at each
+//! SIGHUP reload (`Proxy::set_cache`, `Invalidator::set_key_rules`):
 //! - `key_ignore_params`: query parameters left out of the key, by exact
 //!   name or by a prefix written with a trailing `*` (`utm_*`);
 //! - `key_sort_query`: parameters in byte order, so `b=1&a=2` and

@@ -423,6 +423,16 @@ impl Proxy {
         self.limits = limits;
     }
 
+    /// A reloaded `[cache]` table (once per tick, off the request path):
+    /// the key rules, the storability policy, the variants kept and the
+    /// refresh-ahead share. Fills in flight keep the rules they started with.
+    pub fn set_cache(&mut self, cache: &crate::config::CacheConfig) {
+        self.key_rules = std::rc::Rc::new(key::KeyRules::new(cache));
+        self.policy = admission::policy_of(cache);
+        self.variants_per_key_max = cache.variants_per_key_max;
+        self.refresh_ahead_percent = cache.refresh_ahead_percent;
+    }
+
     /// Called every loop turn: the time events of the next turn see.
     pub fn set_now(&mut self, now: Instant) {
         self.clock.refresh(now);

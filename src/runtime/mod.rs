@@ -355,11 +355,14 @@ fn reload_config(
                     purge_allow: plan.config.invalidation.purge_allow.clone(),
                 });
             }
-            if plan.limits_changed(running) {
-                let generation = reload.publish(plan.config.limits);
+            if plan.cache_changed(running) {
+                invalidator.set_key_rules(&plan.config.cache);
+            }
+            if plan.limits_changed(running) || plan.cache_changed(running) {
+                let generation = reload.publish(plan.config.limits, plan.config.cache.clone());
                 if !reload.wait_seen(generation, RELOAD_PICKUP_TIMEOUT) {
                     log::warn!(
-                        "reload: not every worker picked up the new limits within {RELOAD_PICKUP_TIMEOUT:?}; they will at their next tick"
+                        "reload: not every worker picked up the new limits and [cache] within {RELOAD_PICKUP_TIMEOUT:?}; they will at their next tick"
                     );
                 }
             }
@@ -481,7 +484,11 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot create the workers' wake sockets: {e}"))?;
     let leases = Arc::new(leases);
-    let reload = Arc::new(Reload::new(config.limits, config.workers));
+    let reload = Arc::new(Reload::new(
+        config.limits,
+        config.cache.clone(),
+        config.workers,
+    ));
     let stall_worker = fault_stall_worker();
     let mut wakes = wakes.into_iter();
     let (ready_tx, ready_rx) = mpsc::sync_channel(config.workers);

@@ -1,29 +1,27 @@
-//! SIGHUP: reread the configuration file and apply what can change while
+//! SIGHUP: reread the configuration and apply what can change while
 //! serving.
 //!
 //! ```text
 //!  main thread (sigwait)                       worker i, once per tick
 //!  ───────────────────────                     ─────────────────────────
 //!  Config::load(same flags) → validate         generation ≠ seen?
-//!  plan: reloadable | needs a restart            ├─ copy limits (short lock,
-//!  limits ─▶ Mutex<Limits>, generation += 1      │  never on the request path)
+//!  plan: per key, from config::OPTIONS           ├─ copy limits and [cache]
+//!  limits, [cache] ─▶ Mutex, generation += 1     │  (short lock, never on
+//!  invalidator: access, key rules                │  the request path)
 //!  wait until every worker has seen it  ◀─────── └─ seen[i] = generation
 //!  one log line: applied / needs a restart
 //! ```
 //!
-//! Reloadable: the log level and the limits read per request or per tick
-//! (sizes of a request, timeouts, the largest object stored, the drain
-//! times), and who may invalidate: `admin.token` and
-//! `invalidation.purge_allow` (kept behind a lock in the `Invalidator`,
-//! read once per admin request and per `PURGE`). The rest of
-//! `[invalidation]` (the tag field, whether it is cut, the tag index's
-//! limits, `purge_method`) and `limits.bans_max` /
-//! `limits.admin_body_bytes_max` shape what was built at start: restart.
-//! `cache.refresh_ahead` is read from the workers' start-time copy of the
-//! `[cache]` table: restart. Everything that sizes a structure built at start (connection
-//! slots, buffers, rings, queues, the shared lease table) or that names a
-//! resource (addresses, origin, workers, I/O backend, memory, store) needs a
-//! restart: it is reported, and the running value stays.
+//! Which keys apply now and which need a restart is each key's `apply` in
+//! `config::OPTIONS`, so the plan covers every key. Applied now: the log
+//! level, the limits read per request or per tick, the whole `[cache]`
+//! table (the workers rebuild their key rules and storability policy at
+//! their next tick, the invalidator its key rules at once), and who may
+//! invalidate (`admin.token`, `invalidation.purge_allow`). What sizes a
+//! structure built at start (connection slots, buffers, rings, queues, the
+//! shared lease table, the tag index) or names a resource (addresses,
+//! origin, workers, I/O backend, memory, store, `[bus]`) needs a restart:
+//! it is reported, and the running value stays.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -31,48 +29,54 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::{Config, Limits};
+use crate::config::{CacheConfig, Config, Limits};
 
 /// The reloadable part of the configuration, shared by the main thread
 /// (writer) and the workers (readers, once per tick).
 pub struct Reload {
-    /// Bumped (Release) after `limits` is replaced.
+    /// Bumped (Release) after `running` is replaced.
     generation: AtomicU64,
-    limits: Mutex<Limits>,
+    running: Mutex<(Limits, CacheConfig)>,
     /// The generation each worker runs with.
     seen: Vec<CachePadded<AtomicU64>>,
 }
 
 impl Reload {
-    pub fn new(limits: Limits, workers: usize) -> Reload {
+    pub fn new(limits: Limits, cache: CacheConfig, workers: usize) -> Reload {
         Reload {
             generation: AtomicU64::new(0),
-            limits: Mutex::new(limits),
+            running: Mutex::new((limits, cache)),
             seen: (0..workers)
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
         }
     }
 
-    /// Worker side, once per tick: the new limits when the generation moved
-    /// since `seen` (which is updated), else `None` without taking the lock.
-    pub fn pick_up(&self, worker: usize, seen: &mut u64) -> Option<Limits> {
+    /// Worker side, once per tick: the new limits and `[cache]` when the
+    /// generation moved since `seen` (which is updated), else `None`
+    /// without taking the lock.
+    pub fn pick_up(&self, worker: usize, seen: &mut u64) -> Option<(Limits, CacheConfig)> {
         // Acquire pairs with the Release in `publish`: the limits written
         // before the bump are visible under the lock below.
         let generation = self.generation.load(Ordering::Acquire);
         if generation == *seen {
             return None;
         }
-        let limits = *self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         *seen = generation;
         // Release pairs with the Acquire in `wait_seen`.
         self.seen[worker].store(generation, Ordering::Release);
-        Some(limits)
+        Some(running)
     }
 
-    /// Main thread: make `limits` the running limits; returns the generation.
-    pub fn publish(&self, limits: Limits) -> u64 {
-        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits;
+    /// Main thread: make `limits` and `cache` the running ones; returns the
+    /// generation.
+    pub fn publish(&self, limits: Limits, cache: CacheConfig) -> u64 {
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = (limits, cache);
         // Release: see `pick_up`.
         self.generation.fetch_add(1, Ordering::Release) + 1
     }
@@ -119,6 +123,11 @@ impl Plan {
         self.config.limits != running.limits
     }
 
+    /// Whether the workers' `[cache]` table changes.
+    pub fn cache_changed(&self, running: &Config) -> bool {
+        self.config.cache != running.cache
+    }
+
     /// Whether the admin token or `purge_allow` change.
     pub fn access_changed(&self, running: &Config) -> bool {
         let (new, old) = (&self.config.invalidation, &running.invalidation);
@@ -143,161 +152,20 @@ impl Plan {
     }
 }
 
-/// Compare the running configuration with a freshly loaded one.
+/// Compare the running configuration with a freshly loaded one, key by
+/// key (`config::OPTIONS`).
 pub fn plan(running: &Config, new: &Config) -> Plan {
     let mut plan = Plan {
         config: running.clone(),
         applied: Vec::new(),
         restart: Vec::new(),
     };
-    fn note<T: PartialEq + std::fmt::Debug>(list: &mut Vec<String>, key: &str, old: &T, new: &T) {
-        if old != new {
-            list.push(format!("{key} {old:?} → {new:?}"));
+    for (change, now) in running.changes(new, &mut plan.config) {
+        match now {
+            true => plan.applied.push(change),
+            false => plan.restart.push(change),
         }
     }
-    fn note_text(list: &mut Vec<String>, key: &str, old: &str, new: &str) {
-        if old != new {
-            list.push(format!("{key} {old} → {new}"));
-        }
-    }
-    // Needs a restart: resources named at start.
-    note(&mut plan.restart, "listen", &running.listen, &new.listen);
-    note(&mut plan.restart, "admin", &running.admin, &new.admin);
-    note_text(
-        &mut plan.restart,
-        "origin",
-        running
-            .origin
-            .as_ref()
-            .map_or("the demo origin", |o| o.authority.as_str()),
-        new.origin
-            .as_ref()
-            .map_or("the demo origin", |o| o.authority.as_str()),
-    );
-    note(&mut plan.restart, "workers", &running.workers, &new.workers);
-    note(&mut plan.restart, "io", &running.io, &new.io);
-    note(
-        &mut plan.restart,
-        "memory",
-        &running.memory_bytes,
-        &new.memory_bytes,
-    );
-    let store = |p: &Option<std::path::PathBuf>| {
-        p.as_ref()
-            .map_or("anonymous memory".to_string(), |p| p.display().to_string())
-    };
-    note_text(
-        &mut plan.restart,
-        "store",
-        &store(&running.store_path),
-        &store(&new.store_path),
-    );
-    // Applied now.
-    let level = |l: Option<log::LevelFilter>| {
-        l.map_or("unset".to_string(), |l| l.as_str().to_ascii_lowercase())
-    };
-    note_text(
-        &mut plan.applied,
-        "log_level",
-        &level(running.log_level),
-        &level(new.log_level),
-    );
-    plan.config.log_level = new.log_level;
-
-    let (old, fresh, run) = (&running.limits, &new.limits, &mut plan.config.limits);
-    macro_rules! reloadable {
-        ($($field:ident),* $(,)?) => {$(
-            note(&mut plan.applied, concat!("limits.", stringify!($field)), &old.$field, &fresh.$field);
-            run.$field = fresh.$field;
-        )*};
-    }
-    macro_rules! restart_only {
-        ($($field:ident),* $(,)?) => {$(
-            note(&mut plan.restart, concat!("limits.", stringify!($field)), &old.$field, &fresh.$field);
-        )*};
-    }
-    // Read per request or per tick from the worker's copy of the limits.
-    reloadable!(
-        head_bytes_max,
-        headers_count_max,
-        body_bytes_max,
-        pipeline_depth_max,
-        client_output_bytes_max,
-        header_timeout,
-        keepalive_timeout,
-        send_timeout,
-        origin_connect_timeout,
-        origin_response_timeout,
-        origin_idle_timeout,
-        origin_queue_timeout,
-        origin_response_bytes_max,
-        object_bytes_max,
-        shutdown_grace,
-        drain_idle_timeout,
-    );
-    // Size a structure built at start, or are shared by every worker.
-    restart_only!(
-        connections_max,
-        origin_connections_max,
-        origin_idle_max,
-        origin_queue_max,
-        coalesce_waiters_max,
-        coalesce_wait_timeout,
-        hit_for_miss_ttl,
-        hit_for_miss_count_max,
-        recv_buffer_bytes,
-        recv_buffers_count,
-        ring_entries,
-        bans_max,
-        admin_body_bytes_max,
-    );
-
-    // The worker reads the refresh-ahead share from its own copy of the
-    // `[cache]` table, taken at start: a restart.
-    note(
-        &mut plan.restart,
-        "cache.refresh_ahead",
-        &running.cache.refresh_ahead_percent,
-        &new.cache.refresh_ahead_percent,
-    );
-
-    // Who may invalidate: applied now. The token is never printed.
-    let (old, fresh) = (&running.invalidation, &new.invalidation);
-    if old.admin_token != fresh.admin_token {
-        let state = |t: &Option<String>| if t.is_some() { "set" } else { "unset" };
-        plan.applied.push(format!(
-            "admin.token ({} → {}, changed)",
-            state(&old.admin_token),
-            state(&fresh.admin_token)
-        ));
-    }
-    let nets = |l: &[crate::config::Cidr]| {
-        let l: Vec<String> = l.iter().map(ToString::to_string).collect();
-        format!("[{}]", l.join(", "))
-    };
-    note_text(
-        &mut plan.applied,
-        "invalidation.purge_allow",
-        &nets(&old.purge_allow),
-        &nets(&fresh.purge_allow),
-    );
-    plan.config.invalidation.admin_token = fresh.admin_token.clone();
-    plan.config.invalidation.purge_allow = fresh.purge_allow.clone();
-    // The rest of [invalidation] shapes the tag index and what the workers
-    // store: a restart.
-    macro_rules! invalidation_restart_only {
-        ($($field:ident),* $(,)?) => {$(
-            note(&mut plan.restart, concat!("invalidation.", stringify!($field)), &old.$field, &fresh.$field);
-        )*};
-    }
-    invalidation_restart_only!(
-        tag_header,
-        tag_header_strip,
-        tags_per_object_max,
-        tag_bytes_max,
-        tag_index_bytes_max,
-        purge_method,
-    );
     plan
 }
 
@@ -324,8 +192,14 @@ mod tests {
         new.workers = 7;
         new.log_level = Some(log::LevelFilter::Debug);
         new.cache.refresh_ahead_percent = 10;
+        new.cache.key_sort_query = true;
+        new.limits.origin_connections_total_max = 9;
+        new.bus = Some(crate::config::BusConfig::new("redis://127.0.0.1:1/s", "n1").unwrap());
         let plan = plan(&running, &new);
-        assert_eq!(plan.config.cache.refresh_ahead_percent, 0);
+        assert_eq!(plan.config.cache.refresh_ahead_percent, 10);
+        assert!(plan.config.cache.key_sort_query);
+        assert!(plan.cache_changed(&running));
+        assert_eq!(plan.config.bus, None);
         assert_eq!(plan.config.limits.head_bytes_max, 1024);
         assert_eq!(plan.config.limits.keepalive_timeout, Duration::from_secs(5));
         assert_eq!(
@@ -337,15 +211,25 @@ mod tests {
         assert!(plan.limits_changed(&running));
         let line = plan.summary();
         assert!(
-            line.contains("limits.head_bytes_max 16384 → 1024"),
+            line.contains("limits.head_bytes_max 16KiB → 1KiB"),
             "{line}"
         );
         assert!(line.contains("log_level"), "{line}");
         let restart = &line[line.find("needs a restart").expect(&line)..];
         assert!(restart.contains("workers 2 → 7"), "{line}");
         assert!(restart.contains("limits.connections_max"), "{line}");
-        assert!(restart.contains("cache.refresh_ahead 0 → 10"), "{line}");
+        assert!(!restart.contains("cache."), "{line}");
+        assert!(line.contains("cache.refresh_ahead 0% → 10%"), "{line}");
+        assert!(line.contains("cache.key_sort_query false → true"), "{line}");
         assert!(!restart.contains("head_bytes_max"), "{line}");
+        assert!(
+            restart.contains("limits.origin_connections_total_max 1024 → 9"),
+            "{line}"
+        );
+        assert!(
+            restart.contains("bus.url unset → redis://127.0.0.1:1/s"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -394,18 +278,24 @@ mod tests {
 
     #[test]
     fn workers_pick_up_a_generation_once() {
-        let reload = Reload::new(Limits::default(), 2);
+        let reload = Reload::new(Limits::default(), CacheConfig::default(), 2);
         let mut seen = [0u64; 2];
         assert!(reload.pick_up(0, &mut seen[0]).is_none());
         let limits = Limits {
             head_bytes_max: 2048,
             ..Limits::default()
         };
-        let generation = reload.publish(limits);
+        let cache = CacheConfig {
+            key_sort_query: true,
+            ..CacheConfig::default()
+        };
+        let generation = reload.publish(limits, cache);
         assert!(!reload.wait_seen(generation, Duration::ZERO));
         assert_eq!(
-            reload.pick_up(0, &mut seen[0]).map(|l| l.head_bytes_max),
-            Some(2048)
+            reload
+                .pick_up(0, &mut seen[0])
+                .map(|(l, c)| (l.head_bytes_max, c.key_sort_query)),
+            Some((2048, true))
         );
         assert!(reload.pick_up(0, &mut seen[0]).is_none());
         assert!(!reload.wait_seen(generation, Duration::ZERO));

@@ -3,8 +3,8 @@
 //! A loop turn: wait for completions (at most one tick), hand each to the
 //! proxy, let the proxy queue its sends, hand every queued operation to the
 //! backend, which submits them all with the next wait. Timeouts are checked
-//! once per tick by a scan of the worker's sockets; reloaded limits
-//! (`runtime::reload`) are picked up at the same tick.
+//! once per tick by a scan of the worker's sockets; reloaded limits and
+//! `[cache]` (`runtime::reload`) are picked up at the same tick.
 //!
 //! Listeners: the worker accepts on every fd in `WorkerSpec::listeners` and
 //! never closes them (`runtime::serve` owns them: with socket activation
@@ -160,9 +160,10 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
         let now = Instant::now();
         proxy.set_now(now);
         if now >= next_tick {
-            if let Some(limits) = spec.reload.pick_up(spec.index, &mut reload_seen) {
+            if let Some((limits, cache)) = spec.reload.pick_up(spec.index, &mut reload_seen) {
                 grace = limits.shutdown_grace;
                 proxy.set_limits(limits);
+                proxy.set_cache(&cache);
             }
             proxy.tick(now);
             next_tick = now + TICK_INTERVAL;

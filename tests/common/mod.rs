@@ -59,6 +59,16 @@ pub fn bin() -> PathBuf {
     }
 }
 
+/// A `RINGCACHE_*` variable that sets configuration (not the test's own
+/// switches nor the log filter).
+pub fn is_config_env(name: &str) -> bool {
+    name.starts_with("RINGCACHE_")
+        && !matches!(
+            name,
+            "RINGCACHE_TEST_BIN" | "RINGCACHE_LOG" | "RINGCACHE_TRACES" | "RINGCACHE_RESTART_DIR"
+        )
+}
+
 /// Poll `cond` every 20 ms until it holds or `within` passes; returns whether it held.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -181,6 +191,12 @@ impl Proc {
             "NOTIFY_SOCKET",
         ] {
             cmd.env_remove(var);
+        }
+        // Every configuration key has a RINGCACHE_* variable.
+        for (var, _) in std::env::vars_os() {
+            if var.to_str().is_some_and(is_config_env) {
+                cmd.env_remove(var);
+            }
         }
         // SAFETY: the closure runs in the child between fork and exec and only
         // calls prctl(2), which is async-signal-safe; it allocates nothing.
