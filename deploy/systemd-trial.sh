@@ -171,7 +171,7 @@ check "restart: store reopened after a clean stop" \
 nsx sed -i 's/^head_bytes_max = .*/head_bytes_max = "8KiB"/' /etc/ringcache/ringcache.toml
 nsx systemctl reload ringcache.service
 check "reload: one line names the change" \
-    bash -c "timeout 10 nsenter -t $ns_init -a journalctl -u ringcache --no-pager -o cat | grep -q 'reload: applied limits.head_bytes_max 16384 → 8192'"
+    bash -c "timeout 10 nsenter -t $ns_init -a journalctl -u ringcache --no-pager -o cat | grep -q 'reload: applied limits.head_bytes_max 16KiB → 8KiB'"
 
 # Reloads every second against a 3 s watchdog.
 nsx mkdir -p /etc/systemd/system/ringcache.service.d
