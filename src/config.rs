@@ -2120,6 +2120,35 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("RINGCACHE_REFRESH_AHEAD", "cache.refresh_ahead"),
 ];
 
+/// `RINGCACHE_*` variables that are not a key's: the log level, the
+/// configuration file, and the debug builds' fault switch.
+const ENV_OTHERS: &[&str] = &[
+    crate::logging::LOG_ENV,
+    "RINGCACHE_CONFIG",
+    crate::runtime::FAULT_STALL_WORKER_ENV,
+];
+
+/// Of the environment variables `names`, those that start with
+/// `RINGCACHE_` but name no key, alias or other known setting: most likely
+/// a typo, which would otherwise be ignored without a word.
+pub fn unknown_env_vars(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut unknown: Vec<String> = names
+        .filter(|n| n.starts_with("RINGCACHE_"))
+        .filter(|n| !ENV_OTHERS.contains(&n.as_str()))
+        .filter(|n| !ENV_ALIASES.iter().any(|(alias, _)| alias == n))
+        .filter(|n| !OPTIONS.iter().any(|o| env_name(o.key) == *n))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// Warn once about each [`unknown_env_vars`] of this process.
+pub fn warn_unknown_env_vars() {
+    for name in unknown_env_vars(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
+        log::warn!("environment variable {name} names no configuration key: ignored");
+    }
+}
+
 /// The environment variable of a key: `limits.head_bytes_max` →
 /// `RINGCACHE_LIMITS_HEAD_BYTES_MAX`.
 pub fn env_name(key: &str) -> String {
@@ -2596,6 +2625,25 @@ pub fn reference() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn unknown_environment_variables_are_named() {
+        let names = [
+            "RINGCACHE_LIMITS_HEAD_BYTES_MAX",
+            "RINGCACHE_LIMITS_HEAD_BYTE_MAX",
+            "RINGCACHE_LOG",
+            "RINGCACHE_CONFIG",
+            "RINGCACHE_ADMIN",
+            "RINGCACHE_MEMORY",
+            "RINGCACHE_MEMROY",
+            "PATH",
+        ];
+        assert_eq!(
+            unknown_env_vars(names.iter().map(|n| n.to_string())),
+            ["RINGCACHE_LIMITS_HEAD_BYTE_MAX", "RINGCACHE_MEMROY"]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
+            ringcache::config::warn_unknown_env_vars();
             Config::load(&args).and_then(|config| ringcache::runtime::serve(config, &args))
         }
         Command::Origin { listen, threads } => ringcache::demo_origin::run(listen, threads.max(1))
@@ -59,8 +60,11 @@ fn main() -> ExitCode {
         Command::Inspect { store } => ringcache::store::inspect::inspect(&store)
             .map(|report| print!("{report}"))
             .map_err(|e| format!("store {}: {e}", store.display())),
-        Command::CheckConfig(args) => Config::load_traced(&args, &|name| std::env::var(name).ok())
-            .map(|(config, given)| print!("{}", config.describe(&given))),
+        Command::CheckConfig(args) => {
+            ringcache::config::warn_unknown_env_vars();
+            Config::load_traced(&args, &|name| std::env::var(name).ok())
+                .map(|(config, given)| print!("{}", config.describe(&given)))
+        }
         Command::ConfigReference { write: None } => {
             print!("{}", ringcache::config::reference());
             Ok(())
