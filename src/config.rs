@@ -1380,6 +1380,9 @@ pub struct BusConfig {
     pub heartbeat_ttl: std::time::Duration,
     /// Lifetime of an entry's acknowledgements.
     pub ack_ttl: std::time::Duration,
+    /// At start, how long `serve` waits for the bus to apply what the
+    /// stream holds past the saved position before it serves anyway.
+    pub catch_up_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1401,6 +1404,7 @@ struct FileBus {
     reconnect_backoff_max: Option<String>,
     heartbeat_ttl: Option<String>,
     ack_ttl: Option<String>,
+    catch_up_timeout: Option<String>,
 }
 
 /// Longest node or stream name, in bytes.
@@ -1429,6 +1433,7 @@ impl BusConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             heartbeat_ttl: Duration::from_secs(15),
             ack_ttl: Duration::from_secs(600),
+            catch_up_timeout: Duration::from_secs(5),
         })
     }
 
@@ -1539,6 +1544,11 @@ impl BusConfig {
         )?;
         dur("heartbeat_ttl", file.heartbeat_ttl, &mut b.heartbeat_ttl)?;
         dur("ack_ttl", file.ack_ttl, &mut b.ack_ttl)?;
+        dur(
+            "catch_up_timeout",
+            file.catch_up_timeout,
+            &mut b.catch_up_timeout,
+        )?;
         Ok(Some(b))
     }
 
@@ -1642,6 +1652,7 @@ impl fmt::Display for BusConfig {
             ("reconnect_backoff_max", self.reconnect_backoff_max),
             ("heartbeat_ttl", self.heartbeat_ttl),
             ("ack_ttl", self.ack_ttl),
+            ("catch_up_timeout", self.catch_up_timeout),
         ] {
             writeln!(f, "{k} = \"{}\"", format_duration(v))?;
         }

@@ -3,7 +3,9 @@
 //!
 //! Three real nodes (`serve --bus`, each with its own store file and bus
 //! state) share invalidations sent to one of them: URL, tag (Vary variants
-//! included) purges, acknowledged by all with `"wait": "all"`; Redis killed and restarted with its data (the
+//! included) and prefix purges, acknowledged by all with `"wait": "all"`; a
+//! node stopped (SIGTERM or SIGKILL) during purges replays what it missed
+//! before it serves again; Redis killed and restarted with its data (the
 //! purges held in the outbox reach the others) or without (every node drops
 //! its cache). Three `Bus` instances driven through their public API (each
 //! standing for a node whose cache is a set of URLs) cover delivery, acks
@@ -124,6 +126,13 @@ impl Redis {
     /// when persistent).
     fn restart(&mut self) {
         self.proc = Redis::spawn(self.port, self.persistent, self.dir.path());
+    }
+
+    /// Stop (SIGSTOP) or resume (SIGCONT) the server: connections stay
+    /// open, commands get no answer meanwhile.
+    fn pause(&mut self, paused: bool) {
+        self.proc
+            .signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
     }
 
     fn url(&self) -> String {
@@ -517,8 +526,9 @@ fn the_nginx_front_is_valid() {
 // ---------------------------------------------------------------------------
 
 /// What every node of [`Cluster`] reads: the admin token, a quick
-/// reconnect, and a heartbeat that outlives a busy machine's pauses.
-const NODE_CONFIG: &str = "[admin]\ntoken = \"cluster-token-0123456789\"\n\n[bus]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"200ms\"\nheartbeat_ttl = \"3s\"\n";
+/// reconnect, a heartbeat that outlives a busy machine's pauses, and a
+/// start-up catch-up long enough for a paused Redis.
+const NODE_CONFIG: &str = "[admin]\ntoken = \"cluster-token-0123456789\"\n\n[bus]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"200ms\"\nheartbeat_ttl = \"3s\"\ncatch_up_timeout = \"20s\"\n";
 
 /// A counting origin whose answers are a function of the request: the body
 /// names the target and the `Accept-Language`, `?tags=a,b` is sent as
@@ -769,6 +779,103 @@ fn tag_purge_waits_for_every_node(io: &str) {
 }
 
 both_io!(tag_purge_waits_for_every_node);
+
+/// The objects of [`node_down_during_purges`]: purged meanwhile by URL, by
+/// tag and by a prefix ban, and untouched.
+const MISSED: [&str; 5] = ["/o/u1", "/o/u2", "/o/t?tags=gone", "/o/p/1", "/o/p/2"];
+const UNTOUCHED: [&str; 3] = ["/o/k1", "/o/k2?tags=stays", "/o/pk/3"];
+
+/// Node 3 stops (SIGTERM or SIGKILL) while node 1 receives URL and tag
+/// purges and a prefix ban. Restarted on the same store and bus state, it
+/// applies what it missed before it serves: none of the purged objects is
+/// served from its store, the untouched ones are warm hits.
+fn node_down_during_purges(io: &str, signal: i32) {
+    let Some(mut c) = Cluster::start(io, Redis::start()) else {
+        return;
+    };
+    let with_lang = |ts: &[&'static str]| -> Vec<(&'static str, Option<&'static str>)> {
+        ts.iter().map(|t| (*t, None)).collect()
+    };
+    let (missed, untouched) = (with_lang(&MISSED), with_lang(&UNTOUCHED));
+    let all: Vec<_> = missed.iter().chain(&untouched).copied().collect();
+    c.fill(&all);
+
+    let mut node3 = c.nodes[2].take().unwrap();
+    node3.proc.signal(signal);
+    let status = node3.wait_exit(WAIT).expect("node3 exits");
+    if signal == libc::SIGTERM {
+        assert!(status.success(), "node3 after SIGTERM: {status:?}");
+    }
+    drop(node3);
+
+    for body in [
+        r#"{"urls": ["/o/u1"], "host": "ringcache.test"}"#,
+        r#"{"urls": ["/o/u2"]}"#,
+        r#"{"tags": ["gone"]}"#,
+        r#"{"prefixes": ["/o/p/"]}"#,
+    ] {
+        let r = c.invalidate(0, body);
+        assert_eq!(r.status, 200, "{body}: {}", r.summary());
+        assert!(
+            !r.body_str().contains("\"bus\""),
+            "not published: {}",
+            r.body_str()
+        );
+    }
+    c.wait_metric(1, "ringcache_bus_applied_total", |v| v == 4.0);
+
+    // Restart with Redis paused: the node must not take connections before
+    // it has read the stream, however long Redis takes to answer.
+    c.redis.pause(true);
+    let extra = c.extra_args(2);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let args = serve_args(io, Some(&c.origin.url()), 1, &extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = Proc::spawn("ringcache", &refs);
+    let said = wait_until(WAIT, || {
+        proc.stderr_lines()
+            .iter()
+            .any(|l| l.contains("before serving") || l.contains("ready: listen="))
+    });
+    let ready_while_paused = proc
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("ready: listen="));
+    c.redis.pause(false);
+    assert!(said, "node3 said nothing:\n{}", proc.transcript());
+    assert!(
+        !ready_while_paused,
+        "node3 was ready before it could read what it missed:\n{}",
+        proc.transcript()
+    );
+    let node3 = Server::wait_ready(proc, READY_DEADLINE)
+        .unwrap_or_else(|e| panic!("{}", describe_start_error(&bin(), &refs, &e)));
+    let lines = node3.stderr_lines();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    assert!(
+        at("bus: caught up with the stream") < at("ready: listen="),
+        "node3 must catch up before it is ready: {lines:?}"
+    );
+    c.nodes[2] = Some(node3);
+
+    c.assert_purged(2, &missed, &untouched);
+    assert_eq!(c.metric(2, "ringcache_bus_applied_total"), 4.0);
+    assert_eq!(c.metric(2, "ringcache_bus_cache_drops_total"), 0.0);
+    assert!(c.metric(2, "ringcache_store_recovered_items") >= all.len() as f64);
+}
+
+fn node_down_by_sigterm_during_purges(io: &str) {
+    node_down_during_purges(io, libc::SIGTERM);
+}
+
+fn node_killed_during_purges(io: &str) {
+    node_down_during_purges(io, libc::SIGKILL);
+}
+
+both_io!(
+    node_down_by_sigterm_during_purges,
+    node_killed_during_purges
+);
 
 /// Redis is killed (`kill -9`) and comes back with its append-only file:
 /// meanwhile purges sent to node 1 apply there at once and wait in its

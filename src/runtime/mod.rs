@@ -40,6 +40,22 @@ fn start_bus(
     Ok(bus)
 }
 
+/// Before the workers start (connections wait in the listen backlog),
+/// apply what the stream received while this node was down, so that a warm
+/// store never answers with an object purged meanwhile. Bounded: with Redis
+/// unreachable the node serves after `timeout`, and the missed entries are
+/// applied once Redis answers.
+fn catch_up_bus(bus: &crate::bus::Bus, timeout: std::time::Duration) {
+    log::info!("bus: applying what the stream holds past this node's position before serving");
+    if bus.wait_caught_up(timeout) {
+        log::info!("bus: caught up with the stream");
+    } else {
+        log::warn!(
+            "bus: not caught up with the stream after {timeout:?} (bus.catch_up_timeout): serving anyway; stored objects purged meanwhile may be served until redis answers"
+        );
+    }
+}
+
 #[cfg(test)]
 mod conformance;
 pub mod epoll;
@@ -455,6 +471,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         Some(bc) => Some(Arc::new(start_bus(bc, &invalidator, &metrics)?)),
         None => None,
     };
+    let bus_catch_up = bus.clone();
     crate::admin::spawn(
         admin,
         crate::admin::AdminState {
@@ -468,6 +485,9 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    if let (Some(bus), Some(bc)) = (bus_catch_up, &config.bus) {
+        catch_up_bus(&bus, bc.catch_up_timeout);
+    }
 
     let heartbeats: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(crossbeam_utils::CachePadded::new(AtomicU64::new(0))))
