@@ -333,18 +333,24 @@ fn haproxy_config(front: u16, nodes: &[&Server]) -> String {
     cfg
 }
 
-fn front_sends_each_uri_to_one_node(io: &str) {
+/// haproxy with deploy/cluster/haproxy.cfg in front of three nodes: each URI
+/// is fetched by one node only, and a purge acknowledged by all nodes makes
+/// the next request for it through the front a miss at the origin.
+fn front_sends_each_uri_to_one_node_and_purges_reach_it(io: &str) {
     let Some(redis) = Redis::start() else { return };
     if !installed("haproxy") {
         return;
     }
     let origin = DemoOrigin::start();
+    let (_cfg_dir, cfg) = config_file(&format!("[admin]\ntoken = \"{TOKEN}\"\n"));
     let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("front{i}"))).collect();
     let mut servers = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let store = d.path().join("store");
         let node = format!("node{}", i + 1);
         let extra = [
+            "--config",
+            cfg.to_str().unwrap(),
             "--store",
             store.to_str().unwrap(),
             "--bus",
@@ -391,9 +397,29 @@ fn front_sends_each_uri_to_one_node(io: &str) {
         .collect();
     assert_eq!(hits.iter().sum::<f64>(), paths.len() as f64, "{hits:?}");
     assert!(hits.iter().filter(|h| **h > 0.0).count() >= 2, "{hits:?}");
+
+    // A purge sent to node 1 and acknowledged by every node: the next
+    // request for the URI through the front reaches the origin, whichever
+    // node holds it; the other URIs are still hits.
+    let purged = &paths[4];
+    let r = admin_post(
+        &servers[0],
+        "/invalidate",
+        &format!(r#"{{"urls": ["{purged}"], "wait": "all", "timeout_ms": 10000}}"#),
+    );
+    assert_eq!(applied_nodes(&r), all_applied(), "{}", r.body_str());
+    let r = http_get(front_addr, purged);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert!(!r.is_hit(), "{purged} after the purge: {}", r.summary());
+    assert_eq!(origin.stats().path(purged), 2, "{purged} fetched again");
+    for p in paths.iter().filter(|p| *p != purged) {
+        let r = http_get(front_addr, p);
+        assert!(r.is_hit(), "{p}: {}", r.summary());
+        assert_eq!(origin.stats().path(p), 1, "{p}");
+    }
 }
 
-both_io!(front_sends_each_uri_to_one_node);
+both_io!(front_sends_each_uri_to_one_node_and_purges_reach_it);
 
 const TOKEN: &str = "cluster-token-0123456789";
 
@@ -525,10 +551,10 @@ fn the_nginx_front_is_valid() {
 // Three real nodes on one bus, in front of a counting origin
 // ---------------------------------------------------------------------------
 
-/// What every node of [`Cluster`] reads: the admin token, a quick
+/// What every node of [`Cluster`] reads beside the admin token: a quick
 /// reconnect, a heartbeat that outlives a busy machine's pauses, and a
 /// start-up catch-up long enough for a paused Redis.
-const NODE_CONFIG: &str = "[admin]\ntoken = \"cluster-token-0123456789\"\n\n[bus]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"200ms\"\nheartbeat_ttl = \"3s\"\ncatch_up_timeout = \"20s\"\n";
+const NODE_BUS_CONFIG: &str = "[bus]\nreconnect_backoff_min = \"20ms\"\nreconnect_backoff_max = \"200ms\"\nheartbeat_ttl = \"3s\"\ncatch_up_timeout = \"20s\"\n";
 
 /// A counting origin whose answers are a function of the request: the body
 /// names the target and the `Accept-Language`, `?tags=a,b` is sent as
@@ -625,7 +651,9 @@ impl Cluster {
     /// `None` when Redis is not installed or io_uring is unavailable.
     fn start(io: &str, redis: Option<Redis>) -> Option<Cluster> {
         let redis = redis?;
-        let (cfg_dir, cfg) = config_file(NODE_CONFIG);
+        let (cfg_dir, cfg) = config_file(&format!(
+            "[admin]\ntoken = \"{TOKEN}\"\n\n{NODE_BUS_CONFIG}"
+        ));
         let mut c = Cluster {
             nodes: Vec::new(),
             origin: cluster_origin(),
