@@ -165,7 +165,8 @@ struct Publisher {
 /// A running bus: the consumer thread and the publishing side.
 pub struct Bus {
     shared: Arc<Shared>,
-    consumer: Option<JoinHandle<()>>,
+    /// Taken by the first [`Bus::close`].
+    consumer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Bus {
@@ -214,7 +215,7 @@ impl Bus {
             .map_err(|e| format!("bus: cannot start its thread: {e}"))?;
         Ok(Bus {
             shared,
-            consumer: Some(handle),
+            consumer: Mutex::new(Some(handle)),
         })
     }
 
@@ -362,14 +363,24 @@ impl Bus {
 
     /// Stop the consumer thread and leave the cluster (the heartbeat key is
     /// removed). Queued invalidations that were not sent are dropped.
-    pub fn stop(mut self) {
-        self.stop_and_join();
+    pub fn stop(self) {
+        self.close();
     }
 
-    fn stop_and_join(&mut self) {
+    /// [`Bus::stop`] for a bus shared with other threads (a stopping
+    /// `serve`): waits for the consumer's current read, at most
+    /// `block_timeout` plus `io_timeout`, then leaves the cluster, so that
+    /// acknowledgement waits on other nodes stop counting this one.
+    /// Publishing afterwards only queues. Later calls return at once.
+    pub fn close(&self) {
         // Relaxed: the thread polls the flag; join orders everything after.
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.consumer.take() {
+        let handle = self
+            .consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
             if h.join().is_err() {
                 error!("bus: the consumer thread panicked");
             }
@@ -379,7 +390,7 @@ impl Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.close();
     }
 }
 

@@ -471,7 +471,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         Some(bc) => Some(Arc::new(start_bus(bc, &invalidator, &metrics)?)),
         None => None,
     };
-    let bus_catch_up = bus.clone();
+    let bus_handle = bus.clone();
     crate::admin::spawn(
         admin,
         crate::admin::AdminState {
@@ -485,8 +485,8 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("cannot start the admin thread: {e}"))?;
-    if let (Some(bus), Some(bc)) = (bus_catch_up, &config.bus) {
-        catch_up_bus(&bus, bc.catch_up_timeout);
+    if let (Some(bus), Some(bc)) = (&bus_handle, &config.bus) {
+        catch_up_bus(bus, bc.catch_up_timeout);
     }
 
     let heartbeats: Vec<_> = (0..config.workers)
@@ -596,6 +596,12 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     shutdown.store(true, Ordering::Release);
     for h in handles {
         let _ = h.join();
+    }
+    // Applying invalidations until no worker serves any more, then leave
+    // the cluster: other nodes' "wait": "all" stops counting this one.
+    if let Some(bus) = &bus_handle {
+        bus.close();
+        log::info!("bus: left the cluster");
     }
     // Closes this process's copies only: a socket held by the service
     // manager keeps queueing connections for the next process.
