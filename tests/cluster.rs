@@ -954,6 +954,7 @@ fn redis_killed_and_restarted(io: &str) {
         c.metric(0, "ringcache_bus_publish_errors_total"),
         errors + 2.0
     );
+    assert_eq!(c.metric(0, "ringcache_bus_outbox_entries"), 2.0);
     // Applied on node 1 at once, Redis or not.
     c.assert_purged(0, &purged, &kept);
 
@@ -962,6 +963,7 @@ fn redis_killed_and_restarted(io: &str) {
         c.wait_metric(i, "ringcache_bus_connected", |v| v == 1.0);
         c.wait_metric(i, "ringcache_bus_reconnects_total", |v| v >= 1.0);
     }
+    c.wait_metric(0, "ringcache_bus_outbox_entries", |v| v == 0.0);
     for i in 1..3 {
         c.wait_metric(i, "ringcache_bus_applied_total", |v| v == 3.0);
     }

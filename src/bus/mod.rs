@@ -417,6 +417,15 @@ impl Shared {
         )
     }
 
+    /// Publish the outbox's length (for the session loop and the metric).
+    fn set_outbox_len(&self, p: &Publisher) {
+        // Relaxed: counts for the session loop's hint and for reporting.
+        self.outbox_len.store(p.outbox.len(), Ordering::Relaxed);
+        self.metrics
+            .outbox_entries
+            .store(p.outbox.len() as u64, Ordering::Relaxed);
+    }
+
     /// Put `payload` at the back of the outbox, dropping the oldest beyond the bound.
     fn queue(&self, p: &mut Publisher, payload: &[u8]) {
         self.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -429,7 +438,7 @@ impl Shared {
             );
         }
         p.outbox.push_back(payload.to_vec());
-        self.outbox_len.store(p.outbox.len(), Ordering::Relaxed);
+        self.set_outbox_len(p);
     }
 
     /// Send queued invalidations in order; stop at the first failure.
@@ -457,7 +466,7 @@ impl Shared {
                 }
             }
         }
-        self.outbox_len.store(p.outbox.len(), Ordering::Relaxed);
+        self.set_outbox_len(p);
         if queued > 0 && p.outbox.is_empty() {
             info!("bus: {queued} queued invalidations published");
         }
