@@ -1412,6 +1412,9 @@ pub struct BusConfig {
     pub heartbeat_ttl: std::time::Duration,
     /// Lifetime of an entry's acknowledgements.
     pub ack_ttl: std::time::Duration,
+    /// At start, how long `serve` waits for the bus to apply what the
+    /// stream holds past the saved position before it serves anyway.
+    pub catch_up_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1433,6 +1436,7 @@ struct FileBus {
     reconnect_backoff_max: Option<String>,
     heartbeat_ttl: Option<String>,
     ack_ttl: Option<String>,
+    catch_up_timeout: Option<String>,
 }
 
 /// Longest node or stream name, in bytes.
@@ -1461,6 +1465,7 @@ impl BusConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             heartbeat_ttl: Duration::from_secs(15),
             ack_ttl: Duration::from_secs(600),
+            catch_up_timeout: Duration::from_secs(5),
         })
     }
 
@@ -1570,6 +1575,11 @@ impl BusConfig {
         )?;
         dur("heartbeat_ttl", file.heartbeat_ttl, &mut b.heartbeat_ttl)?;
         dur("ack_ttl", file.ack_ttl, &mut b.ack_ttl)?;
+        dur(
+            "catch_up_timeout",
+            file.catch_up_timeout,
+            &mut b.catch_up_timeout,
+        )?;
         Ok(Some(b))
     }
 
@@ -1673,6 +1683,7 @@ impl fmt::Display for BusConfig {
             ("reconnect_backoff_max", self.reconnect_backoff_max),
             ("heartbeat_ttl", self.heartbeat_ttl),
             ("ack_ttl", self.ack_ttl),
+            ("catch_up_timeout", self.catch_up_timeout),
         ] {
             writeln!(f, "{k} = \"{}\"", format_duration(v))?;
         }
@@ -2110,6 +2121,8 @@ pub static OPTIONS: &[OptionSpec] = &[
         "a node counts as live this long after its last heartbeat"),
     bus_key!("bus.ack_ttl", Kind::Duration, ack_ttl, range SEC => NO_MAX;
         "how long an entry's acknowledgements are kept"),
+    bus_key!("bus.catch_up_timeout", Kind::Duration, catch_up_timeout;
+        "at start, longest wait for the entries missed while down to be applied before serving (`0s`: do not wait)"),
 ];
 
 /// Environment variables read before the systematic name of their key was

@@ -678,7 +678,8 @@ fn write_histogram(
 }
 
 /// The invalidation bus's series (see `crate::bus`). One writer, the bus's
-/// consumer thread, except `publish_errors` and `outbox_dropped` (publishers).
+/// consumer thread, except `publish_errors`, `outbox_dropped` and
+/// `outbox_entries` (publishers, under the outbox's lock).
 #[derive(Default)]
 pub struct BusMetrics {
     /// 1 while the consumer holds a working connection to Redis.
@@ -696,6 +697,8 @@ pub struct BusMetrics {
     pub publish_errors: AtomicU64,
     /// Queued invalidations dropped because the outbox was full.
     pub outbox_dropped: AtomicU64,
+    /// Invalidations waiting in the outbox for Redis now.
+    pub outbox_entries: AtomicU64,
     /// Whole-cache drops because entries were lost (trimmed stream, lost Redis data).
     pub cache_drops: AtomicU64,
 }
@@ -709,7 +712,7 @@ impl BusMetrics {
     fn render(&self, out: &mut String) {
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let lag_secs = g(&self.lag_ms) as f64 / 1000.0;
-        let series: [(&str, &str, String, &str); 9] = [
+        let series: [(&str, &str, String, &str); 10] = [
             (
                 "ringcache_bus_connected",
                 "gauge",
@@ -757,6 +760,12 @@ impl BusMetrics {
                 "counter",
                 g(&self.outbox_dropped).to_string(),
                 "Unpublished invalidations dropped from the full outbox.",
+            ),
+            (
+                "ringcache_bus_outbox_entries",
+                "gauge",
+                g(&self.outbox_entries).to_string(),
+                "Invalidations applied here and waiting for Redis to be shared.",
             ),
             (
                 "ringcache_bus_cache_drops_total",

@@ -304,6 +304,43 @@ fn a_restarted_consumer_replays_exactly_what_it_missed() {
     assert_eq!(c.applied(), ["five"]);
 }
 
+/// `wait_caught_up` answers true only once every entry the stream held past
+/// the saved position is applied (what `serve` waits for before it takes
+/// connections), and false while Redis cannot be reached.
+#[test]
+fn caught_up_means_every_missed_entry_is_applied() {
+    let Some(redis) = Redis::start() else { return };
+    let (da, db) = (TempDir::new("a"), TempDir::new("b"));
+    let url = redis.url("inv");
+    let a = Node::start(config(&url, "a", &da.0));
+    let mut b = Node::start(config(&url, "b", &db.0));
+    a.publish("one");
+    b.wait_applied("one");
+    b.stop();
+    let missed: Vec<String> = (1..=5).map(|i| format!("missed-{i}")).collect();
+    for m in &missed {
+        a.publish(m);
+    }
+    let b = Node::start(config(&url, "b", &db.0));
+    assert!(b.bus().wait_caught_up(WAIT), "never caught up");
+    // No waiting here: caught up means applied.
+    assert_eq!(b.applied(), missed);
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dd = TempDir::new("d");
+    let cut_off = Bus::start(
+        config(&format!("redis://127.0.0.1:{port}/inv"), "d", &dd.0),
+        |_: &[u8]| Ok(0),
+        || {},
+    )
+    .unwrap();
+    assert!(!cut_off.wait_caught_up(Duration::from_millis(300)));
+}
+
 #[test]
 fn a_stream_trimmed_past_the_saved_id_drops_the_cache_once() {
     let Some(redis) = Redis::start() else { return };

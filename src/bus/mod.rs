@@ -29,6 +29,9 @@
 //! `last_id` and replays exactly what it missed. A crash between an apply and
 //! the save replays that batch once more: invalidations are idempotent. A
 //! node without a saved position (first start) begins at the stream's end.
+//! [`Bus::wait_caught_up`] tells when the entries the stream held past the
+//! saved position at the first connect are applied: `serve` waits for it
+//! (bounded by `catch_up_timeout`) before its workers take connections.
 //!
 //! Lost entries. Entries can disappear before a node read them: the stream
 //! was trimmed past its position (`entries-added − length > offset`), Redis
@@ -76,6 +79,8 @@ pub const ACK_POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub const ACK_POLL_FIRST: Duration = Duration::from_millis(1);
 /// Longest uninterrupted sleep of the consumer thread (so that stop is prompt).
 pub const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often [`Bus::wait_caught_up`] looks at the consumer's progress.
+pub const CATCH_UP_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Applies another node's invalidation body; returns the objects invalidated.
 pub type ApplyFn = Box<dyn FnMut(&[u8]) -> Result<u64, String> + Send>;
@@ -146,6 +151,9 @@ struct Shared {
     publisher: Mutex<Publisher>,
     /// The outbox's length, readable without the lock.
     outbox_len: AtomicUsize,
+    /// The consumer has read the stream up to the end it saw after its
+    /// first sync: every invalidation published before the start is applied.
+    caught_up: AtomicBool,
 }
 
 /// The publishing side: its own connection and the outbox.
@@ -157,7 +165,8 @@ struct Publisher {
 /// A running bus: the consumer thread and the publishing side.
 pub struct Bus {
     shared: Arc<Shared>,
-    consumer: Option<JoinHandle<()>>,
+    /// Taken by the first [`Bus::close`].
+    consumer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Bus {
@@ -189,6 +198,7 @@ impl Bus {
                 outbox: VecDeque::new(),
             }),
             outbox_len: AtomicUsize::new(0),
+            caught_up: AtomicBool::new(false),
         });
         let consumer = Consumer {
             shared: Arc::clone(&shared),
@@ -205,7 +215,7 @@ impl Bus {
             .map_err(|e| format!("bus: cannot start its thread: {e}"))?;
         Ok(Bus {
             shared,
-            consumer: Some(handle),
+            consumer: Mutex::new(Some(handle)),
         })
     }
 
@@ -223,6 +233,25 @@ impl Bus {
     pub fn outbox_len(&self) -> usize {
         // Relaxed: a count for reporting and tests.
         self.shared.outbox_len.load(Ordering::Relaxed)
+    }
+
+    /// Wait up to `timeout` until the consumer has applied every entry the
+    /// stream held when it first connected (what this node missed while it
+    /// was down); false when the time ran out (Redis unreachable or slow).
+    pub fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Acquire pairs with the Release store in `poll`: the applies
+            // before it are visible to the caller.
+            if self.shared.caught_up.load(Ordering::Acquire) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(CATCH_UP_POLL_INTERVAL.min(deadline - now));
+        }
     }
 
     /// Share an invalidation this node received (and applied) with the
@@ -334,14 +363,24 @@ impl Bus {
 
     /// Stop the consumer thread and leave the cluster (the heartbeat key is
     /// removed). Queued invalidations that were not sent are dropped.
-    pub fn stop(mut self) {
-        self.stop_and_join();
+    pub fn stop(self) {
+        self.close();
     }
 
-    fn stop_and_join(&mut self) {
+    /// [`Bus::stop`] for a bus shared with other threads (a stopping
+    /// `serve`): waits for the consumer's current read, at most
+    /// `block_timeout` plus `io_timeout`, then leaves the cluster, so that
+    /// acknowledgement waits on other nodes stop counting this one.
+    /// Publishing afterwards only queues. Later calls return at once.
+    pub fn close(&self) {
         // Relaxed: the thread polls the flag; join orders everything after.
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.consumer.take() {
+        let handle = self
+            .consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
             if h.join().is_err() {
                 error!("bus: the consumer thread panicked");
             }
@@ -351,7 +390,7 @@ impl Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.close();
     }
 }
 
@@ -378,6 +417,15 @@ impl Shared {
         )
     }
 
+    /// Publish the outbox's length (for the session loop and the metric).
+    fn set_outbox_len(&self, p: &Publisher) {
+        // Relaxed: counts for the session loop's hint and for reporting.
+        self.outbox_len.store(p.outbox.len(), Ordering::Relaxed);
+        self.metrics
+            .outbox_entries
+            .store(p.outbox.len() as u64, Ordering::Relaxed);
+    }
+
     /// Put `payload` at the back of the outbox, dropping the oldest beyond the bound.
     fn queue(&self, p: &mut Publisher, payload: &[u8]) {
         self.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -390,7 +438,7 @@ impl Shared {
             );
         }
         p.outbox.push_back(payload.to_vec());
-        self.outbox_len.store(p.outbox.len(), Ordering::Relaxed);
+        self.set_outbox_len(p);
     }
 
     /// Send queued invalidations in order; stop at the first failure.
@@ -418,7 +466,7 @@ impl Shared {
                 }
             }
         }
-        self.outbox_len.store(p.outbox.len(), Ordering::Relaxed);
+        self.set_outbox_len(p);
         if queued > 0 && p.outbox.is_empty() {
             info!("bus: {queued} queued invalidations published");
         }
@@ -841,6 +889,10 @@ impl Consumer {
         sh.metrics.lag_entries.store(lag, Ordering::Relaxed);
         if lag == 0 {
             sh.metrics.lag_ms.store(0, Ordering::Relaxed);
+        }
+        if pos.last_id >= info.last_generated {
+            // Release pairs with the Acquire load in `wait_caught_up`.
+            sh.caught_up.store(true, Ordering::Release);
         }
         let block_ms = sh.cfg.block_timeout.as_millis().to_string();
         let count = sh.cfg.batch_entries_max.to_string();

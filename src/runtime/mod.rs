@@ -40,6 +40,22 @@ fn start_bus(
     Ok(bus)
 }
 
+/// Before the workers start (connections wait in the listen backlog),
+/// apply what the stream received while this node was down, so that a warm
+/// store never answers with an object purged meanwhile. Bounded: with Redis
+/// unreachable the node serves after `timeout`, and the missed entries are
+/// applied once Redis answers.
+fn catch_up_bus(bus: &crate::bus::Bus, timeout: std::time::Duration) {
+    log::info!("bus: applying what the stream holds past this node's position before serving");
+    if bus.wait_caught_up(timeout) {
+        log::info!("bus: caught up with the stream");
+    } else {
+        log::warn!(
+            "bus: not caught up with the stream after {timeout:?} (bus.catch_up_timeout): serving anyway; stored objects purged meanwhile may be served until redis answers"
+        );
+    }
+}
+
 #[cfg(test)]
 mod conformance;
 pub mod epoll;
@@ -460,6 +476,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         Some(bc) => Some(Arc::new(start_bus(bc, &invalidator, &metrics)?)),
         None => None,
     };
+    let bus_handle = bus.clone();
     crate::admin::spawn(
         admin,
         crate::admin::AdminState {
@@ -473,6 +490,9 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    if let (Some(bus), Some(bc)) = (&bus_handle, &config.bus) {
+        catch_up_bus(bus, bc.catch_up_timeout);
+    }
 
     let heartbeats: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(crossbeam_utils::CachePadded::new(AtomicU64::new(0))))
@@ -593,6 +613,12 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     shutdown.store(true, Ordering::Release);
     for h in handles {
         let _ = h.join();
+    }
+    // Applying invalidations until no worker serves any more, then leave
+    // the cluster: other nodes' "wait": "all" stops counting this one.
+    if let Some(bus) = &bus_handle {
+        bus.close();
+        log::info!("bus: left the cluster");
     }
     // Closes this process's copies only: a socket held by the service
     // manager keeps queueing connections for the next process.
