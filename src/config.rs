@@ -176,6 +176,8 @@ pub struct Config {
     /// The invalidation bus (`[bus]`, `--bus`); `None`: this node stands alone.
     pub bus: Option<BusConfig>,
     pub invalidation: Invalidation,
+    /// The access log (`[access_log]`, `--access-log`).
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 /// Where misses go: a plain-HTTP origin.
@@ -257,6 +259,13 @@ pub struct ServeArgs {
     /// the background, e.g. 10% (0 to 50) [default: 0, off]
     #[arg(long, env = "RINGCACHE_REFRESH_AHEAD", value_name = "PERCENT")]
     pub refresh_ahead: Option<String>,
+    /// Access log file (`-`: stdout, `off`: no log); turns an `off`
+    /// `[access_log]` on in full mode [default: off]
+    #[arg(long, env = "RINGCACHE_ACCESS_LOG", value_name = "PATH")]
+    pub access_log: Option<String>,
+    /// Access log line format: json or combined [default: json]
+    #[arg(long, env = "RINGCACHE_ACCESS_LOG_FORMAT", value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
     /// TOML configuration file; flags override it
     #[arg(long, env = "RINGCACHE_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -281,6 +290,8 @@ struct FileConfig {
     bus: Option<FileBus>,
     #[serde(default)]
     invalidation: FileInvalidation,
+    #[serde(default)]
+    access_log: crate::access_log::FileAccessLog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,6 +392,10 @@ impl Config {
             },
             bus,
             invalidation: file.invalidation.apply(file_token, memory_bytes)?,
+            access_log: file.access_log.apply(
+                args.access_log.as_deref(),
+                args.access_log_format.as_deref(),
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -489,6 +504,7 @@ impl Config {
             "limits.admin_body_bytes_max: must be between 1KiB and 16MiB",
         )?;
         self.invalidation.validate(self.memory_bytes)?;
+        self.access_log.validate()?;
         Ok(())
     }
 }
@@ -623,6 +639,7 @@ impl fmt::Display for Config {
         )?;
         write!(f, "{}", self.cache)?;
         write!(f, "\n{}", self.invalidation)?;
+        write!(f, "\n{}", self.access_log)?;
         match &self.bus {
             Some(bus) => write!(f, "\n{bus}"),
             None => Ok(()),
