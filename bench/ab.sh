@@ -8,6 +8,12 @@
 # CLIENT_CPU against each in turn, ROUNDS times. Prints req/s and p99 per
 # run, then the medians and NEW/BASE. Everything listens on 127.0.0.1 and
 # every process is stopped by PID on exit.
+#
+# Extra `serve` arguments: EXTRA_ARGS for both, BASE_ARGS and NEW_ARGS for
+# one side, so one binary can be compared with itself under two settings.
+# The hit-path cost of the access log, for example:
+#
+#   NEW_ARGS="--access-log /tmp/ab-access.log" bench/ab.sh target/release/ringcache target/release/ringcache
 set -euo pipefail
 
 BASE_BIN=${1:?usage: bench/ab.sh BASE_BIN NEW_BIN}
@@ -19,6 +25,9 @@ SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 RINGCACHE_IO=${RINGCACHE_IO:-uring}
 PATH_Q="/api/items/1?size=1024&max_age=86400"
+EXTRA_ARGS=${EXTRA_ARGS:-}
+BASE_ARGS=${BASE_ARGS:-}
+NEW_ARGS=${NEW_ARGS:-}
 
 command -v wrk >/dev/null || { echo "ab.sh: wrk is not installed" >&2; exit 1; }
 pids=()
@@ -51,13 +60,19 @@ wait_http "http://127.0.0.1:$origin_port/api/items/1"
 declare -A port
 for which in base new; do
     bin=$BASE_BIN
-    [[ $which == new ]] && bin=$NEW_BIN
+    side_args=$BASE_ARGS
+    if [[ $which == new ]]; then
+        bin=$NEW_BIN
+        side_args=$NEW_ARGS
+    fi
     port[$which]=$(free_port)
     admin=$(free_port)
+    # Word splitting on purpose: the variables hold flag lists.
+    # shellcheck disable=SC2086
     RINGCACHE_LOG=warn taskset -c "$SERVER_CPU" "$bin" serve --workers 1 \
         --io "$RINGCACHE_IO" --listen "127.0.0.1:${port[$which]}" \
         --admin "127.0.0.1:$admin" --origin "http://127.0.0.1:$origin_port" \
-        --memory 64MiB >"$work/$which.log" 2>&1 &
+        --memory 64MiB $EXTRA_ARGS $side_args >"$work/$which.log" 2>&1 &
     pids+=($!)
     wait_http "http://127.0.0.1:${port[$which]}$PATH_Q"
 done
