@@ -261,6 +261,35 @@ pub fn plan(running: &Config, new: &Config) -> Plan {
         &new.cache.refresh_ahead_percent,
     );
 
+    // The access log's buffers and writer are set up at start: a restart.
+    let (old, fresh) = (&running.access_log, &new.access_log);
+    note(&mut plan.restart, "access_log.mode", &old.mode, &fresh.mode);
+    note(
+        &mut plan.restart,
+        "access_log.sample",
+        &old.sample,
+        &fresh.sample,
+    );
+    note(
+        &mut plan.restart,
+        "access_log.format",
+        &old.format,
+        &fresh.format,
+    );
+    note(&mut plan.restart, "access_log.path", &old.path, &fresh.path);
+    note(
+        &mut plan.restart,
+        "access_log.buffer_bytes",
+        &old.buffer_bytes,
+        &fresh.buffer_bytes,
+    );
+    note(
+        &mut plan.restart,
+        "access_log.flush_interval",
+        &old.flush_interval,
+        &fresh.flush_interval,
+    );
+
     // Who may invalidate: applied now. The token is never printed.
     let (old, fresh) = (&running.invalidation, &new.invalidation);
     if old.admin_token != fresh.admin_token {
@@ -382,6 +411,20 @@ mod tests {
         assert!(applied.contains("invalidation.purge_allow"), "{line}");
         assert!(restart.contains("invalidation.tag_header"), "{line}");
         assert!(restart.contains("limits.bans_max"), "{line}");
+    }
+
+    #[test]
+    fn access_log_changes_wait_for_a_restart() {
+        let running = config();
+        let mut new = running.clone();
+        new.access_log.mode = crate::access_log::Mode::Full;
+        new.access_log.path = "/tmp/elsewhere.log".into();
+        let plan = plan(&running, &new);
+        assert_eq!(plan.config.access_log, running.access_log);
+        let line = plan.summary();
+        let restart = &line[line.find("needs a restart").expect(&line)..];
+        assert!(restart.contains("access_log.mode Off → Full"), "{line}");
+        assert!(restart.contains("access_log.path"), "{line}");
     }
 
     #[test]
