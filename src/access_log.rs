@@ -1191,35 +1191,80 @@ mod tests {
         assert!(toml::from_str::<FileAccessLog>("mode = \"full\"\nbogus = 1").is_err());
     }
 
-    #[test]
-    fn sampling_counts_per_worker() {
+    /// A worker's end with one buffer in hand, none to come back, and a
+    /// queue to the writer that holds `queue` messages nobody reads.
+    fn lonely_worker_log(
+        every: u64,
+        buffer_bytes: usize,
+        queue: usize,
+    ) -> (WorkerLog, Receiver<Message>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new(1));
-        let config = AccessLogConfig {
-            mode: Mode::Sampled,
-            sample: 10,
-            ..AccessLogConfig::default()
-        };
-        let (_tx, _rx) = mpsc::sync_channel::<Vec<u8>>(1);
-        let (to_writer, _queue) = mpsc::sync_channel(8);
+        let (to_writer, queued) = mpsc::sync_channel(queue);
         let (_back, returned) = mpsc::sync_channel(BUFFERS_PER_WORKER);
-        let mut w = WorkerLog {
+        let log = WorkerLog {
             worker_index: 0,
             format: Format::Json,
-            every: config.every(),
-            flush_interval: config.flush_interval,
+            every,
+            flush_interval: FLUSH_INTERVAL_DEFAULT,
             seq: 0,
-            buf: Some(Vec::with_capacity(config.buffer_bytes)),
+            buf: Some(Vec::with_capacity(buffer_bytes)),
             lines: 0,
-            buf_bytes: config.buffer_bytes,
+            buf_bytes: buffer_bytes,
             since: Instant::now(),
             to_writer,
             returned,
             spare: Vec::new(),
-            metrics,
+            metrics: Arc::clone(&metrics),
         };
+        (log, queued, metrics)
+    }
+
+    #[test]
+    fn sampling_counts_per_worker() {
+        let (mut w, _queued, _) = lonely_worker_log(10, BUFFER_BYTES_MIN, 8);
         let logged: Vec<u64> = (0..25)
             .filter_map(|_| w.begin(None, None).map(|r| r.seq))
             .collect();
         assert_eq!(logged, [0, 10, 20]);
+    }
+
+    #[test]
+    fn a_writer_behind_drops_and_counts_lines_without_blocking() {
+        // One message fits in the queue; the buffer never comes back.
+        let (mut w, queued, metrics) = lonely_worker_log(1, BUFFER_BYTES_MIN, 1);
+        let total = 200;
+        for _ in 0..total {
+            let mut r = w.begin(None, None).expect("full mode logs every request");
+            r.answer(400, 12);
+            w.finish(r);
+        }
+        w.flush();
+        let handed: u64 = queued
+            .try_iter()
+            .map(|m| match m {
+                Message::Lines { buf, lines, .. } => {
+                    assert_eq!(buf.iter().filter(|&&b| b == b'\n').count() as u64, lines);
+                    assert!(buf.len() <= BUFFER_BYTES_MIN);
+                    lines
+                }
+                _ => 0,
+            })
+            .sum();
+        let dropped = metrics.access_log.dropped.load(Ordering::Relaxed);
+        assert!(
+            handed > 0 && dropped > 0,
+            "handed {handed}, dropped {dropped}"
+        );
+        assert_eq!(handed + dropped, total);
+    }
+
+    #[test]
+    fn unanswered_records_write_no_line() {
+        let (mut w, queued, _) = lonely_worker_log(1, BUFFER_BYTES_MIN, 4);
+        let r = w.begin(None, None).unwrap();
+        w.finish(r);
+        w.flush();
+        assert!(queued.try_recv().is_err());
+        assert_eq!(w.spare.len(), 1, "the record is kept for reuse");
     }
 }
