@@ -207,6 +207,55 @@ fn sampled_one_in_ten(io: &str) {
     assert_eq!(seqs, expected);
 }
 
+fn sampled_counts_per_worker(io: &str) {
+    let dir = TempDir::new("alog-sampled-2");
+    let Some((_cfg, mut server, path)) = serve(
+        io,
+        2,
+        &dir,
+        "mode = \"sampled\"\nsample = 10\nflush_interval = \"50ms\"",
+    ) else {
+        return;
+    };
+    // Ten connections, which the kernel spreads over the two workers.
+    let (connections, per_connection) = (10, 100);
+    for c in 0..connections {
+        let mut client = server.client();
+        for i in 0..per_connection {
+            let r = client.get(&format!("/api/items/{}", (c + i) % 7));
+            assert_eq!(r.status, 200, "{}", r.summary());
+        }
+    }
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(15)).is_some());
+    let v = json_lines(&path);
+    // Each worker logs its requests 0, 10, 20...: k lines for a worker
+    // that answered between 10(k-1)+1 and 10k requests.
+    let mut lower = 0;
+    let mut upper = 0;
+    for worker in 0..2u64 {
+        let mut seqs: Vec<u64> = v
+            .iter()
+            .filter(|l| l["worker"] == worker)
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        let k = seqs.len() as u64;
+        let expected: Vec<u64> = (0..k).map(|i| i * 10).collect();
+        assert_eq!(seqs, expected, "worker {worker}");
+        if k > 0 {
+            lower += 10 * (k - 1) + 1;
+            upper += 10 * k;
+        }
+    }
+    let total = (connections * per_connection) as u64;
+    assert!(
+        (lower..=upper).contains(&total),
+        "{} lines do not account for {total} requests",
+        v.len()
+    );
+}
+
 /// The documented combined line (README, "Access log").
 const COMBINED: &str = r#"^(\S+) - - \[(\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)" cache=(\S+) duration_us=(\d+) origin_status=(\d{3}|-) origin_duration_us=(\d+|-) host="([^"]*)" worker=(\d+) seq=(\d+)$"#;
 
@@ -340,6 +389,7 @@ fn sigterm_flushes_lines(io: &str) {
 both_io!(
     full_mode_json_lines,
     sampled_one_in_ten,
+    sampled_counts_per_worker,
     combined_format_escapes,
     off_writes_no_file,
     sigusr1_reopens_after_rename,
