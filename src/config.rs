@@ -186,6 +186,8 @@ pub struct Config {
     /// The invalidation bus (`[bus]`, `--bus`); `None`: this node stands alone.
     pub bus: Option<BusConfig>,
     pub invalidation: Invalidation,
+    /// The access log (`[access_log]`, `--access-log`).
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 /// Where misses go: a plain-HTTP origin.
@@ -270,6 +272,13 @@ pub struct ServeArgs {
     /// the background, e.g. 10% (0 to 50) (key `cache.refresh_ahead`) [default: 0, off]
     #[arg(long, value_name = "PERCENT")]
     pub refresh_ahead: Option<String>,
+    /// Access log file (`-`: stdout, `off`: no log); turns an `off`
+    /// log on in full mode (key `access_log.path`) [default: off]
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<String>,
+    /// Access log line format: json or combined (key `access_log.format`) [default: json]
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
     /// Set any configuration key, e.g. --set limits.head_bytes_max=8KiB
     /// (repeatable; `ringcache config-reference` lists the keys)
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -302,6 +311,11 @@ impl ServeArgs {
         put("bus.url", self.bus.clone());
         put("bus.node", self.bus_node.clone());
         put("cache.refresh_ahead", self.refresh_ahead.clone());
+        match self.access_log.as_deref() {
+            Some("off") => put("access_log.mode", Some("off".to_string())),
+            path => put("access_log.path", path.map(str::to_string)),
+        }
+        put("access_log.format", self.access_log_format.clone());
         v
     }
 }
@@ -326,6 +340,8 @@ struct FileConfig {
     bus: Option<FileBus>,
     #[serde(default)]
     invalidation: FileInvalidation,
+    #[serde(default)]
+    access_log: crate::access_log::FileAccessLog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,6 +438,7 @@ impl Config {
             cache: file.cache.apply(CacheConfig::default())?,
             bus,
             invalidation: file.invalidation.apply(file_token, memory_bytes)?,
+            access_log: file.access_log.apply()?,
         })
     }
 
@@ -528,6 +545,7 @@ impl Config {
             "limits.admin_body_bytes_max: must be between 1KiB and 16MiB",
         )?;
         self.invalidation.validate(self.memory_bytes)?;
+        self.access_log.validate()?;
         Ok(())
     }
 }
@@ -662,6 +680,7 @@ impl fmt::Display for Config {
         )?;
         write!(f, "{}", self.cache)?;
         write!(f, "\n{}", self.invalidation)?;
+        write!(f, "\n{}", self.access_log)?;
         match &self.bus {
             Some(bus) => write!(f, "\n{bus}"),
             None => Ok(()),
@@ -1806,6 +1825,18 @@ impl Show for IoMode {
     }
 }
 
+impl Show for crate::access_log::Mode {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.name().to_string())
+    }
+}
+
+impl Show for crate::access_log::Format {
+    fn show(&self, _: Kind) -> Option<String> {
+        Some(self.name().to_string())
+    }
+}
+
 impl Show for SetCookieMode {
     fn show(&self, _: Kind) -> Option<String> {
         Some(self.to_string())
@@ -2123,6 +2154,22 @@ pub static OPTIONS: &[OptionSpec] = &[
         "how long an entry's acknowledgements are kept"),
     bus_key!("bus.catch_up_timeout", Kind::Duration, catch_up_timeout;
         "at start, longest wait for the entries missed while down to be applied before serving (`0s`: do not wait)"),
+    key!("access_log.mode", Kind::Choice(&["off", "sampled", "full"]), access_log.mode; restart;
+        "`off`, `sampled` (1 in `sample` requests per worker) or `full`; `--access-log PATH` turns `off` into `full`"),
+    key!("access_log.sample", Kind::Count, access_log.sample; restart,
+        range 1 => crate::access_log::SAMPLE_MAX;
+        "with `mode = \"sampled\"`, each worker logs its requests 0, N, 2N, ..."),
+    key!("access_log.format", Kind::Choice(&["json", "combined"]), access_log.format; restart,
+        flag "--access-log-format";
+        "`json` (JSON lines) or `combined` (nginx's combined format with the cache outcome and times appended)"),
+    key!("access_log.path", Kind::Text, access_log.path; restart, flag "--access-log", default "`-` (stdout)";
+        "file the lines are appended to (created 0640, reopened on SIGUSR1), or `-` for stdout"),
+    key!("access_log.buffer_bytes", Kind::Size, access_log.buffer_bytes; restart,
+        range crate::access_log::BUFFER_BYTES_MIN => crate::access_log::BUFFER_BYTES_MAX;
+        "one of each worker's line buffers (a worker holds a few; full ones go to the writer thread)"),
+    key!("access_log.flush_interval", Kind::Duration, access_log.flush_interval; restart,
+        range 10 * MS => 60 * SEC;
+        "longest time a line waits in a worker's buffer before it goes to the writer"),
 ];
 
 /// Environment variables read before the systematic name of their key was
@@ -2260,6 +2307,18 @@ impl Provenance {
             let key = key.trim();
             let spec = option(key).ok_or_else(|| unknown_key(key, &Source::Flag))?;
             p.give(spec, Given::Text(value.trim().to_string()), &Source::Flag)?;
+        }
+        // `--access-log PATH` also turns a log that is off (by default or
+        // by any source) on, in full mode.
+        if args.access_log.as_deref().is_some_and(|path| path != "off") {
+            let off = p
+                .given
+                .get("access_log.mode")
+                .is_none_or(|(v, _)| v.as_str() == Some("off"));
+            if off {
+                let spec = option("access_log.mode").expect("access_log.mode is a key");
+                p.give(spec, Given::Text("full".to_string()), &Source::Flag)?;
+            }
         }
         Ok(p)
     }
@@ -3216,6 +3275,8 @@ mod tests {
             bus: Some("redis://127.0.0.1:4/s".into()),
             bus_node: Some("n".into()),
             refresh_ahead: Some("5".into()),
+            access_log: Some("/tmp/a.log".into()),
+            access_log_format: Some("combined".into()),
             ..Default::default()
         };
         let mut by_flag: Vec<&str> = all.flag_values().iter().map(|(k, _)| *k).collect();

@@ -31,6 +31,7 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod access_log;
 #[cfg(not(loom))]
 pub mod admin;
 #[cfg(not(loom))]

@@ -314,6 +314,8 @@ pub struct Metrics {
     workers: Box<[CachePadded<WorkerCounters>]>,
     /// The invalidation bus's series, once a bus is attached.
     bus: std::sync::OnceLock<std::sync::Arc<BusMetrics>>,
+    /// The access log's series (`crate::access_log`).
+    pub access_log: AccessLogMetrics,
 }
 
 impl Metrics {
@@ -323,6 +325,7 @@ impl Metrics {
                 .map(|_| CachePadded::new(WorkerCounters::new()))
                 .collect(),
             bus: std::sync::OnceLock::new(),
+            access_log: AccessLogMetrics::default(),
         }
     }
 
@@ -583,6 +586,7 @@ impl Metrics {
         if let Some(bus) = self.bus.get() {
             bus.render(&mut out);
         }
+        self.access_log.render(&mut out);
         out
     }
 
@@ -675,6 +679,31 @@ fn write_histogram(
     };
     let _ = writeln!(out, "{name}_sum{braces} {}", h.sum as f64 / per_unit);
     let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+}
+
+/// The access log's series (see `crate::access_log`). Lines written are
+/// added by its writer thread; lines dropped by a worker that found no
+/// buffer free (a rare, cold path) or by the writer when a write failed.
+#[derive(Default)]
+pub struct AccessLogMetrics {
+    pub lines: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl AccessLogMetrics {
+    fn render(&self, out: &mut String) {
+        // Relaxed: monotonic counters read for reporting.
+        let lines = self.lines.load(Ordering::Relaxed);
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_access_log_lines_total Access log lines written.\n# TYPE ringcache_access_log_lines_total counter\nringcache_access_log_lines_total {lines}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringcache_access_log_dropped_total Access log lines dropped (the writer was behind, or a write failed).\n# TYPE ringcache_access_log_dropped_total counter\nringcache_access_log_dropped_total {dropped}"
+        );
+    }
 }
 
 /// The invalidation bus's series (see `crate::bus`). One writer, the bus's

@@ -344,11 +344,12 @@ fn shutdown_sigset() -> libc::sigset_t {
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR1);
         set.assume_init()
     }
 }
 
-/// Block SIGTERM, SIGINT and SIGHUP in the calling thread and every thread
+/// Block SIGTERM, SIGINT, SIGHUP and SIGUSR1 in the calling thread and every thread
 /// it spawns afterwards, so that only [`wait_signal`] sees them. SIGPIPE is
 /// ignored process-wide (sends carry MSG_NOSIGNAL as well).
 pub fn block_signals() -> io::Result<()> {
@@ -407,6 +408,7 @@ pub fn signal_name(sig: i32) -> &'static str {
         libc::SIGTERM => "SIGTERM",
         libc::SIGINT => "SIGINT",
         libc::SIGHUP => "SIGHUP",
+        libc::SIGUSR1 => "SIGUSR1",
         _ => "signal",
     }
 }

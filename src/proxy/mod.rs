@@ -37,6 +37,7 @@
 //! (`Client::inflight`, `Fetch::req`). A socket's slot is freed only on
 //! `Closed`, so those buffers outlive every operation that uses them.
 
+mod access;
 mod admission;
 mod coalesce;
 mod compose;
@@ -215,6 +216,8 @@ pub struct ProxyConfig {
     pub cache: crate::config::CacheConfig,
     /// Bans, the tag index and the PURGE settings, shared with the admin.
     pub invalidator: Arc<Invalidator>,
+    /// This worker's end of the access log, when it is on.
+    pub access_log: Option<crate::access_log::WorkerLog>,
 }
 
 /// One worker's proxy state.
@@ -259,6 +262,11 @@ pub struct Proxy {
     refresh_ahead_due: bool,
     /// Bans, the tag index and the PURGE settings, shared with the admin.
     invalidator: Arc<Invalidator>,
+    /// The access log (see `access`): this worker's end, the record of
+    /// the request being handled, and whether a request is being handled.
+    access_log: Option<crate::access_log::WorkerLog>,
+    log_pending: Option<Box<crate::access_log::Record>>,
+    log_in_request: bool,
 }
 
 /// Slots a worker needs: every client, every origin connection, the wake socket.
@@ -301,6 +309,9 @@ impl Proxy {
             error_logs_this_sec: 0,
             error_logs_sec: 0,
             invalidator: config.invalidator,
+            access_log: config.access_log,
+            log_pending: None,
+            log_in_request: false,
         };
         // The wake socket is received on like any connection: another
         // worker's byte on it is a completion in this worker's loop.
@@ -659,7 +670,9 @@ impl Proxy {
                         c.head_started = None;
                     }
                     self.counters().incr(Counter::Requests);
+                    self.log_begin(token, Some(&head));
                     self.request(token, &head);
+                    self.log_end();
                 }
                 Err(e) => {
                     self.counters().incr(Counter::Requests);
@@ -699,18 +712,35 @@ impl Proxy {
         c.head_started = None;
         // A request whose body is being read already has its exchange in the
         // queue: the error is its answer.
-        let seq = match std::mem::replace(&mut c.read, ReadState::Head) {
+        let (seq, body_log) = match std::mem::replace(&mut c.read, ReadState::Head) {
             ReadState::Body { fetch, .. } => {
                 let seq = fetch.seq;
+                let log = fetch.log.take();
                 self.give_buffer(fetch.req);
-                Some(seq)
+                (Some(seq), Some(log))
             }
-            ReadState::Head => None,
+            ReadState::Head => (None, None),
         };
+        // Outside a request's handling (bad input, timeouts, a body that
+        // fails) this answer gets its own access log record.
+        let own_record = !self.log_in_request;
+        if own_record {
+            match body_log {
+                Some(log) => {
+                    self.log_in_request = true;
+                    self.log_pending = log;
+                }
+                None => self.log_begin(token, None),
+            }
+        }
         let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, true);
         self.counters().incr(Counter::OutcomeError);
+        self.log_outcome(Counter::OutcomeError);
         self.client_respond(token, seq, resp, true);
+        if own_record {
+            self.log_end();
+        }
     }
 
     /// A parsed request head: answer from the cache or start a fetch.
@@ -831,6 +861,7 @@ impl Proxy {
             if found == Found::Fresh {
                 self.counters().incr(Counter::Hits);
                 self.counters().incr(Counter::OutcomeHit);
+                self.log_outcome(Counter::OutcomeHit);
                 self.counters()
                     .record_duration(Histogram::RequestHit, started.elapsed());
                 if !keep_alive {
@@ -867,6 +898,7 @@ impl Proxy {
                     !keep_alive,
                 );
                 self.counters().incr(Counter::OutcomeError);
+                self.log_outcome(Counter::OutcomeError);
                 self.client_respond(token, None, resp, !keep_alive);
                 return;
             }
@@ -991,6 +1023,7 @@ impl Proxy {
             (token, seq)
         };
         let revalidating = revalidation.is_some();
+        let log = self.log_for_fetch(refresh);
         let fetch = Box::new(Fetch {
             client,
             seq,
@@ -1027,6 +1060,7 @@ impl Proxy {
             revalidation,
             body: Vec::new(),
             range,
+            log: std::cell::Cell::new(log),
         });
         if refresh {
             let mut fetch = fetch;
@@ -1072,6 +1106,7 @@ impl Proxy {
         let mut resp = self.take_buffer();
         put_error(&mut resp, status, &date, Some(detail), None, false);
         self.counters().incr(Counter::OutcomeError);
+        self.log_outcome(Counter::OutcomeError);
         self.client_respond(token, None, resp, false);
     }
 
@@ -1132,6 +1167,7 @@ impl Proxy {
             self.give_buffer(resp);
             return;
         }
+        self.log_answer(&resp);
         // Every response starts with `HTTP/1.1 NNN`: its first status digit.
         // (An empty one ends a streamed response, counted when it began.)
         if let Some(&digit) = resp.get(9) {
@@ -1263,6 +1299,18 @@ impl Proxy {
             let now = self.clock.now;
             if fresh {
                 self.counters().incr(Counter::Status2xx); // only 200s are stored
+                if self.log_pending.is_some() {
+                    let status = buf
+                        .get(start + 9..start + 12)
+                        .and_then(|d| std::str::from_utf8(d).ok())
+                        .and_then(|d| d.parse().ok())
+                        .unwrap_or(0);
+                    let body = match (&hit, head_only) {
+                        (Some(h), false) => h.body_len as u64,
+                        _ => 0,
+                    };
+                    self.log_answer_parts(status, body);
+                }
             }
             let c = self.client(token).expect("checked");
             c.out = buf;

@@ -99,6 +99,8 @@ pub(super) struct Fetch {
     /// Its response is being streamed: the head and the body so far are in
     /// the client's output already (see `stream_start`).
     pub streaming: bool,
+    /// Its access log record, when it is logged (see `super::access`).
+    pub log: std::cell::Cell<Option<Box<crate::access_log::Record>>>,
 }
 
 impl Fetch {
@@ -833,6 +835,7 @@ impl Proxy {
         let origin_time = sent_at.elapsed();
         self.counters()
             .record_duration(Histogram::Origin, origin_time);
+        Proxy::log_origin(&mut fetch, p.status, origin_time);
         let mut scratch = self.take_buffer();
         for key in &p.invalidate {
             // Every variant of the URL, as a purge would (`purge_primary`).
@@ -1007,7 +1010,9 @@ impl Proxy {
         };
         self.counters().incr(outcome);
         self.counters().record_duration(h, fetch.started.elapsed());
+        let outer = self.log_swap_in(fetch, outcome);
         self.client_respond(fetch.client, Some(fetch.seq), resp, !fetch.keep_alive);
+        self.log_swap_out(outer);
     }
 
     /// A response from the origin as `fetch`'s client gets it.
@@ -1177,7 +1182,9 @@ impl Proxy {
             // short of the Content-Length it announced, which the client
             // sees; an error response now would be read as body bytes.
             self.counters().incr(Counter::OutcomeError);
+            let outer = self.log_swap_in(&fetch, Counter::OutcomeError);
             self.client_respond(fetch.client, Some(fetch.seq), Vec::new(), true);
+            self.log_swap_out(outer);
             self.give_buffer(fetch.req);
             return;
         }
@@ -1268,6 +1275,9 @@ impl Proxy {
         put_response_head(&mut c.out, f, p, length, (false, collapsed), tag_cut);
         c.out.extend_from_slice(&p.body);
         f.streaming = true;
+        if let Some(r) = f.log.get_mut() {
+            r.answer(200, length);
+        }
         self.counters().incr(Counter::Status2xx);
         self.mark_dirty(f.client);
     }

@@ -511,6 +511,12 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     ));
     let stall_worker = fault_stall_worker();
     let mut wakes = wakes.into_iter();
+    let (access_log, mut worker_logs) =
+        match crate::access_log::AccessLog::start(&config.access_log, config.workers, &metrics)? {
+            Some((log, workers)) => (Some(log), workers.into_iter().map(Some).collect()),
+            None => (None, Vec::new()),
+        };
+    let mut worker_logs = worker_logs.drain(..);
     let (ready_tx, ready_rx) = mpsc::sync_channel(config.workers);
     let mut handles = Vec::with_capacity(config.workers);
     for (index, heartbeat) in heartbeats.iter().enumerate() {
@@ -531,6 +537,7 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
             ready: ready_tx.clone(),
             reload: Arc::clone(&reload),
             stall: stall_worker == Some(index),
+            access_log: worker_logs.next().flatten(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("ringcache-w{index}"))
@@ -600,6 +607,14 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
             reload_config(&mut config, args, &reload, &invalidator);
             continue;
         }
+        if sig == libc::SIGUSR1 {
+            // logrotate moved the file: the writer reopens the path.
+            match &access_log {
+                Some(log) => log.reopen(),
+                None => log::info!("SIGUSR1: no access log to reopen"),
+            }
+            continue;
+        }
         log::info!(
             "{}: draining (no new connections, in-flight requests get {:?})",
             crate::sys::signal_name(sig),
@@ -619,6 +634,10 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     if let Some(bus) = &bus_handle {
         bus.close();
         log::info!("bus: left the cluster");
+    }
+    // Every worker has handed on its last lines: write them, then stop.
+    if let Some(log) = access_log {
+        log.close();
     }
     // Closes this process's copies only: a socket held by the service
     // manager keeps queueing connections for the next process.

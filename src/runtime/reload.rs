@@ -269,6 +269,20 @@ mod tests {
     }
 
     #[test]
+    fn access_log_changes_wait_for_a_restart() {
+        let running = config();
+        let mut new = running.clone();
+        new.access_log.mode = crate::access_log::Mode::Full;
+        new.access_log.path = "/tmp/elsewhere.log".into();
+        let plan = plan(&running, &new);
+        assert_eq!(plan.config.access_log, running.access_log);
+        let line = plan.summary();
+        let restart = &line[line.find("needs a restart").expect(&line)..];
+        assert!(restart.contains("access_log.mode off → full"), "{line}");
+        assert!(restart.contains("access_log.path"), "{line}");
+    }
+
+    #[test]
     fn unchanged_file_applies_nothing() {
         let running = config();
         let plan = plan(&running, &running.clone());

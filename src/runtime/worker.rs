@@ -67,6 +67,8 @@ pub struct WorkerSpec {
     pub ready: SyncSender<Result<Option<usize>, String>>,
     /// The reloadable limits (SIGHUP), picked up once per tick.
     pub reload: Arc<Reload>,
+    /// This worker's end of the access log, when it is on.
+    pub access_log: Option<crate::access_log::WorkerLog>,
     /// Test fault (debug builds only, see `runtime::FAULT_STALL_WORKER_ENV`): stop turning
     /// the loop once a client connection has been closed.
     pub stall: bool,
@@ -136,6 +138,7 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             leases: spec.leases,
             invalidator: spec.invalidator,
             wake: spec.wake,
+            access_log: spec.access_log,
         },
         reader,
         Arc::clone(&spec.metrics),
@@ -166,6 +169,7 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
                 proxy.set_cache(&cache);
             }
             proxy.tick(now);
+            proxy.access_log_tick(now);
             next_tick = now + TICK_INTERVAL;
         }
         // Acquire pairs with the Release store in runtime::serve.
@@ -201,6 +205,8 @@ fn event_loop<I: Io>(mut io: I, spec: WorkerSpec, cpu: Option<usize>) {
             }
         }
     }
+    // Every line this worker formatted goes to the writer before it stops.
+    proxy.access_log_flush();
 }
 
 /// The test fault: the loop stops turning (no heartbeat, no completions)
