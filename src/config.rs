@@ -2314,7 +2314,7 @@ impl Provenance {
             let off = p
                 .given
                 .get("access_log.mode")
-                .is_none_or(|(v, _)| v.as_str() == Some("off"));
+                .map_or(true, |(v, _)| v.as_str() == Some("off"));
             if off {
                 let spec = option("access_log.mode").expect("access_log.mode is a key");
                 p.give(spec, Given::Text("full".to_string()), &Source::Flag)?;
