@@ -61,6 +61,8 @@
 //! (`/proc/sys/kernel/random/boot_id`): a store not closed cleanly and
 //! last opened under another boot may have lost writes, and the caller
 //! must treat every stored object as invalidated ([`Scan::booted_since`]).
+//! Where the kernel gives no boot id, such a crash cannot be told from
+//! the death of the process.
 //! A clean close flushes the whole file (`Store::close`), journal included.
 
 use std::fs::File;
