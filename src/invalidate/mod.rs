@@ -749,6 +749,21 @@ mod tests {
             "a".repeat(BAN_REGEX_PATTERN_BYTES_MAX + 1)
         );
         assert!(inv.apply_json(long.as_bytes()).is_err());
+        // Bans whose selector would not fit a journal record.
+        let long = "x".repeat(BAN_SELECTOR_BYTES_MAX);
+        for body in [
+            format!(r#"{{"prefixes": ["/{long}"]}}"#),
+            format!(r#"{{"urls": ["/{long}"]}}"#),
+            format!(r#"{{"header": {{"name": "x-a", "value": "{long}"}}}}"#),
+        ] {
+            let r = inv.apply_json(body.as_bytes());
+            assert!(matches!(r, Err(Refusal::Invalid(_))), "{r:?}");
+        }
+        // With a host the URL is no ban: no limit beyond the request's.
+        assert!(inv
+            .apply_json(format!(r#"{{"urls": ["http://h/{long}"]}}"#).as_bytes())
+            .is_ok());
+        assert_eq!(inv.bans.active(), 0);
         // Nine prefixes over a list of eight: refused whole.
         let nine: Vec<String> = (0..9).map(|i| format!("/p{i}")).collect();
         let req = InvalidationRequest {
