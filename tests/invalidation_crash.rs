@@ -273,6 +273,39 @@ fn purge_all(io: &str) {
     );
 }
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The replayed ban keeps its creation second: an object stored after
+/// it, before the crash, is still a hit after the restart.
+fn objects_stored_after_the_ban_stay_hits(io: &str) {
+    let f = Fixture::new("after");
+    let Some(server) = f.serve(io) else {
+        return;
+    };
+    f.fill(&server, &TARGETS);
+    let banned_at = unix_secs();
+    invalidate(&server, r#"{"prefixes": ["/p/"]}"#);
+    // Objects born in the ban's second are fetched again too: store the
+    // new copy in a later second.
+    assert!(wait_until(Duration::from_secs(3), || unix_secs() > banned_at + 1));
+    let r = server.get("/p/1");
+    assert!(
+        !r.cache_status().starts_with("ringcache; hit"),
+        "{}",
+        r.summary()
+    );
+    assert_hit(&server.get("/p/1"), "/p/1");
+    kill9(server);
+    let server = f.serve(io).expect("restart");
+    assert_eq!(server.metrics().value("ringcache_bans_active"), 1.0);
+    assert_purged_and_kept(&f, &server, &["/p/2"], &["/p/1"]);
+}
+
 fn soft_url_purge(io: &str) {
     let f = Fixture::new("soft");
     let Some(server) = f.serve(io) else {
@@ -476,6 +509,7 @@ both_io!(
     header_ban,
     exact_path_ban,
     purge_all,
+    objects_stored_after_the_ban_stay_hits,
     clean_restart_keeps_bans,
     damaged_last_record_is_dropped,
     damaged_acknowledged_record_invalidates_everything,

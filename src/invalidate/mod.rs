@@ -258,12 +258,11 @@ impl Invalidator {
     ) -> (Invalidator, durable::Replayed) {
         let r = self.store.recovery();
         let unclean = r.reused && !r.was_clean;
+        // The tag index stays as `new` left it: incomplete when the store
+        // holds objects, even after an `all` (an object born after the
+        // start's clock would escape it).
         let (log, replayed) =
             durable::BanLog::replay(journal, scan, &self.bans, unclean, unix_now());
-        if replayed.dropped_all {
-            // Every stored object is banned: the index has nothing to miss.
-            self.tags.reset();
-        }
         self.log = Some(log);
         (self, replayed)
     }
