@@ -165,6 +165,9 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
                 &mut body,
                 &invalidation_gauges(&state.invalidator),
             );
+            if let Some(g) = state.invalidator.ban_log() {
+                crate::metrics::render_ban_log(&mut body, &g);
+            }
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
         "/stats" => {

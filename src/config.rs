@@ -1038,6 +1038,10 @@ impl FileCache {
 pub const BANS_CAP: usize = 65_536;
 /// Longest regex pattern a ban accepts, in bytes (beyond: 400).
 pub const BAN_REGEX_PATTERN_BYTES_MAX: usize = 1024;
+/// Longest selector of one ban, in bytes (beyond: 400): a prefix, a path
+/// without host, a header ban's name and value together. Sizes the record
+/// slots of the invalidation journal in the store file.
+pub const BAN_SELECTOR_BYTES_MAX: usize = 1024;
 /// Compiled size of one ban regex, in bytes (`regex::RegexBuilder::size_limit`).
 pub const BAN_REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
 /// Selectors of one kind in one invalidation request (URLs, prefixes, tags).

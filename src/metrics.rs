@@ -860,6 +860,68 @@ pub fn render_invalidation(out: &mut String, g: &InvalidationGauges) {
     }
 }
 
+/// The invalidation journal in the store file (`store::journal`), read on
+/// scrape.
+pub struct BanLogGauges {
+    /// Records in the live half (active bans and not yet compacted ones).
+    pub records: u64,
+    pub bytes_used: u64,
+    pub bytes_cap: u64,
+    /// Bans re-created from the journal at start.
+    pub replayed: u64,
+    /// Records dropped at start (torn or damaged).
+    pub dropped: u64,
+    /// Invalidations whose bans did not fit and were recorded as `all`.
+    pub overflows: u64,
+}
+
+/// Append the invalidation journal series to a `/metrics` page.
+pub fn render_ban_log(out: &mut String, g: &BanLogGauges) {
+    for (name, v, kind, help) in [
+        (
+            "ringcache_ban_log_records",
+            g.records,
+            "gauge",
+            "Records in the store file's invalidation journal.",
+        ),
+        (
+            "ringcache_ban_log_bytes",
+            g.bytes_used,
+            "gauge",
+            "Bytes of the invalidation journal in use.",
+        ),
+        (
+            "ringcache_ban_log_bytes_max",
+            g.bytes_cap,
+            "gauge",
+            "Bytes of records the invalidation journal holds.",
+        ),
+        (
+            "ringcache_ban_log_replayed_total",
+            g.replayed,
+            "counter",
+            "Bans re-created from the invalidation journal at start.",
+        ),
+        (
+            "ringcache_ban_log_dropped_total",
+            g.dropped,
+            "counter",
+            "Invalidation journal records dropped at start (torn or damaged).",
+        ),
+        (
+            "ringcache_ban_log_overflows_total",
+            g.overflows,
+            "counter",
+            "Invalidations recorded as everything because their bans did not fit the journal.",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,6 +216,30 @@ impl Bans {
     /// Add a ban created at `now_secs`. `All` replaces every other ban: it
     /// matches all they would.
     pub fn add(&self, selector: Selector, now_secs: u64) -> Result<Arc<Ban>, BansFull> {
+        self.add_with(selector, now_secs, None)
+    }
+
+    /// The `retire_secs` a ban created at `now_secs` gets now (see the
+    /// module doc): read before the ban is recorded in the journal, then
+    /// given to [`Bans::add_with`].
+    pub fn retire_bound(&self, now_secs: u64) -> u64 {
+        // SeqCst: pairs with `note_servable_until`.
+        self.servable_max_secs
+            .load(Ordering::SeqCst)
+            .max(now_secs + 1)
+    }
+
+    /// Add a ban created at `created_secs`, retiring at `retire_secs`
+    /// (`None`: [`Bans::retire_bound`] now). With explicit times: a ban
+    /// recorded earlier and replayed from the journal, or recorded just
+    /// before with these times.
+    pub fn add_with(
+        &self,
+        selector: Selector,
+        created_secs: u64,
+        retire_secs: Option<u64>,
+    ) -> Result<Arc<Ban>, BansFull> {
+        let now_secs = created_secs;
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
         self.retire_locked(&mut list, now_secs);
         let all = matches!(selector, Selector::All);
@@ -227,11 +251,7 @@ impl Bans {
             self.publish(&list);
             return Err(BansFull);
         }
-        // SeqCst: pairs with `note_servable_until`.
-        let retire_secs = self
-            .servable_max_secs
-            .load(Ordering::SeqCst)
-            .max(now_secs + 1);
+        let retire_secs = retire_secs.unwrap_or_else(|| self.retire_bound(now_secs));
         let ban = Arc::new(Ban {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             selector,
@@ -279,6 +299,13 @@ impl Bans {
             // floor that replaces it; pairs with the Acquire in `floor_secs`.
             self.floor_secs.fetch_max(floor, Ordering::Release);
         }
+    }
+
+    /// Raise the floor to `secs` (a floor kept in the journal from before
+    /// a restart).
+    pub fn raise_floor(&self, secs: u64) {
+        // Release: as in `retire_locked`.
+        self.floor_secs.fetch_max(secs, Ordering::Release);
     }
 
     /// Creation second of the newest retired ban (0: none retired yet).

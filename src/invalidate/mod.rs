@@ -28,8 +28,13 @@
 //! bus that carries invalidations between nodes calls with the same body.
 //! The whole request is checked before anything is applied: a bad regex
 //! or a full ban list leaves the cache untouched.
+//!
+//! With a store file, bans outlive the process: each is written to the
+//! file's invalidation journal before it is applied and acknowledged, and
+//! replayed at the next start before the first request ([`durable`]).
 
 pub mod bans;
+pub mod durable;
 pub mod fields;
 pub mod tags;
 
@@ -42,10 +47,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     CacheConfig, Cidr, Invalidation, BAN_REGEX_COMPILED_BYTES_MAX, BAN_REGEX_PATTERN_BYTES_MAX,
-    BAN_STALE_WINDOW_SECS_MAX, INVALIDATION_SELECTORS_MAX, TAG_PRUNE_CHUNK_KEYS,
+    BAN_SELECTOR_BYTES_MAX, BAN_STALE_WINDOW_SECS_MAX, INVALIDATION_SELECTORS_MAX,
+    TAG_PRUNE_CHUNK_KEYS,
 };
+use crate::metrics::BanLogGauges;
 use crate::proxy::KeyRules;
 use crate::store::item::LIFETIME_SECS_MAX;
+use crate::store::journal::{Journal, Scan};
 use crate::store::{Reader, SharedStore};
 
 pub use bans::{Ban, Bans, Selector};
@@ -196,6 +204,11 @@ pub struct Invalidator {
     purges: [AtomicU64; 6],
     invalidated: AtomicU64,
     node: String,
+    /// The store file's journal (none for an anonymous store).
+    log: Option<durable::BanLog>,
+    /// One invalidation at a time (the admin thread, the bus, the upkeep's
+    /// compaction): the journal holds exactly the bans added, in order.
+    writer: Mutex<()>,
 }
 
 impl Invalidator {
@@ -231,7 +244,33 @@ impl Invalidator {
             purges: std::array::from_fn(|_| AtomicU64::new(0)),
             invalidated: AtomicU64::new(0),
             node: node_name(),
+            log: None,
+            writer: Mutex::new(()),
         }
+    }
+
+    /// Keep bans in the store file's `journal` from now on, after
+    /// re-creating those `scan` read from it (see [`durable`]). Call
+    /// before anything is served.
+    pub fn with_journal(
+        mut self,
+        journal: Journal,
+        scan: Scan,
+    ) -> (Invalidator, durable::Replayed) {
+        let r = self.store.recovery();
+        let unclean = r.reused && !r.was_clean;
+        // The tag index stays as `new` left it: incomplete when the store
+        // holds objects, even after an `all` (an object born after the
+        // start's clock would escape it).
+        let (log, replayed) =
+            durable::BanLog::replay(journal, scan, &self.bans, unclean, unix_now());
+        self.log = Some(log);
+        (self, replayed)
+    }
+
+    /// The journal's figures, when bans are kept in a store file.
+    pub fn ban_log(&self) -> Option<BanLogGauges> {
+        self.log.as_ref().map(durable::BanLog::gauges)
     }
 
     /// The admin token and `purge_allow` now.
@@ -296,7 +335,14 @@ impl Invalidator {
     /// store (evicted, expired, removed), so the index does not fill with
     /// them and stays complete.
     pub fn maintain(&self) -> usize {
-        self.bans.retire(unix_now());
+        let now = unix_now();
+        self.bans.retire(now);
+        if let Some(journal) = &self.log {
+            let _one = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if journal.has_dead_records(&self.bans) {
+                journal.compact(&self.bans, now);
+            }
+        }
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut head = Vec::new();
         self.tags.prune(TAG_PRUNE_CHUNK_KEYS, |hash, key| {
@@ -313,35 +359,81 @@ impl Invalidator {
         self.apply(&req)
     }
 
-    /// Check the whole request, then apply it.
+    /// Check the whole request, record its bans in the journal, then
+    /// apply it (the order [`durable`] explains).
     pub fn apply(&self, req: &InvalidationRequest) -> Result<Outcome, Refusal> {
         let plan = self.check(req)?;
+        let _one = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let now = unix_now();
+        // A tag purge is also a ban while the index may miss objects.
+        let tag_bans = !plan.all && !self.tags.is_complete();
         let needed = plan.bans.len()
             + plan.urls.iter().filter(|u| u.host.is_none()).count()
-            + if self.tags.is_complete() {
-                0
-            } else {
-                plan.tags.len()
-            };
+            + if tag_bans { plan.tags.len() } else { 0 };
         if !plan.all && self.bans.active() + needed > self.bans.max() {
             self.bans.retire(now);
             if self.bans.active() + needed > self.bans.max() {
                 return Err(Refusal::BansFull);
             }
         }
+        for _ in &plan.urls {
+            self.count_purge("url");
+        }
+        for sel in &plan.bans {
+            self.count_purge(sel.kind());
+        }
+        for _ in &plan.tags {
+            self.count_purge("tag");
+        }
+        // The bans, in the order they are recorded and added.
+        let mut sels = Vec::with_capacity(needed + 1);
+        if plan.all {
+            self.count_purge("all");
+            sels.push(Selector::All);
+        }
+        for u in plan.urls.iter().filter(|u| u.host.is_none()) {
+            sels.push(Selector::Path(u.path.clone()));
+        }
+        sels.extend(plan.bans);
+        if tag_bans {
+            sels.extend(plan.tags.iter().map(|tag| Selector::Tag {
+                header: self.config.tag_header.clone(),
+                tag: tag.clone(),
+            }));
+        }
+        let retire = self.bans.retire_bound(now);
+        // Recorded before anything is applied.
+        let mut fallback = false;
+        if let Some(journal) = &self.log {
+            if journal.record(&self.bans, &sels, now, retire).is_err() {
+                log::error!(
+                    "invalidation journal full: {} ban(s) recorded as an invalidation of everything",
+                    sels.len()
+                );
+                journal.record_all(now, retire, self.bans.floor_secs());
+                fallback = true;
+            }
+        }
+        if fallback {
+            // What was recorded instead: everything stored before now.
+            sels = vec![Selector::All];
+        }
         let mut out = Outcome::default();
         // Objects stored when everything is banned: answered, but counted in
         // the metric one by one as lookups remove them.
         let mut all_items = 0;
-        if plan.all {
-            all_items = self.store.usage().items;
+        for sel in sels {
+            let all = matches!(sel, Selector::All);
+            if all {
+                all_items = self.store.usage().items;
+            }
             self.bans
-                .add(Selector::All, now)
+                .add_with(sel, now, Some(retire))
                 .map_err(|_| Refusal::BansFull)?;
-            self.tags.reset();
+            if all {
+                self.tags.reset();
+            }
             out.bans += 1;
-            self.count_purge("all");
         }
         let mut scratch = Vec::new();
         let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -350,36 +442,20 @@ impl Invalidator {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         for u in &plan.urls {
-            self.count_purge("url");
-            match &u.host {
-                Some(host) => {
-                    // Every variant of the URL (see `proxy::purge_primary`).
-                    out.invalidated += crate::proxy::purge_url(
-                        &reader,
-                        &key_rules,
-                        host.as_bytes(),
-                        u.path.as_bytes(),
-                        plan.mode,
-                        &mut scratch,
-                    );
-                }
-                None => {
-                    self.bans
-                        .add(Selector::Path(u.path.clone()), now)
-                        .map_err(|_| Refusal::BansFull)?;
-                    out.bans += 1;
-                }
+            if let Some(host) = &u.host {
+                // Every variant of the URL (see `proxy::purge_primary`).
+                out.invalidated += crate::proxy::purge_url(
+                    &reader,
+                    &key_rules,
+                    host.as_bytes(),
+                    u.path.as_bytes(),
+                    plan.mode,
+                    &mut scratch,
+                );
             }
-        }
-        for sel in plan.bans {
-            self.count_purge(sel.kind());
-            self.bans.add(sel, now).map_err(|_| Refusal::BansFull)?;
-            out.bans += 1;
         }
         let header = self.config.tag_header.as_bytes();
         for tag in &plan.tags {
-            self.count_purge("tag");
-            let complete = self.tags.is_complete();
             for (hash, key) in self.tags.keys_for(tag.as_bytes(), plan.mode == Mode::Hard) {
                 scratch.clear();
                 let Some(hit) = reader.lookup_into(hash, &key, &mut scratch) else {
@@ -392,14 +468,6 @@ impl Invalidator {
                 if crate::proxy::purge_key(&reader, hash, &key, plan.mode, &mut scratch) {
                     out.invalidated += 1;
                 }
-            }
-            if !complete {
-                let sel = Selector::Tag {
-                    header: self.config.tag_header.clone(),
-                    tag: tag.clone(),
-                };
-                self.bans.add(sel, now).map_err(|_| Refusal::BansFull)?;
-                out.bans += 1;
             }
         }
         // Relaxed: a statistic.
@@ -467,6 +535,11 @@ impl Invalidator {
             if !path.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad(format!("url {u:?}: the path holds spaces or controls")));
             }
+            if host.is_none() && path.len() > BAN_SELECTOR_BYTES_MAX {
+                return Err(bad(format!(
+                    "url {u:?}: a path without host is a ban, at most {BAN_SELECTOR_BYTES_MAX} bytes"
+                )));
+            }
             if host.is_none() && req.mode == Mode::Soft {
                 return Err(bad(format!(
                     "url {u:?}: a soft purge needs the host: an http:// URL or \"host\""
@@ -478,6 +551,11 @@ impl Invalidator {
         for p in &req.prefixes {
             if !p.starts_with('/') {
                 return Err(bad(format!("prefix {p:?}: must start with /")));
+            }
+            if p.len() > BAN_SELECTOR_BYTES_MAX {
+                return Err(bad(format!(
+                    "prefix: longer than {BAN_SELECTOR_BYTES_MAX} bytes"
+                )));
             }
             bans.push(Selector::Prefix(p.clone()));
         }
@@ -505,6 +583,11 @@ impl Invalidator {
             }
             if h.value.bytes().any(|b| b.is_ascii_control()) {
                 return Err(bad("header value: holds control characters".into()));
+            }
+            if h.name.len() + h.value.len() > BAN_SELECTOR_BYTES_MAX {
+                return Err(bad(format!(
+                    "header: name and value longer than {BAN_SELECTOR_BYTES_MAX} bytes"
+                )));
             }
             bans.push(Selector::Header {
                 name: h.name.to_ascii_lowercase(),
@@ -679,6 +762,21 @@ mod tests {
             "a".repeat(BAN_REGEX_PATTERN_BYTES_MAX + 1)
         );
         assert!(inv.apply_json(long.as_bytes()).is_err());
+        // Bans whose selector would not fit a journal record.
+        let long = "x".repeat(BAN_SELECTOR_BYTES_MAX);
+        for body in [
+            format!(r#"{{"prefixes": ["/{long}"]}}"#),
+            format!(r#"{{"urls": ["/{long}"]}}"#),
+            format!(r#"{{"header": {{"name": "x-a", "value": "{long}"}}}}"#),
+        ] {
+            let r = inv.apply_json(body.as_bytes());
+            assert!(matches!(r, Err(Refusal::Invalid(_))), "{r:?}");
+        }
+        // With a host the URL is no ban: no limit beyond the request's.
+        assert!(inv
+            .apply_json(format!(r#"{{"urls": ["http://h/{long}"]}}"#).as_bytes())
+            .is_ok());
+        assert_eq!(inv.bans.active(), 0);
         // Nine prefixes over a list of eight: refused whole.
         let nine: Vec<String> = (0..9).map(|i| format!("/p{i}")).collect();
         let req = InvalidationRequest {

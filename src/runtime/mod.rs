@@ -145,9 +145,12 @@ pub fn choose_backend(mode: IoMode) -> Result<Backend, String> {
     }
 }
 
-/// Open (or create) the store file, or map anonymous memory; log what a
-/// reopened file held.
-fn open_store(config: &Config) -> Result<SharedStore, String> {
+/// The store file's invalidation journal and what it held at open.
+type OpenedJournal = Option<(crate::store::journal::Journal, crate::store::journal::Scan)>;
+
+/// Open (or create) the store file with its invalidation journal, or map
+/// anonymous memory; log what a reopened file held.
+fn open_store(config: &Config) -> Result<(SharedStore, OpenedJournal), String> {
     let options = StoreOptions {
         // One reader per worker, and one for the admin thread's soft purges.
         readers_max: config.workers + 1,
@@ -158,12 +161,15 @@ fn open_store(config: &Config) -> Result<SharedStore, String> {
     let started = Instant::now();
     let Some(path) = &config.store_path else {
         return SharedStore::anonymous_with(store_bytes, options)
+            .map(|s| (s, None))
             .map_err(|e| format!("store (anonymous, {store_bytes} bytes): {e}"));
     };
+    let journal =
+        crate::invalidate::durable::geometry(config.limits.bans_max, &config.invalidation);
     let opened = if config.store_reset {
-        SharedStore::open_reset(path, store_bytes, options)
+        SharedStore::open_reset_journaled(path, store_bytes, options, journal)
     } else {
-        SharedStore::open(path, store_bytes, options)
+        SharedStore::open_journaled(path, store_bytes, options, journal)
     };
     let store = opened.map_err(|e| {
         let hint = if matches!(e, OpenError::Layout(LayoutError::NotAStore(_))) {
@@ -191,7 +197,13 @@ fn open_store(config: &Config) -> Result<SharedStore, String> {
     } else {
         log::info!("store {}: created ({store_bytes} bytes)", path.display());
     }
-    Ok(store)
+    let journal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .and_then(|file| crate::store::journal::Journal::open(&file, store.layout()))
+        .map_err(|e| format!("store {}: invalidation journal: {e}", path.display()))?;
+    Ok((store, Some(journal)))
 }
 
 /// STATUS and WATCHDOG notifications to systemd from the main thread.
@@ -457,7 +469,8 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     };
     let admin_addr = admin.local_addr().map_err(|e| format!("admin: {e}"))?;
 
-    let store = Arc::new(open_store(&config)?);
+    let (store, journal) = open_store(&config)?;
+    let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new(config.workers));
     let shutdown = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -465,13 +478,30 @@ pub fn serve(config: Config, args: &ServeArgs) -> Result<(), String> {
     let admin_reader = store
         .reader()
         .ok_or("the store has no reader slot left for the admin thread")?;
-    let invalidator = Arc::new(crate::invalidate::Invalidator::new(
+    let mut invalidator = crate::invalidate::Invalidator::new(
         config.invalidation.clone(),
         &config.cache,
         config.limits.bans_max,
         Arc::clone(&store),
         admin_reader,
-    ));
+    );
+    // Bans from before the restart, before the admin thread and the
+    // workers start (see `invalidate::durable`).
+    if let Some((journal, scan)) = journal {
+        let (inv, r) = invalidator.with_journal(journal, scan);
+        invalidator = inv;
+        log::info!(
+            "invalidation journal: {} ban(s) replayed, {} record(s) dropped{}",
+            r.bans,
+            r.dropped,
+            if r.dropped_all {
+                "; every stored object invalidated"
+            } else {
+                ""
+            }
+        );
+    }
+    let invalidator = Arc::new(invalidator);
     let bus = match config.bus.clone() {
         Some(bc) => Some(Arc::new(start_bus(bc, &invalidator, &metrics)?)),
         None => None,

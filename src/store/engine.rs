@@ -86,6 +86,7 @@ use super::epoch::Epochs;
 use super::item::{
     seq_newer, Hit, ItemHeader, ItemMeta, HEAD_BYTES_MAX, ITEM_HEADER_BYTES, KEY_BYTES_MAX,
 };
+use super::journal::JournalGeometry;
 use super::layout::{
     FileHeader, Layout, LayoutError, BUCKET_SLOTS, CHUNK_BYTES_DEFAULT, FORMAT_VERSION,
     HEADER_BYTES, HEADER_FIELDS_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT, SHARDS_COUNT,
@@ -433,12 +434,26 @@ impl<P: Policy> Store<P> {
     /// recovered by a scan of every chunk. The clean flag is cleared while
     /// the store is open; [`Store::close`] sets it.
     pub fn open(path: &Path, bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        Store::open_journaled(path, bytes, options, JournalGeometry::NONE)
+    }
+
+    /// [`Store::open`] with room for an invalidation journal of `journal`
+    /// in the file (part of the layout: a file with another journal
+    /// geometry is refused like one with other chunks). The journal itself
+    /// is opened by its user, `journal::Journal::open`.
+    pub fn open_journaled(
+        path: &Path,
+        bytes: u64,
+        options: Options,
+        journal: JournalGeometry,
+    ) -> Result<Store<P>, OpenError> {
         let started = std::time::Instant::now();
-        let layout = Layout::compute(
+        let layout = Layout::compute_with_journal(
             bytes,
             options.segment_bytes,
             options.chunk_bytes,
             P::ENTRY_BYTES,
+            journal,
         )?;
         let (file, fresh) = Region::create_or_open(path, layout.region_bytes)?;
         let mut header = None;
@@ -468,14 +483,25 @@ impl<P: Policy> Store<P> {
     /// and created anew, its items lost. `Recovery::was_reset` tells, with
     /// the refusal in `reset_reason`. I/O errors still fail.
     pub fn open_reset(path: &Path, bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
+        Store::open_reset_journaled(path, bytes, options, JournalGeometry::NONE)
+    }
+
+    /// [`Store::open_reset`] with an invalidation journal, as
+    /// [`Store::open_journaled`].
+    pub fn open_reset_journaled(
+        path: &Path,
+        bytes: u64,
+        options: Options,
+        journal: JournalGeometry,
+    ) -> Result<Store<P>, OpenError> {
         let started = std::time::Instant::now();
-        match Store::open(path, bytes, options) {
+        match Store::open_journaled(path, bytes, options, journal) {
             Err(OpenError::Layout(refusal)) if !matches!(refusal, LayoutError::Invalid(_)) => {
                 let file = std::fs::OpenOptions::new().write(true).open(path)?;
                 file.set_len(0)?;
                 file.sync_all()?;
                 drop(file);
-                let mut store = Store::open(path, bytes, options)?;
+                let mut store = Store::open_journaled(path, bytes, options, journal)?;
                 store.recovery.was_reset = true;
                 store.recovery.open_time = started.elapsed();
                 store.reset_reason = Some(refusal);

@@ -11,6 +11,7 @@
 
 use super::engine::OpenError;
 use super::item::{ItemHeader, ITEM_HEADER_BYTES, KEY_BYTES_MAX};
+use super::journal::{JournalGeometry, JournalInspection};
 use super::layout::{FileHeader, Layout, LayoutError, HEADER_FIELDS_BYTES, LINK_BYTES};
 use super::slab::{link_kind, link_next, KIND_CONT, KIND_FREE, KIND_HEAD};
 use memmap2::Mmap;
@@ -38,6 +39,8 @@ pub struct Inspection {
     /// waiting for a grace period, items being written, torn items, and
     /// the tail waste of live chains.
     pub bytes_dead: u64,
+    /// The invalidation journal (none in a file laid out without one).
+    pub journal: Option<JournalInspection>,
 }
 
 /// Inspect the store file at `path` without modifying it.
@@ -94,7 +97,17 @@ pub fn inspect(path: &Path) -> Result<Inspection, OpenError> {
         items_torn: 0,
         bytes_live: 0,
         bytes_dead: 0,
+        journal: None,
     };
+    if l.journal_bytes > 0 {
+        let g = JournalGeometry {
+            slot_bytes: l.journal_slot_bytes,
+            slots: l.journal_slots,
+        };
+        let o = l.journal_offset as usize;
+        let area = &map[o..o + l.journal_bytes as usize];
+        r.journal = Some(super::journal::inspect(area, g));
+    }
     let mut used_chunks = 0u64;
     let mut live_chunks = 0u64;
     for seg in 0..l.segment_count {
@@ -195,6 +208,14 @@ impl fmt::Display for Inspection {
             "  bytes:    {:.1} MiB live, {:.1} MiB dead",
             mib(self.bytes_live),
             mib(self.bytes_dead)
-        )
+        )?;
+        if let Some(j) = &self.journal {
+            write!(
+                f,
+                "\n  journal:  {} entries, {} dropped, {} of {} bytes used (generation {}, floor {})",
+                j.entries, j.dropped, j.bytes_used, j.bytes_cap, j.generation, j.floor_secs
+            )?;
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,11 @@
 //! ├──────────────────────────────┤ INDEX_OFFSET = 4096
 //! │ index: shards × buckets      │ bucket = 8 slots × 8 B = one 64 B cache line
 //! │   slot = u64 (see index.rs)  │ slot count = a power of two
+//! ├──────────────────────────────┤ journal_offset (page aligned)
+//! │ invalidation journal         │ journal_bytes (0 without a journal): a
+//! │  control block, 4 KiB        │ control block (boot id), then two halves
+//! │  half 0: header + N slots    │ of journal_slots fixed slots of
+//! │  half 1: header + N slots    │ journal_slot_bytes each (see journal.rs)
 //! ├──────────────────────────────┤ segments_offset (page aligned)
 //! │ segment 0                    │ segment_bytes (default 1 MiB), carved into
 //! │  ┌────────┬────────┬───────┐ │ chunks of chunk_bytes (default 256 B):
@@ -37,7 +42,11 @@
 //!  40  slots_count      u32      index slots, all shards
 //!  44  clean            u32      1 after a clean close, 0 while open
 //!  48  segments_offset  u64
-//!  56  reserved         [u8; 68] zero (version 1 kept a store-wide sequence at 56)
+//!  56  journal_offset   u64      where the invalidation journal starts
+//!  64  journal_bytes    u64      its size (0: none)
+//!  72  journal_slot_bytes u32    bytes per journal record slot
+//!  76  journal_slots    u32      record slots per journal half
+//!  80  reserved         [u8; 44] zero
 //! 124  header_crc       u32      crc32c of bytes 0..124
 //! ```
 //! The whole layout is recomputed from (`region_bytes`, `segment_bytes`,
@@ -46,10 +55,12 @@
 
 use std::fmt;
 
+pub use super::journal::JournalGeometry;
+
 /// First bytes of a store file.
 pub const MAGIC: [u8; 8] = *b"RINGCSTO";
 /// Bumped whenever any byte layout in the region changes meaning.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The header page.
 pub const HEADER_BYTES: usize = 4096;
 /// Encoded header fields (the rest of the page is zero).
@@ -141,6 +152,11 @@ pub struct Layout {
     pub segment_count: u32,
     pub slots_count: u32,
     pub segments_offset: u64,
+    /// The invalidation journal's place in the region (`journal`).
+    pub journal_offset: u64,
+    pub journal_bytes: u64,
+    pub journal_slot_bytes: u32,
+    pub journal_slots: u32,
     /// Heap bytes charged beside the region (policy + fixed bookkeeping).
     pub heap_bytes: u64,
 }
@@ -153,6 +169,24 @@ impl Layout {
         segment_bytes: usize,
         chunk_bytes: usize,
         policy_entry_bytes: usize,
+    ) -> Result<Layout, LayoutError> {
+        Layout::compute_with_journal(
+            budget_bytes,
+            segment_bytes,
+            chunk_bytes,
+            policy_entry_bytes,
+            JournalGeometry::NONE,
+        )
+    }
+
+    /// [`Layout::compute`] with room for an invalidation journal of
+    /// `journal` between the index and the segments, out of the same budget.
+    pub fn compute_with_journal(
+        budget_bytes: u64,
+        segment_bytes: usize,
+        chunk_bytes: usize,
+        policy_entry_bytes: usize,
+        journal: JournalGeometry,
     ) -> Result<Layout, LayoutError> {
         let bad = |s: &str| Err(LayoutError::Invalid(s.to_string()));
         if !segment_bytes.is_power_of_two() || !(4096..=1 << 30).contains(&segment_bytes) {
@@ -172,11 +206,15 @@ impl Layout {
             slots = 1 << SLOTS_COUNT_BITS_MAX;
         }
         let index_bytes = slots * SLOT_BYTES;
-        let segments_offset = (HEADER_BYTES + index_bytes).next_multiple_of(4096);
+        let journal_offset = (HEADER_BYTES + index_bytes).next_multiple_of(4096);
+        let journal_bytes = usize::try_from(journal.region_bytes()).unwrap_or(usize::MAX);
+        let segments_offset = journal_offset.saturating_add(journal_bytes);
         let heap_bytes = slots * policy_entry_bytes + HEAP_FIXED_BYTES;
         let fixed = segments_offset + heap_bytes;
         if budget < fixed + segment_bytes {
-            return bad("memory budget too small for the header, index and one segment");
+            return bad(
+                "memory budget too small for the header, index, invalidation journal and one segment",
+            );
         }
         let segment_count = (budget - fixed) / segment_bytes;
         let chunks = segment_count as u64 * (segment_bytes / chunk_bytes) as u64;
@@ -190,6 +228,10 @@ impl Layout {
             segment_count: segment_count as u32,
             slots_count: slots as u32,
             segments_offset: segments_offset as u64,
+            journal_offset: journal_offset as u64,
+            journal_bytes: journal_bytes as u64,
+            journal_slot_bytes: journal.slot_bytes,
+            journal_slots: journal.slots,
             heap_bytes: heap_bytes as u64,
         };
         debug_assert!(layout.region_bytes + layout.heap_bytes <= budget_bytes);
@@ -246,6 +288,10 @@ impl FileHeader {
         out[40..44].copy_from_slice(&l.slots_count.to_le_bytes());
         out[44..48].copy_from_slice(&u32::from(self.clean).to_le_bytes());
         out[48..56].copy_from_slice(&l.segments_offset.to_le_bytes());
+        out[56..64].copy_from_slice(&l.journal_offset.to_le_bytes());
+        out[64..72].copy_from_slice(&l.journal_bytes.to_le_bytes());
+        out[72..76].copy_from_slice(&l.journal_slot_bytes.to_le_bytes());
+        out[76..80].copy_from_slice(&l.journal_slots.to_le_bytes());
         let crc = crc32c::crc32c(&out[..124]);
         out[124..128].copy_from_slice(&crc.to_le_bytes());
     }
@@ -276,7 +322,15 @@ impl FileHeader {
             segment_count: u32_at(32),
             slots_count: u32_at(40),
             segments_offset: u64_at(48),
+            journal_offset: u64_at(56),
+            journal_bytes: u64_at(64),
+            journal_slot_bytes: u32_at(72),
+            journal_slots: u32_at(76),
             heap_bytes: 0,
+        };
+        let journal = JournalGeometry {
+            slot_bytes: layout.journal_slot_bytes,
+            slots: layout.journal_slots,
         };
         let consistent = layout.chunk_bytes as usize >= CHUNK_BYTES_MIN
             && layout.chunk_bytes.is_power_of_two()
@@ -285,8 +339,12 @@ impl FileHeader {
             && u64::from(layout.segment_count)
                 * u64::from(layout.segment_bytes / layout.chunk_bytes)
                 <= CHUNKS_MAX
-            && layout.segments_offset
+            && layout.journal_offset
                 >= (HEADER_BYTES as u64 + u64::from(layout.slots_count) * SLOT_BYTES as u64)
+            && layout.journal_offset % 4096 == 0
+            && journal.is_valid()
+            && layout.journal_bytes == journal.region_bytes()
+            && layout.segments_offset == layout.journal_offset + layout.journal_bytes
             && layout.region_bytes
                 == layout.segments_offset
                     + u64::from(layout.segment_count) * u64::from(layout.segment_bytes);
@@ -322,7 +380,7 @@ impl FileHeader {
                 expected: FORMAT_VERSION,
             });
         }
-        let checks: [(&'static str, u64, u64); 8] = [
+        let checks: [(&'static str, u64, u64); 12] = [
             ("header_bytes", u64::from(u32_at(12)), HEADER_BYTES as u64),
             ("region_bytes", u64_at(16), expected.region_bytes),
             (
@@ -347,6 +405,18 @@ impl FileHeader {
                 u64::from(expected.slots_count),
             ),
             ("segments_offset", u64_at(48), expected.segments_offset),
+            ("journal_offset", u64_at(56), expected.journal_offset),
+            ("journal_bytes", u64_at(64), expected.journal_bytes),
+            (
+                "journal_slot_bytes",
+                u64::from(u32_at(72)),
+                u64::from(expected.journal_slot_bytes),
+            ),
+            (
+                "journal_slots",
+                u64::from(u32_at(76)),
+                u64::from(expected.journal_slots),
+            ),
         ];
         for (field, found, want) in checks {
             if found != want {
@@ -380,6 +450,42 @@ mod tests {
         }
         assert!(Layout::compute(64 << 10, 64 << 10, 256, 1).is_err());
         assert!(Layout::compute(1 << 20, 64 << 10, 100, 1).is_err());
+    }
+
+    #[test]
+    fn the_journal_sits_between_index_and_segments_in_the_budget() {
+        let g = JournalGeometry::for_records(65, 1100);
+        let plain = Layout::compute(16 << 20, 64 << 10, 256, 1).unwrap();
+        let l = Layout::compute_with_journal(16 << 20, 64 << 10, 256, 1, g).unwrap();
+        assert!(l.region_bytes + l.heap_bytes <= 16 << 20);
+        assert_eq!(l.journal_offset, plain.segments_offset);
+        assert_eq!(l.journal_offset % 4096, 0);
+        assert_eq!(l.segments_offset, l.journal_offset + g.region_bytes());
+        assert!(
+            l.segment_count < plain.segment_count,
+            "paid from the budget"
+        );
+        assert_eq!(plain.journal_bytes, 0);
+        let h = FileHeader {
+            version: FORMAT_VERSION,
+            layout: l,
+            clean: false,
+        };
+        let mut raw = [0u8; HEADER_FIELDS_BYTES];
+        h.encode(&mut raw);
+        assert_eq!(FileHeader::decode(&raw, &l).unwrap(), h);
+        let any = FileHeader::decode_any(&raw).unwrap();
+        assert_eq!(any.layout, Layout { heap_bytes: 0, ..l });
+        // Another journal geometry is another layout.
+        let other = JournalGeometry::for_records(66, 1100);
+        let l2 = Layout::compute_with_journal(16 << 20, 64 << 10, 256, 1, other).unwrap();
+        assert!(matches!(
+            FileHeader::decode(&raw, &l2),
+            Err(LayoutError::Mismatch { .. })
+        ));
+        // A journal too large for the budget is refused with a message.
+        let huge = JournalGeometry::for_records(100_000, 60_000);
+        assert!(Layout::compute_with_journal(16 << 20, 64 << 10, 256, 1, huge).is_err());
     }
 
     #[test]

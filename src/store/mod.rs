@@ -19,6 +19,7 @@ pub mod epoch;
 #[cfg(not(loom))]
 pub mod inspect;
 pub mod item;
+pub mod journal;
 pub mod layout;
 #[cfg(not(loom))]
 pub mod policy;
