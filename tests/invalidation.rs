@@ -479,6 +479,11 @@ fn bans_are_bounded(io: &str) {
     let Some((_origin, _dir, server)) = with_demo(io, "[limits]\nbans_max = 2\n") else {
         return;
     };
+    // An object servable for an hour keeps the bans below from retiring
+    // (on an empty store they would retire at the next second, and a slow
+    // machine would find room for the third).
+    let r = server.get("/api/items/1?max_age=3600");
+    assert_eq!(r.status, 200, "{}", r.summary());
     invalidate(&server, r#"{"prefixes": ["/a", "/b"]}"#);
     let r = admin(
         &server,
