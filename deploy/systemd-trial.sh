@@ -15,6 +15,7 @@
 #     non-2xx answer, the store reopened warm, the origin asked nothing new;
 #   - `systemctl reload` after an edit: the one log line names the change;
 #   - reloads faster than the watchdog interval do not starve the watchdog;
+#   - the access log written to the unit's LogsDirectory, reopened on SIGUSR1;
 #   - `systemctl stop` flushes the store clean, and the socket unit, still
 #     listening, starts the service again on the next connection, warm.
 # Prints one line per check; exits 1 when one fails, 0 with SKIPPED when
@@ -187,6 +188,22 @@ check "watchdog: 8 reloads in 8 s with WatchdogSec=3s, no restart" \
     test "$(nsx systemctl show -p NRestarts --value ringcache.service)" = 0
 check "watchdog: no timeout in the journal" \
     bash -c "! timeout 10 nsenter -t $ns_init -a journalctl -u ringcache --no-pager -o cat | grep -q 'Watchdog timeout'"
+
+# The access log in the unit's LogsDirectory, rotated as logrotate would.
+nsx sed -i -e 's/^mode = "off"/mode = "full"/' \
+    -e 's|^path = "-"|path = "/var/log/ringcache/access.log"|' /etc/ringcache/ringcache.toml
+nsx systemctl restart ringcache.service
+curl -s -o /dev/null "http://$LISTEN/api/items/1?max_age=3600"
+sleep 1.5 # flush_interval = 1s: the line is in the file before it moves
+nsx mv /var/log/ringcache/access.log /var/log/ringcache/access.log.1
+nsx systemctl kill -s USR1 ringcache.service
+sleep 0.5
+curl -s -o /dev/null "http://$LISTEN/api/items/2?max_age=3600"
+sleep 1.5 # flush_interval = 1s
+check "access log: a line in /var/log/ringcache/access.log.1 before SIGUSR1" \
+    bash -c "timeout 10 nsenter -t $ns_init -a grep -q '\"/api/items/1?max_age=3600\"' /var/log/ringcache/access.log.1"
+check "access log: SIGUSR1 reopened the path, the next line is in the new file" \
+    bash -c "timeout 10 nsenter -t $ns_init -a grep -q '\"/api/items/2?max_age=3600\"' /var/log/ringcache/access.log"
 
 nsx systemctl stop ringcache.service 2>/dev/null
 check "stop: store flushed and marked clean" \
