@@ -165,6 +165,7 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
                 &mut body,
                 &invalidation_gauges(&state.invalidator),
             );
+            crate::metrics::render_refresh(&mut body, &refresh_gauges(&state.invalidator));
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
         "/stats" => {
@@ -460,20 +461,27 @@ fn invalidate(
     match result {
         Ok((req, out)) => {
             log::info!(
-                "invalidate: peer {peer} {what}: {} object(s) now, {} ban(s)",
+                "invalidate: peer {peer} {what}: {} object(s) now, {} ban(s), {} refresh(es) queued, {} dropped",
                 out.invalidated,
-                out.bans
+                out.bans,
+                out.refresh_queued,
+                out.refresh_dropped
             );
             let nodes = match &state.bus {
                 Some(bus) => share(bus, &req),
                 None => vec![serde_json::json!({ "node": inv.node(), "applied": true })],
             };
-            let mut body = serde_json::json!({
+            let mut answer = serde_json::json!({
                 "invalidated": out.invalidated,
                 "bans": out.bans,
                 "nodes": nodes,
-            })
-            .to_string();
+            });
+            if req.mode == crate::invalidate::Mode::Refresh {
+                // This node's queue: what it will refetch, what stays stale.
+                answer["queued"] = out.refresh_queued.into();
+                answer["dropped"] = out.refresh_dropped.into();
+            }
+            let mut body = answer.to_string();
             body.push('\n');
             respond(stream, 200, "application/json", &body)
         }
@@ -559,6 +567,18 @@ fn bans_json(inv: &Invalidator) -> String {
     let mut s = serde_json::json!({ "bans": bans, "bans_max": inv.bans.max() }).to_string();
     s.push('\n');
     s
+}
+
+fn refresh_gauges(inv: &Invalidator) -> crate::metrics::RefreshGauges {
+    let q = &inv.refresh;
+    let counts = q.counts();
+    crate::metrics::RefreshGauges {
+        results: std::array::from_fn(|i| {
+            (crate::invalidate::refresh::REFRESH_RESULTS[i], counts[i])
+        }),
+        queue_depth: q.depth() as u64,
+        in_flight: q.in_flight() as u64,
+    }
 }
 
 fn invalidation_gauges(inv: &Invalidator) -> InvalidationGauges {

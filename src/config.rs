@@ -999,6 +999,17 @@ pub const BAN_STALE_WINDOW_SECS_MAX: u64 = 24 * 3600;
 pub const TAG_PRUNE_CHUNK_KEYS: usize = 256;
 /// Environment variable that holds the admin token (overrides the file).
 pub const ADMIN_TOKEN_ENV: &str = "RINGCACHE_ADMIN_TOKEN";
+/// Default `invalidation.refresh_queue_max`, in keys, and its ceiling.
+pub const REFRESH_QUEUE_MAX_DEFAULT: usize = 65_536;
+pub const REFRESH_QUEUE_CAP: usize = 1 << 20;
+/// Default `invalidation.refresh_rate`, in refreshes started per second,
+/// and its ceiling.
+pub const REFRESH_RATE_DEFAULT: u32 = 100;
+pub const REFRESH_RATE_CAP: u32 = 100_000;
+/// Default `invalidation.refresh_concurrency_max`, in origin requests, and
+/// its ceiling.
+pub const REFRESH_CONCURRENCY_MAX_DEFAULT: usize = 8;
+pub const REFRESH_CONCURRENCY_CAP: usize = 1024;
 
 /// `admin = "ADDR"`, or an `[admin]` table with `listen` and `token`.
 #[derive(Debug, Deserialize)]
@@ -1096,6 +1107,14 @@ pub struct Invalidation {
     pub purge_method: bool,
     /// Networks a `PURGE` may come from.
     pub purge_allow: Vec<Cidr>,
+    /// Keys a `"mode": "refresh"` may queue for a background refetch;
+    /// beyond, they stay soft-purged (counted as dropped).
+    pub refresh_queue_max: usize,
+    /// Refreshes started per second, per origin.
+    pub refresh_rate: u32,
+    /// Refresh requests in flight to the origin at once, per origin,
+    /// over all workers.
+    pub refresh_concurrency_max: usize,
 }
 
 impl Invalidation {
@@ -1147,6 +1166,21 @@ impl Invalidation {
                 return Err("admin.token: must be at least 16 visible ASCII characters".into());
             }
         }
+        if !(1..=REFRESH_QUEUE_CAP).contains(&self.refresh_queue_max) {
+            return Err(format!(
+                "invalidation.refresh_queue_max: must be between 1 and {REFRESH_QUEUE_CAP}"
+            ));
+        }
+        if !(1..=REFRESH_RATE_CAP).contains(&self.refresh_rate) {
+            return Err(format!(
+                "invalidation.refresh_rate: must be between 1 and {REFRESH_RATE_CAP} per second"
+            ));
+        }
+        if !(1..=REFRESH_CONCURRENCY_CAP).contains(&self.refresh_concurrency_max) {
+            return Err(format!(
+                "invalidation.refresh_concurrency_max: must be between 1 and {REFRESH_CONCURRENCY_CAP}"
+            ));
+        }
         Ok(())
     }
 }
@@ -1174,6 +1208,13 @@ impl fmt::Display for Invalidation {
             format_size(self.tag_index_bytes_max)
         )?;
         writeln!(f, "purge_method = {}", self.purge_method)?;
+        writeln!(f, "refresh_queue_max = {}", self.refresh_queue_max)?;
+        writeln!(f, "refresh_rate = {}", self.refresh_rate)?;
+        writeln!(
+            f,
+            "refresh_concurrency_max = {}",
+            self.refresh_concurrency_max
+        )?;
         let allow: Vec<String> = self
             .purge_allow
             .iter()
@@ -1193,6 +1234,9 @@ struct FileInvalidation {
     tag_index_bytes_max: Option<String>,
     purge_method: Option<bool>,
     purge_allow: Option<Vec<String>>,
+    refresh_queue_max: Option<usize>,
+    refresh_rate: Option<u32>,
+    refresh_concurrency_max: Option<usize>,
 }
 
 impl FileInvalidation {
@@ -1231,6 +1275,11 @@ impl FileInvalidation {
             tag_index_bytes_max,
             purge_method: self.purge_method.unwrap_or(false),
             purge_allow,
+            refresh_queue_max: self.refresh_queue_max.unwrap_or(REFRESH_QUEUE_MAX_DEFAULT),
+            refresh_rate: self.refresh_rate.unwrap_or(REFRESH_RATE_DEFAULT),
+            refresh_concurrency_max: self
+                .refresh_concurrency_max
+                .unwrap_or(REFRESH_CONCURRENCY_MAX_DEFAULT),
         })
     }
 }
@@ -1733,6 +1782,59 @@ mod tests {
         assert!(err.contains("invalidation.purge_allow"), "{err}");
         let err = load("[invalidation]\ntag_index_bytes_max = \"200MiB\"\n").unwrap_err();
         assert!(err.contains("invalidation.tag_index_bytes_max"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn refresh_limits() {
+        let dir = std::env::temp_dir().join(format!("ringcache-refresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let c = load("").unwrap();
+        let inv = &c.invalidation;
+        assert_eq!(inv.refresh_queue_max, REFRESH_QUEUE_MAX_DEFAULT);
+        assert_eq!(inv.refresh_rate, REFRESH_RATE_DEFAULT);
+        assert_eq!(inv.refresh_concurrency_max, REFRESH_CONCURRENCY_MAX_DEFAULT);
+        let c = load(
+            "[invalidation]\nrefresh_queue_max = 10\nrefresh_rate = 5\nrefresh_concurrency_max = 2\n",
+        )
+        .unwrap();
+        let inv = &c.invalidation;
+        assert_eq!(
+            (
+                inv.refresh_queue_max,
+                inv.refresh_rate,
+                inv.refresh_concurrency_max
+            ),
+            (10, 5, 2)
+        );
+        // The limits parse back.
+        let again = load(&c.to_string()).unwrap();
+        assert_eq!(again.invalidation.refresh_rate, 5);
+        for (bad, key) in [
+            (
+                "[invalidation]\nrefresh_queue_max = 0\n",
+                "invalidation.refresh_queue_max",
+            ),
+            (
+                "[invalidation]\nrefresh_rate = 0\n",
+                "invalidation.refresh_rate",
+            ),
+            (
+                "[invalidation]\nrefresh_concurrency_max = 5000\n",
+                "invalidation.refresh_concurrency_max",
+            ),
+        ] {
+            let err = load(bad).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 

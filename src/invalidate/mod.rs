@@ -5,14 +5,20 @@
 //!
 //! | selector | how it acts |
 //! |---|---|
-//! | `urls` | now: the key the proxy builds (its `[cache]` key rules, `proxy::KeyRules`) and every `Vary` variant under it are removed (`hard`) or made stale in place (`soft`, the bytes and validators stay: the next request validates them) |
+//! | `urls` | now: the key the proxy builds (its `[cache]` key rules, `proxy::KeyRules`) and every `Vary` variant under it are removed (`hard`) or made stale in place (`soft`, the bytes and validators stay: the next request validates them; `refresh`, as `soft`, and each is queued for a background refetch: [refresh]) |
 //! | `prefixes`, `regex`, `header` | a [ban](bans): checked on lookup against objects stored before it, always hard |
 //! | `tags` | now, through the [tag index](tags); also a tag ban while the index is incomplete |
 //! | `all` | a ban that matches everything (`POST /invalidate/all`) |
 //!
 //! A path without a host (`"/api/items/1"` and no `"host"`) cannot name
 //! one key (the key holds the host the client sent): a hard purge of it
-//! is an exact-path ban over every host, a soft one is refused.
+//! is an exact-path ban over every host, a soft or refresh one is refused.
+//!
+//! `refresh` acts on `urls` and `tags` only: bans act on lookup and know
+//! no object ahead of it, so there would be nothing to refetch; a refresh
+//! with `prefixes`, `regex`, `header` or `all` is refused (400) rather than
+//! half done. With an incomplete tag index, a tag refresh refetches the
+//! objects the index knows and bans the tag as a soft purge does.
 //!
 //! Where the proxy applies it: a URL purge goes through
 //! `proxy::purge_primary`, the one function that knows markers and
@@ -31,6 +37,7 @@
 
 pub mod bans;
 pub mod fields;
+pub mod refresh;
 pub mod tags;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,15 +56,18 @@ use crate::store::item::LIFETIME_SECS_MAX;
 use crate::store::{Reader, SharedStore};
 
 pub use bans::{Ban, Bans, Selector};
+pub use refresh::{RefreshEnd, RefreshJob, RefreshQueue, RefreshTicket};
 pub use tags::TagIndex;
 
-/// Remove, or keep the bytes and make them stale.
+/// Remove, or keep the bytes and make them stale (and, with `Refresh`,
+/// refetch them in the background: [`refresh`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     Hard,
     Soft,
+    Refresh,
 }
 
 /// A stored field to match: `{"name": "x-team", "value": "search"}`.
@@ -139,6 +149,10 @@ pub struct Outcome {
     pub invalidated: u64,
     /// Bans added (they act on lookup; `GET /bans` counts their matches).
     pub bans: u64,
+    /// `refresh`: keys queued for a background refetch.
+    pub refresh_queued: u64,
+    /// `refresh`: keys left soft-purged because the queue was full.
+    pub refresh_dropped: u64,
 }
 
 /// Why a request was not applied.
@@ -195,6 +209,8 @@ pub struct Invalidator {
     purges: [AtomicU64; 6],
     invalidated: AtomicU64,
     node: String,
+    /// Keys a `refresh` queued, taken by the workers.
+    pub refresh: Arc<RefreshQueue>,
 }
 
 impl Invalidator {
@@ -219,6 +235,11 @@ impl Invalidator {
             admin_token: config.admin_token.take(),
             purge_allow: std::mem::take(&mut config.purge_allow),
         };
+        let refresh = Arc::new(RefreshQueue::new(
+            config.refresh_queue_max,
+            config.refresh_rate,
+            config.refresh_concurrency_max,
+        ));
         Invalidator {
             access: RwLock::new(access),
             bans: Bans::new(bans_max, servable),
@@ -230,6 +251,7 @@ impl Invalidator {
             purges: std::array::from_fn(|_| AtomicU64::new(0)),
             invalidated: AtomicU64::new(0),
             node: node_name(),
+            refresh,
         }
     }
 
@@ -340,14 +362,15 @@ impl Invalidator {
             match &u.host {
                 Some(host) => {
                     // Every variant of the URL (see `proxy::purge_primary`).
-                    out.invalidated += crate::proxy::purge_url(
+                    let n = crate::proxy::purge_url_each(
                         &reader,
                         &self.key_rules,
-                        host.as_bytes(),
-                        u.path.as_bytes(),
+                        (host.as_bytes(), u.path.as_bytes()),
                         plan.mode,
                         &mut scratch,
+                        &mut |hash, key| self.queue_refresh(plan.mode, hash, key, &mut out),
                     );
+                    out.invalidated += n;
                 }
                 None => {
                     self.bans
@@ -377,6 +400,7 @@ impl Invalidator {
                 }
                 if crate::proxy::purge_key(&reader, hash, &key, plan.mode, &mut scratch) {
                     out.invalidated += 1;
+                    self.queue_refresh(plan.mode, hash, &key, &mut out);
                 }
             }
             if !complete {
@@ -393,6 +417,18 @@ impl Invalidator {
             .fetch_add(out.invalidated, Ordering::Relaxed);
         out.invalidated += all_items;
         Ok(out)
+    }
+
+    /// With `Refresh`, queue an object just made stale for its refetch.
+    fn queue_refresh(&self, mode: Mode, hash: u64, key: &[u8], out: &mut Outcome) {
+        if mode != Mode::Refresh {
+            return;
+        }
+        if self.refresh.push(hash, key) {
+            out.refresh_queued += 1;
+        } else {
+            out.refresh_dropped += 1;
+        }
     }
 
     /// Validate every selector and compile the regex.
@@ -453,9 +489,9 @@ impl Invalidator {
             if !path.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad(format!("url {u:?}: the path holds spaces or controls")));
             }
-            if host.is_none() && req.mode == Mode::Soft {
+            if host.is_none() && req.mode != Mode::Hard {
                 return Err(bad(format!(
-                    "url {u:?}: a soft purge needs the host: an http:// URL or \"host\""
+                    "url {u:?}: a soft purge or refresh needs the host: an http:// URL or \"host\""
                 )));
             }
             urls.push(UrlTarget { host, path });
@@ -508,9 +544,9 @@ impl Invalidator {
                 )));
             }
         }
-        if (!bans.is_empty() || req.all) && req.mode == Mode::Soft {
+        if (!bans.is_empty() || req.all) && req.mode != Mode::Hard {
             return Err(bad(
-                "prefixes, regex, header and all act as bans, which are hard: send them with mode \"hard\"".into(),
+                "prefixes, regex, header and all act as bans, which are hard: send them with mode \"hard\" (soft and refresh act on urls and tags)".into(),
             ));
         }
         Ok(Plan {
@@ -562,6 +598,9 @@ mod tests {
             tag_index_bytes_max: 1 << 16,
             purge_method: false,
             purge_allow: Vec::new(),
+            refresh_queue_max: 4,
+            refresh_rate: 100,
+            refresh_concurrency_max: 2,
         };
         let inv = Invalidator::new(
             config,

@@ -297,6 +297,9 @@ pub fn plan(running: &Config, new: &Config) -> Plan {
         tag_bytes_max,
         tag_index_bytes_max,
         purge_method,
+        refresh_queue_max,
+        refresh_rate,
+        refresh_concurrency_max,
     );
     plan
 }
