@@ -331,10 +331,10 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| LISTEN_DEFAULT.to_string());
-        let (file_admin, file_token) = match file.admin {
-            Some(FileAdmin::Listen(s)) => (Some(s), None),
-            Some(FileAdmin::Table(t)) => (t.listen, t.token),
-            None => (None, None),
+        let (file_admin, file_token, file_hmac) = match file.admin {
+            Some(FileAdmin::Listen(s)) => (Some(s), None, (None, None)),
+            Some(FileAdmin::Table(t)) => (t.listen, t.token, (t.hmac_key, t.hmac_window)),
+            None => (None, None, (None, None)),
         };
         let admin_s = args
             .admin
@@ -380,7 +380,9 @@ impl Config {
                 c
             },
             bus,
-            invalidation: file.invalidation.apply(file_token, memory_bytes)?,
+            invalidation: file
+                .invalidation
+                .apply(file_token, file_hmac, memory_bytes)?,
         };
         config.validate()?;
         Ok(config)
@@ -999,6 +1001,19 @@ pub const BAN_STALE_WINDOW_SECS_MAX: u64 = 24 * 3600;
 pub const TAG_PRUNE_CHUNK_KEYS: usize = 256;
 /// Environment variable that holds the admin token (overrides the file).
 pub const ADMIN_TOKEN_ENV: &str = "RINGCACHE_ADMIN_TOKEN";
+/// Environment variable that holds the admin HMAC key (overrides the file).
+pub const ADMIN_HMAC_KEY_ENV: &str = "RINGCACHE_ADMIN_HMAC_KEY";
+/// Shortest `admin.hmac_key`, in bytes (the SHA-256 output size).
+pub const ADMIN_HMAC_KEY_BYTES_MIN: usize = 32;
+/// Default `admin.hmac_window`: how far a signed request's timestamp may
+/// be from the admin's clock, either way.
+pub const ADMIN_HMAC_WINDOW_DEFAULT: Duration = Duration::from_secs(300);
+/// Range of `admin.hmac_window`.
+pub const ADMIN_HMAC_WINDOW_MIN: Duration = Duration::from_secs(10);
+pub const ADMIN_HMAC_WINDOW_MAX: Duration = Duration::from_secs(3600);
+/// Signatures remembered to refuse replays (those inside the window); a
+/// signed request that finds it full of live ones is refused (503).
+pub const ADMIN_HMAC_SEEN_COUNT_MAX: usize = 65_536;
 /// Default `invalidation.refresh_queue_max`, in keys, and its ceiling.
 pub const REFRESH_QUEUE_MAX_DEFAULT: usize = 65_536;
 pub const REFRESH_QUEUE_CAP: usize = 1 << 20;
@@ -1024,6 +1039,8 @@ enum FileAdmin {
 struct FileAdminTable {
     listen: Option<String>,
     token: Option<String>,
+    hmac_key: Option<String>,
+    hmac_window: Option<String>,
 }
 
 /// An IPv4 or IPv6 network, `10.0.0.0/8` or `::1/128`.
@@ -1107,6 +1124,11 @@ pub struct Invalidation {
     pub purge_method: bool,
     /// Networks a `PURGE` may come from.
     pub purge_allow: Vec<Cidr>,
+    /// `admin.hmac_key` (or `RINGCACHE_ADMIN_HMAC_KEY`): when set, every
+    /// `POST /invalidate*` must be signed with it (`crate::admin_auth`).
+    pub admin_hmac_key: Option<String>,
+    /// `admin.hmac_window`: how far a signed timestamp may be from now.
+    pub admin_hmac_window: Duration,
     /// Keys a `"mode": "refresh"` may queue for a background refetch;
     /// beyond, they stay soft-purged (counted as dropped).
     pub refresh_queue_max: usize,
@@ -1166,6 +1188,16 @@ impl Invalidation {
                 return Err("admin.token: must be at least 16 visible ASCII characters".into());
             }
         }
+        if let Some(k) = &self.admin_hmac_key {
+            if k.len() < ADMIN_HMAC_KEY_BYTES_MIN || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "admin.hmac_key: must be at least {ADMIN_HMAC_KEY_BYTES_MIN} visible ASCII characters"
+                ));
+            }
+        }
+        if !(ADMIN_HMAC_WINDOW_MIN..=ADMIN_HMAC_WINDOW_MAX).contains(&self.admin_hmac_window) {
+            return Err("admin.hmac_window: must be between 10s and 1h".into());
+        }
         if !(1..=REFRESH_QUEUE_CAP).contains(&self.refresh_queue_max) {
             return Err(format!(
                 "invalidation.refresh_queue_max: must be between 1 and {REFRESH_QUEUE_CAP}"
@@ -1196,6 +1228,20 @@ impl fmt::Display for Invalidation {
             } else {
                 "not set (the invalidation API answers 403)"
             }
+        )?;
+        writeln!(
+            f,
+            "# admin.hmac_key: {}",
+            if self.admin_hmac_key.is_some() {
+                "set (invalidation requests must be signed)"
+            } else {
+                "not set (no signature asked for)"
+            }
+        )?;
+        writeln!(
+            f,
+            "# admin.hmac_window: \"{}\"",
+            format_duration(self.admin_hmac_window)
         )?;
         writeln!(f, "[invalidation]")?;
         writeln!(f, "tag_header = \"{}\"", self.tag_header)?;
@@ -1240,11 +1286,27 @@ struct FileInvalidation {
 }
 
 impl FileInvalidation {
-    fn apply(self, file_token: Option<String>, memory_bytes: u64) -> Result<Invalidation, String> {
+    fn apply(
+        self,
+        file_token: Option<String>,
+        (file_hmac_key, file_hmac_window): (Option<String>, Option<String>),
+        memory_bytes: u64,
+    ) -> Result<Invalidation, String> {
         let admin_token = std::env::var(ADMIN_TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty())
             .or(file_token);
+        let admin_hmac_key = std::env::var(ADMIN_HMAC_KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .or(file_hmac_key);
+        let mut admin_hmac_window = ADMIN_HMAC_WINDOW_DEFAULT;
+        set_duration(
+            "admin",
+            "hmac_window",
+            file_hmac_window,
+            &mut admin_hmac_window,
+        )?;
         let tag_index_bytes_max = match self.tag_index_bytes_max {
             Some(s) => {
                 parse_size(&s).map_err(|e| format!("invalidation.tag_index_bytes_max: {e}"))?
@@ -1275,6 +1337,8 @@ impl FileInvalidation {
             tag_index_bytes_max,
             purge_method: self.purge_method.unwrap_or(false),
             purge_allow,
+            admin_hmac_key,
+            admin_hmac_window,
             refresh_queue_max: self.refresh_queue_max.unwrap_or(REFRESH_QUEUE_MAX_DEFAULT),
             refresh_rate: self.refresh_rate.unwrap_or(REFRESH_RATE_DEFAULT),
             refresh_concurrency_max: self
@@ -1786,7 +1850,7 @@ mod tests {
     }
 
     #[test]
-    fn refresh_limits() {
+    fn refresh_limits_and_admin_signing_keys() {
         let dir = std::env::temp_dir().join(format!("ringcache-refresh-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
@@ -1802,11 +1866,17 @@ mod tests {
         assert_eq!(inv.refresh_queue_max, REFRESH_QUEUE_MAX_DEFAULT);
         assert_eq!(inv.refresh_rate, REFRESH_RATE_DEFAULT);
         assert_eq!(inv.refresh_concurrency_max, REFRESH_CONCURRENCY_MAX_DEFAULT);
+        assert_eq!(inv.admin_hmac_window, ADMIN_HMAC_WINDOW_DEFAULT);
         let c = load(
-            "[invalidation]\nrefresh_queue_max = 10\nrefresh_rate = 5\nrefresh_concurrency_max = 2\n",
+            "[admin]\nhmac_key = \"0123456789abcdef0123456789abcdef\"\nhmac_window = \"1m\"\n[invalidation]\nrefresh_queue_max = 10\nrefresh_rate = 5\nrefresh_concurrency_max = 2\n",
         )
         .unwrap();
         let inv = &c.invalidation;
+        assert_eq!(
+            inv.admin_hmac_key.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(inv.admin_hmac_window, Duration::from_secs(60));
         assert_eq!(
             (
                 inv.refresh_queue_max,
@@ -1815,10 +1885,14 @@ mod tests {
             ),
             (10, 5, 2)
         );
-        // The limits parse back.
-        let again = load(&c.to_string()).unwrap();
+        // Printed without the key; the limits parse back.
+        let text = c.to_string();
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        let again = load(&text).unwrap();
         assert_eq!(again.invalidation.refresh_rate, 5);
         for (bad, key) in [
+            ("[admin]\nhmac_key = \"short\"\n", "admin.hmac_key"),
+            ("[admin]\nhmac_window = \"1s\"\n", "admin.hmac_window"),
             (
                 "[invalidation]\nrefresh_queue_max = 0\n",
                 "invalidation.refresh_queue_max",

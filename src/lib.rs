@@ -34,6 +34,8 @@
 #[cfg(not(loom))]
 pub mod admin;
 #[cfg(not(loom))]
+pub mod admin_auth;
+#[cfg(not(loom))]
 pub mod bus;
 pub mod config;
 pub mod demo_origin;

@@ -190,6 +190,10 @@ pub struct InvalidationAccess {
     pub admin_token: Option<String>,
     /// `invalidation.purge_allow`.
     pub purge_allow: Vec<Cidr>,
+    /// `admin.hmac_key`: when set, invalidation calls must be signed.
+    pub hmac_key: Option<String>,
+    /// `admin.hmac_window`.
+    pub hmac_window: std::time::Duration,
 }
 
 /// Invalidation state shared by the workers, the admin thread and (later)
@@ -234,6 +238,8 @@ impl Invalidator {
         let access = InvalidationAccess {
             admin_token: config.admin_token.take(),
             purge_allow: std::mem::take(&mut config.purge_allow),
+            hmac_key: config.admin_hmac_key.take(),
+            hmac_window: config.admin_hmac_window,
         };
         let refresh = Arc::new(RefreshQueue::new(
             config.refresh_queue_max,
@@ -598,6 +604,8 @@ mod tests {
             tag_index_bytes_max: 1 << 16,
             purge_method: false,
             purge_allow: Vec::new(),
+            admin_hmac_key: None,
+            admin_hmac_window: std::time::Duration::from_secs(300),
             refresh_queue_max: 4,
             refresh_rate: 100,
             refresh_concurrency_max: 2,

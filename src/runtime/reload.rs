@@ -13,8 +13,9 @@
 //!
 //! Reloadable: the log level and the limits read per request or per tick
 //! (sizes of a request, timeouts, the largest object stored, the drain
-//! times), and who may invalidate: `admin.token` and
-//! `invalidation.purge_allow` (kept behind a lock in the `Invalidator`,
+//! times), and who may invalidate: `admin.token`, `admin.hmac_key`,
+//! `admin.hmac_window` and `invalidation.purge_allow` (kept behind a lock
+//! in the `Invalidator`,
 //! read once per admin request and per `PURGE`). The rest of
 //! `[invalidation]` (the tag field, whether it is cut, the tag index's
 //! limits, `purge_method`) and `limits.bans_max` /
@@ -122,7 +123,10 @@ impl Plan {
     /// Whether the admin token or `purge_allow` change.
     pub fn access_changed(&self, running: &Config) -> bool {
         let (new, old) = (&self.config.invalidation, &running.invalidation);
-        new.admin_token != old.admin_token || new.purge_allow != old.purge_allow
+        new.admin_token != old.admin_token
+            || new.purge_allow != old.purge_allow
+            || new.admin_hmac_key != old.admin_hmac_key
+            || new.admin_hmac_window != old.admin_hmac_window
     }
 
     /// The one log line that reports the reload.
@@ -281,8 +285,24 @@ pub fn plan(running: &Config, new: &Config) -> Plan {
         &nets(&old.purge_allow),
         &nets(&fresh.purge_allow),
     );
+    if old.admin_hmac_key != fresh.admin_hmac_key {
+        let state = |t: &Option<String>| if t.is_some() { "set" } else { "unset" };
+        plan.applied.push(format!(
+            "admin.hmac_key ({} → {}, changed)",
+            state(&old.admin_hmac_key),
+            state(&fresh.admin_hmac_key)
+        ));
+    }
+    note(
+        &mut plan.applied,
+        "admin.hmac_window",
+        &old.admin_hmac_window,
+        &fresh.admin_hmac_window,
+    );
     plan.config.invalidation.admin_token = fresh.admin_token.clone();
     plan.config.invalidation.purge_allow = fresh.purge_allow.clone();
+    plan.config.invalidation.admin_hmac_key = fresh.admin_hmac_key.clone();
+    plan.config.invalidation.admin_hmac_window = fresh.admin_hmac_window;
     // The rest of [invalidation] shapes the tag index and what the workers
     // store: a restart.
     macro_rules! invalidation_restart_only {
@@ -385,6 +405,41 @@ mod tests {
         assert!(applied.contains("invalidation.purge_allow"), "{line}");
         assert!(restart.contains("invalidation.tag_header"), "{line}");
         assert!(restart.contains("limits.bans_max"), "{line}");
+    }
+
+    #[test]
+    fn the_signing_key_applies_and_refresh_limits_wait() {
+        let running = config();
+        let mut new = running.clone();
+        new.invalidation.admin_hmac_key = Some("a-signing-key-0123456789abcdefghij".into());
+        new.invalidation.admin_hmac_window = Duration::from_secs(60);
+        new.invalidation.refresh_rate = 7;
+        let plan = plan(&running, &new);
+        assert!(plan.access_changed(&running));
+        assert_eq!(
+            plan.config.invalidation.admin_hmac_key,
+            new.invalidation.admin_hmac_key
+        );
+        assert_eq!(
+            plan.config.invalidation.admin_hmac_window,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            plan.config.invalidation.refresh_rate,
+            running.invalidation.refresh_rate
+        );
+        let line = plan.summary();
+        assert!(!line.contains("a-signing-key"), "{line}");
+        let split = line.find("needs a restart").expect(&line);
+        assert!(
+            line[..split].contains("admin.hmac_key (unset → set, changed)"),
+            "{line}"
+        );
+        assert!(line[..split].contains("admin.hmac_window"), "{line}");
+        assert!(
+            line[split..].contains("invalidation.refresh_rate"),
+            "{line}"
+        );
     }
 
     #[test]
