@@ -434,7 +434,92 @@ fn failed_refresh_leaves_the_object_stale(io: &str) {
     assert!(get_on(&mut c, "/f", &[]).is_hit());
 }
 
+/// While a refresh is at the origin, a client asking for the key waits for
+/// it (answered with the refreshed object, `collapsed`), or, when the
+/// object allows stale-while-revalidate, is answered stale at once: the
+/// origin sees one request per key either way.
+fn clients_during_a_refresh_wait_or_get_stale(io: &str) {
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = Arc::clone(&release);
+    let origin = TestOrigin::start(move |req| {
+        let cc = if req.path() == "/swr" {
+            "max-age=300, stale-while-revalidate=60"
+        } else {
+            "max-age=300"
+        };
+        let (etag, body) = if req.header("if-none-match").is_some() {
+            ("\"v2\"", format!("v2 {}", req.path()))
+        } else {
+            ("\"v1\"", format!("v1 {}", req.path()))
+        };
+        let reply = Reply::Send(response(
+            200,
+            &[("ETag", etag), ("Cache-Control", cc)],
+            body.as_bytes(),
+        ));
+        if etag == "\"v2\"" {
+            Reply::Until(Arc::clone(&held), Box::new(reply))
+        } else {
+            reply
+        }
+    });
+    let Some((_dir, server)) = serve(io, &origin, "") else {
+        return;
+    };
+    let mut c = server.client();
+    for p in ["/held", "/swr"] {
+        assert_eq!(get_on(&mut c, p, &[]).body_str(), format!("v1 {p}"));
+    }
+    let v = invalidate(
+        &server,
+        &format!(r#"{{"urls": ["http://{HOST}/held", "http://{HOST}/swr"], "mode": "refresh"}}"#),
+    );
+    assert_eq!(v["queued"], 2, "{v}");
+    assert!(
+        origin.wait_requests(4, Duration::from_secs(10)),
+        "both refreshes at the origin"
+    );
+    // Stale-while-revalidate: answered stale now, no second fetch.
+    let r = get_on(&mut c, "/swr", &[]);
+    assert_eq!(r.body_str(), "v1 /swr", "{}", r.summary());
+    assert!(
+        r.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        r.summary()
+    );
+    // Otherwise: the client waits for the refresh.
+    let before = server.metrics().value("ringcache_coalesced_total");
+    let addr = server.addr;
+    let waiter = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        get_on(&mut c, "/held", &[])
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            server.metrics().value("ringcache_coalesced_total") > before
+        }),
+        "the client waits on the refresh"
+    );
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = waiter.join().unwrap();
+    assert_eq!(r.body_str(), "v2 /held", "{}", r.summary());
+    assert!(
+        r.cache_status_params().iter().any(|p| p == "collapsed"),
+        "{}",
+        r.summary()
+    );
+    wait_refreshes_ended(&server, 2);
+    assert_eq!(refreshes(&server, "done"), 2);
+    for p in ["/held", "/swr"] {
+        let r = get_on(&mut c, p, &[]);
+        assert!(r.is_hit(), "{}", r.summary());
+        assert_eq!(r.body_str(), format!("v2 {p}"));
+    }
+    assert_eq!(origin.requests(), 4, "one refresh per key, nothing else");
+}
+
 both_io!(
+    clients_during_a_refresh_wait_or_get_stale,
     refresh_by_tag_is_paced_and_fetches_each_key_once,
     queue_overflow_is_counted,
     refresh_of_every_variant,
