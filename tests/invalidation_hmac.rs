@@ -179,4 +179,46 @@ fn no_key_no_signature_needed(io: &str) {
     assert!(!server.get("/a").is_hit(), "purged");
 }
 
-both_io!(signed_calls_are_checked, no_key_no_signature_needed);
+/// SIGHUP sets the key: unsigned calls are refused from the next one on,
+/// signed ones work, and the key is never logged.
+fn key_applies_on_reload(io: &str) {
+    let origin = TestOrigin::fixed("max-age=300", "a");
+    let Some((dir, mut server)) = serve(io, &origin, false) else {
+        return;
+    };
+    let body = r#"{"tags": ["nothing"]}"#;
+    assert_eq!(post(&server, "/invalidate", body, None).status, 200);
+    dir.write(
+        "ringcache.toml",
+        &format!("[admin]\ntoken = \"{TOKEN}\"\nhmac_key = \"{KEY}\"\n"),
+    );
+    server.proc.signal(libc::SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        post(&server, "/invalidate", body, None).status == 401
+    });
+    assert!(reloaded, "{:?}", server.stderr_lines());
+    let ts = now();
+    let r = post(
+        &server,
+        "/invalidate",
+        body,
+        Some((ts, &sign(KEY, ts, body))),
+    );
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let line = server
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("reload: applied"))
+        .expect("a reload line");
+    assert!(
+        line.contains("admin.hmac_key (unset → set, changed)"),
+        "{line}"
+    );
+    assert!(!line.contains(KEY), "the key is never logged: {line}");
+}
+
+both_io!(
+    signed_calls_are_checked,
+    no_key_no_signature_needed,
+    key_applies_on_reload
+);
