@@ -6,7 +6,7 @@
 //! ```text
 //!  admin thread (Invalidator::apply)         worker, every loop turn
 //!  ─────────────────────────────────         ───────────────────────────────
-//!  soft purge of each object                 has_work()? two relaxed loads
+//!  soft purge of each object                 has_work(now)? three relaxed loads
 //!  push(hash, key) ─▶ [ keys … ] ──take()──▶ a rate token and an in-flight
 //!   full: counted as dropped,     ≤ queue_max  slot, or nothing
 //!   the object stays soft-purged             └▶ the key's lease and fill, then
@@ -58,6 +58,11 @@ pub struct RefreshQueue {
     depth: AtomicUsize,
     /// Refreshes taken and not yet ended.
     in_flight: AtomicUsize,
+    /// Microseconds after `epoch` before which no rate token is due: set
+    /// when a take finds the bucket empty, so that workers do not take
+    /// the lock every loop turn while the rate holds them back.
+    next_token_us: AtomicU64,
+    epoch: Instant,
     queue_max: usize,
     concurrency_max: usize,
     rate_per_sec: f64,
@@ -128,14 +133,17 @@ impl RefreshQueue {
         );
         let rate = f64::from(rate_per_sec);
         let burst = rate.min(concurrency_max as f64).max(1.0);
+        let epoch = Instant::now();
         RefreshQueue {
             inner: Mutex::new(Inner {
                 keys: VecDeque::new(),
                 tokens: burst,
-                counted_at: Instant::now(),
+                counted_at: epoch,
             }),
             depth: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            next_token_us: AtomicU64::new(0),
+            epoch,
             queue_max,
             concurrency_max,
             rate_per_sec: rate,
@@ -165,12 +173,17 @@ impl RefreshQueue {
         true
     }
 
-    /// Anything to take now? Lock-free, for every loop turn of a worker.
+    /// Anything to take at `now`? Lock-free, for every loop turn of a worker.
     #[inline]
-    pub fn has_work(&self) -> bool {
+    pub fn has_work(&self, now: Instant) -> bool {
         // Relaxed: hints; `take` decides under the lock and the CAS.
         self.depth.load(Ordering::Relaxed) > 0
             && self.in_flight.load(Ordering::Relaxed) < self.concurrency_max
+            && self.micros(now) >= self.next_token_us.load(Ordering::Relaxed)
+    }
+
+    fn micros(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
     }
 
     /// The next key to refresh, when the rate and the in-flight limit allow.
@@ -183,6 +196,10 @@ impl RefreshQueue {
         inner.tokens = (inner.tokens + elapsed.as_secs_f64() * self.rate_per_sec).min(self.burst);
         inner.counted_at = now.max(inner.counted_at);
         if inner.tokens < 1.0 {
+            let wait_us = ((1.0 - inner.tokens) / self.rate_per_sec * 1e6).ceil() as u64;
+            // Relaxed: a hint for `has_work`, written under the lock.
+            self.next_token_us
+                .store(self.micros(now).saturating_add(wait_us), Ordering::Relaxed);
             return None;
         }
         // Relaxed: the CAS alone keeps the in-flight count exact.
@@ -247,13 +264,14 @@ mod tests {
         let mut a = q.take(now).unwrap();
         let b = q.take(now).unwrap();
         assert_eq!((a.key[0], b.key[0]), (0, 1), "first in, first out");
-        assert!(q.take(now).is_none(), "two in flight at most");
-        assert!(!q.has_work());
+        // A rate token more a little later (a bucket of two at 1000/s).
+        let later = now + Duration::from_millis(10);
+        assert!(q.take(later).is_none(), "two in flight at most");
+        assert!(!q.has_work(later));
         a.ticket.finish(RefreshEnd::Done);
         drop(a);
-        assert!(q.has_work());
-        // A rate token more a little later (a bucket of two at 1000/s).
-        let c = q.take(now + Duration::from_millis(10)).unwrap();
+        assert!(q.has_work(later), "a slot is free again");
+        let c = q.take(later).unwrap();
         drop(b); // ended without a word: failed
         let mut c = c;
         c.ticket.finish(RefreshEnd::Skipped);
@@ -273,8 +291,12 @@ mod tests {
         // A bucket of two tokens (the rate is below the concurrency).
         let first: Vec<_> = std::iter::from_fn(|| q.take(t0)).collect();
         assert_eq!(first.len(), 2);
-        assert!(q.take(t0 + Duration::from_millis(100)).is_none());
-        assert!(q.take(t0 + Duration::from_millis(600)).is_some());
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(q.take(t1).is_none());
+        assert!(!q.has_work(t1), "no token due yet: no need to look");
+        let t2 = t0 + Duration::from_millis(600);
+        assert!(q.has_work(t2));
+        assert!(q.take(t2).is_some());
         drop(first);
     }
 }

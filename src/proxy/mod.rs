@@ -527,7 +527,7 @@ impl Proxy {
     /// connection; queued refreshes (`invalidate::refresh`) start first,
     /// so their requests go out with the same submit.
     pub fn flush(&mut self) {
-        if self.invalidator.refresh.has_work() {
+        if self.invalidator.refresh.has_work(self.clock.now) {
             self.refresh_queued();
         }
         let dirty = std::mem::take(&mut self.dirty);
