@@ -205,11 +205,19 @@ fn key_applies_on_reload(io: &str) {
         Some((ts, &sign(KEY, ts, body))),
     );
     assert_eq!(r.status, 200, "{}", r.summary());
-    let line = server
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("reload: applied"))
-        .expect("a reload line");
+    // The key applies before the reload's log line is written.
+    let reload_line = || {
+        server
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.contains("reload: applied"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || reload_line().is_some()),
+        "{:?}",
+        server.stderr_lines()
+    );
+    let line = reload_line().expect("a reload line");
     assert!(
         line.contains("admin.hmac_key (unset → set, changed)"),
         "{line}"
