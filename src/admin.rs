@@ -9,7 +9,9 @@
 //! `Authorization: Bearer TOKEN` when a token is configured (`admin.token`
 //! or `RINGCACHE_ADMIN_TOKEN`), compared in constant time; a wrong or
 //! missing one gets 401. With no token configured the invalidation API
-//! answers 403 (and `/stats` stays open, as it is read-only).
+//! answers 403 (and `/stats` stays open, as it is read-only). With
+//! `admin.hmac_key` set, every `POST /invalidate*` must also be signed
+//! (timestamp and HMAC of the body, see [`crate::admin_auth`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin_auth::{Signatures, SIGNATURE_FIELD, TIMESTAMP_FIELD};
 use crate::invalidate::{Invalidator, Refusal, PURGE_KINDS};
 use crate::metrics::{
     Counter, Histogram, HistogramSnapshot, InvalidationGauges, Metrics, StoreGauges,
@@ -61,10 +64,12 @@ pub fn spawn(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ringcache-admin".into())
         .spawn(move || {
+            // Signatures accepted inside the window (replays are refused).
+            let signatures = Signatures::default();
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        if let Err(e) = serve_one(stream, &state) {
+                        if let Err(e) = serve_one(stream, &state, &signatures) {
                             log::debug!("admin: {e}");
                         }
                     }
@@ -75,7 +80,11 @@ pub fn spawn(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
         .map(drop)
 }
 
-fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
+fn serve_one(
+    mut stream: TcpStream,
+    state: &AdminState,
+    signatures: &Signatures,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut buf = vec![0u8; ADMIN_HEAD_BYTES_MAX];
@@ -141,6 +150,7 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
         "/invalidate" | "/invalidate/all" => invalidate(
             &mut stream,
             state,
+            signatures,
             &call,
             &buf[..len],
             path == "/invalidate/all",
@@ -168,6 +178,7 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
             if let Some(g) = state.invalidator.ban_log() {
                 crate::metrics::render_ban_log(&mut body, &g);
             }
+            crate::metrics::render_refresh(&mut body, &refresh_gauges(&state.invalidator));
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
         "/stats" => {
@@ -308,6 +319,9 @@ struct Call {
     /// `Expect: 100-continue`: the client waits for a go-ahead.
     expect_continue: bool,
     bearer: Option<String>,
+    /// `Ringcache-Timestamp` and `Ringcache-Signature` (signed calls).
+    timestamp: Option<String>,
+    signature: Option<String>,
 }
 
 impl Call {
@@ -319,6 +333,8 @@ impl Call {
             chunked: false,
             expect_continue: false,
             bearer: None,
+            timestamp: None,
+            signature: None,
         };
         let mut lengths = 0;
         for h in req.headers.iter() {
@@ -331,6 +347,10 @@ impl Call {
                 call.chunked = true;
             } else if h.name.eq_ignore_ascii_case("expect") {
                 call.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            } else if h.name.eq_ignore_ascii_case(TIMESTAMP_FIELD) {
+                call.timestamp = std::str::from_utf8(h.value).ok().map(str::to_string);
+            } else if h.name.eq_ignore_ascii_case(SIGNATURE_FIELD) {
+                call.signature = std::str::from_utf8(h.value).ok().map(str::to_string);
             } else if h.name.eq_ignore_ascii_case("authorization") {
                 let v = std::str::from_utf8(h.value).unwrap_or("").trim();
                 if let Some((scheme, token)) = v.split_once(' ') {
@@ -388,6 +408,7 @@ fn error_json(msg: &str) -> String {
 fn invalidate(
     stream: &mut TcpStream,
     state: &AdminState,
+    signatures: &Signatures,
     call: &Call,
     received: &[u8],
     all: bool,
@@ -438,6 +459,35 @@ fn invalidate(
         at += n;
     }
     let inv = &state.invalidator;
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.ip().to_string());
+    // The key and window now (a SIGHUP reload may replace them).
+    let access = inv.access();
+    let signing = access
+        .hmac_key
+        .clone()
+        .map(|k| (k, access.hmac_window.as_secs()));
+    drop(access);
+    if let Some((key, window_secs)) = signing {
+        let checked = signatures.verify(
+            key.as_bytes(),
+            window_secs,
+            call.timestamp.as_deref(),
+            call.signature.as_deref(),
+            &body,
+            unix_now(),
+        );
+        if let Err(refused) = checked {
+            log::warn!("invalidate: peer {peer}: refused: {}", refused.message());
+            return respond(
+                stream,
+                refused.status(),
+                "application/json",
+                &error_json(refused.message()),
+            );
+        }
+    }
     let request = if all {
         Ok(crate::invalidate::InvalidationRequest {
             all: true,
@@ -448,9 +498,6 @@ fn invalidate(
             .map_err(|e| Refusal::Invalid(format!("invalid JSON request: {e}")))
     };
     let result = request.and_then(|req| inv.apply(&req).map(|out| (req, out)));
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.ip().to_string());
     let what = if all {
         "{\"all\":true}".to_string()
     } else {
@@ -463,20 +510,27 @@ fn invalidate(
     match result {
         Ok((req, out)) => {
             log::info!(
-                "invalidate: peer {peer} {what}: {} object(s) now, {} ban(s)",
+                "invalidate: peer {peer} {what}: {} object(s) now, {} ban(s), {} refresh(es) queued, {} dropped",
                 out.invalidated,
-                out.bans
+                out.bans,
+                out.refresh_queued,
+                out.refresh_dropped
             );
             let nodes = match &state.bus {
                 Some(bus) => share(bus, &req),
                 None => vec![serde_json::json!({ "node": inv.node(), "applied": true })],
             };
-            let mut body = serde_json::json!({
+            let mut answer = serde_json::json!({
                 "invalidated": out.invalidated,
                 "bans": out.bans,
                 "nodes": nodes,
-            })
-            .to_string();
+            });
+            if req.mode == crate::invalidate::Mode::Refresh {
+                // This node's queue: what it will refetch, what stays stale.
+                answer["queued"] = out.refresh_queued.into();
+                answer["dropped"] = out.refresh_dropped.into();
+            }
+            let mut body = answer.to_string();
             body.push('\n');
             respond(stream, 200, "application/json", &body)
         }
@@ -562,6 +616,18 @@ fn bans_json(inv: &Invalidator) -> String {
     let mut s = serde_json::json!({ "bans": bans, "bans_max": inv.bans.max() }).to_string();
     s.push('\n');
     s
+}
+
+fn refresh_gauges(inv: &Invalidator) -> crate::metrics::RefreshGauges {
+    let q = &inv.refresh;
+    let counts = q.counts();
+    crate::metrics::RefreshGauges {
+        results: std::array::from_fn(|i| {
+            (crate::invalidate::refresh::REFRESH_RESULTS[i], counts[i])
+        }),
+        queue_depth: q.depth() as u64,
+        in_flight: q.in_flight() as u64,
+    }
 }
 
 fn invalidation_gauges(inv: &Invalidator) -> InvalidationGauges {

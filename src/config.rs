@@ -402,10 +402,10 @@ impl Config {
     /// The configuration a file's shape holds, defaults for what it lacks.
     fn from_file(file: FileConfig) -> Result<Config, String> {
         let listen_s = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_string());
-        let (file_admin, file_token) = match file.admin {
-            Some(FileAdmin::Listen(s)) => (Some(s), None),
-            Some(FileAdmin::Table(t)) => (t.listen, t.token),
-            None => (None, None),
+        let (file_admin, file_token, file_hmac) = match file.admin {
+            Some(FileAdmin::Listen(s)) => (Some(s), None, (None, None)),
+            Some(FileAdmin::Table(t)) => (t.listen, t.token, (t.hmac_key, t.hmac_window)),
+            None => (None, None, (None, None)),
         };
         let admin_s = file_admin.unwrap_or_else(|| ADMIN_DEFAULT.to_string());
         let origin = match file.origin {
@@ -437,7 +437,9 @@ impl Config {
             limits: file.limits.apply(Limits::default())?,
             cache: file.cache.apply(CacheConfig::default())?,
             bus,
-            invalidation: file.invalidation.apply(file_token, memory_bytes)?,
+            invalidation: file
+                .invalidation
+                .apply(file_token, file_hmac, memory_bytes)?,
             access_log: file.access_log.apply()?,
         })
     }
@@ -1061,6 +1063,30 @@ pub const BAN_STALE_WINDOW_SECS_MAX: u64 = 24 * 3600;
 pub const TAG_PRUNE_CHUNK_KEYS: usize = 256;
 /// Environment variable that holds the admin token (overrides the file).
 pub const ADMIN_TOKEN_ENV: &str = "RINGCACHE_ADMIN_TOKEN";
+/// Environment variable that holds the admin HMAC key (overrides the file).
+pub const ADMIN_HMAC_KEY_ENV: &str = "RINGCACHE_ADMIN_HMAC_KEY";
+/// Shortest `admin.hmac_key`, in bytes (the SHA-256 output size).
+pub const ADMIN_HMAC_KEY_BYTES_MIN: usize = 32;
+/// Default `admin.hmac_window`: how far a signed request's timestamp may
+/// be from the admin's clock, either way.
+pub const ADMIN_HMAC_WINDOW_DEFAULT: Duration = Duration::from_secs(300);
+/// Range of `admin.hmac_window`.
+pub const ADMIN_HMAC_WINDOW_MIN: Duration = Duration::from_secs(10);
+pub const ADMIN_HMAC_WINDOW_MAX: Duration = Duration::from_secs(3600);
+/// Signatures remembered to refuse replays (those inside the window); a
+/// signed request that finds it full of live ones is refused (503).
+pub const ADMIN_HMAC_SEEN_COUNT_MAX: usize = 65_536;
+/// Default `invalidation.refresh_queue_max`, in keys, and its ceiling.
+pub const REFRESH_QUEUE_MAX_DEFAULT: usize = 65_536;
+pub const REFRESH_QUEUE_CAP: usize = 1 << 20;
+/// Default `invalidation.refresh_rate`, in refreshes started per second,
+/// and its ceiling.
+pub const REFRESH_RATE_DEFAULT: u32 = 100;
+pub const REFRESH_RATE_CAP: u32 = 100_000;
+/// Default `invalidation.refresh_concurrency_max`, in origin requests, and
+/// its ceiling.
+pub const REFRESH_CONCURRENCY_MAX_DEFAULT: usize = 8;
+pub const REFRESH_CONCURRENCY_CAP: usize = 1024;
 
 /// `admin = "ADDR"`, or an `[admin]` table with `listen` and `token`.
 #[derive(Debug, Deserialize)]
@@ -1075,6 +1101,8 @@ enum FileAdmin {
 struct FileAdminTable {
     listen: Option<String>,
     token: Option<String>,
+    hmac_key: Option<String>,
+    hmac_window: Option<String>,
 }
 
 /// An IPv4 or IPv6 network, `10.0.0.0/8` or `::1/128`.
@@ -1158,6 +1186,19 @@ pub struct Invalidation {
     pub purge_method: bool,
     /// Networks a `PURGE` may come from.
     pub purge_allow: Vec<Cidr>,
+    /// `admin.hmac_key` (or `RINGCACHE_ADMIN_HMAC_KEY`): when set, every
+    /// `POST /invalidate*` must be signed with it (`crate::admin_auth`).
+    pub admin_hmac_key: Option<String>,
+    /// `admin.hmac_window`: how far a signed timestamp may be from now.
+    pub admin_hmac_window: Duration,
+    /// Keys a `"mode": "refresh"` may queue for a background refetch;
+    /// beyond, they stay soft-purged (counted as dropped).
+    pub refresh_queue_max: usize,
+    /// Refreshes started per second, per origin.
+    pub refresh_rate: u32,
+    /// Refresh requests in flight to the origin at once, per origin,
+    /// over all workers.
+    pub refresh_concurrency_max: usize,
 }
 
 impl Invalidation {
@@ -1209,6 +1250,31 @@ impl Invalidation {
                 return Err("admin.token: must be at least 16 visible ASCII characters".into());
             }
         }
+        if let Some(k) = &self.admin_hmac_key {
+            if k.len() < ADMIN_HMAC_KEY_BYTES_MIN || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "admin.hmac_key: must be at least {ADMIN_HMAC_KEY_BYTES_MIN} visible ASCII characters"
+                ));
+            }
+        }
+        if !(ADMIN_HMAC_WINDOW_MIN..=ADMIN_HMAC_WINDOW_MAX).contains(&self.admin_hmac_window) {
+            return Err("admin.hmac_window: must be between 10s and 1h".into());
+        }
+        if !(1..=REFRESH_QUEUE_CAP).contains(&self.refresh_queue_max) {
+            return Err(format!(
+                "invalidation.refresh_queue_max: must be between 1 and {REFRESH_QUEUE_CAP}"
+            ));
+        }
+        if !(1..=REFRESH_RATE_CAP).contains(&self.refresh_rate) {
+            return Err(format!(
+                "invalidation.refresh_rate: must be between 1 and {REFRESH_RATE_CAP} per second"
+            ));
+        }
+        if !(1..=REFRESH_CONCURRENCY_CAP).contains(&self.refresh_concurrency_max) {
+            return Err(format!(
+                "invalidation.refresh_concurrency_max: must be between 1 and {REFRESH_CONCURRENCY_CAP}"
+            ));
+        }
         Ok(())
     }
 }
@@ -1225,6 +1291,20 @@ impl fmt::Display for Invalidation {
                 "not set (the invalidation API answers 403)"
             }
         )?;
+        writeln!(
+            f,
+            "# admin.hmac_key: {}",
+            if self.admin_hmac_key.is_some() {
+                "set (invalidation requests must be signed)"
+            } else {
+                "not set (no signature asked for)"
+            }
+        )?;
+        writeln!(
+            f,
+            "# admin.hmac_window: \"{}\"",
+            format_duration(self.admin_hmac_window)
+        )?;
         writeln!(f, "[invalidation]")?;
         writeln!(f, "tag_header = \"{}\"", self.tag_header)?;
         writeln!(f, "tag_header_strip = {}", self.tag_header_strip)?;
@@ -1236,6 +1316,13 @@ impl fmt::Display for Invalidation {
             format_size(self.tag_index_bytes_max)
         )?;
         writeln!(f, "purge_method = {}", self.purge_method)?;
+        writeln!(f, "refresh_queue_max = {}", self.refresh_queue_max)?;
+        writeln!(f, "refresh_rate = {}", self.refresh_rate)?;
+        writeln!(
+            f,
+            "refresh_concurrency_max = {}",
+            self.refresh_concurrency_max
+        )?;
         let allow: Vec<String> = self
             .purge_allow
             .iter()
@@ -1255,11 +1342,27 @@ struct FileInvalidation {
     tag_index_bytes_max: Option<String>,
     purge_method: Option<bool>,
     purge_allow: Option<Vec<String>>,
+    refresh_queue_max: Option<usize>,
+    refresh_rate: Option<u32>,
+    refresh_concurrency_max: Option<usize>,
 }
 
 impl FileInvalidation {
-    fn apply(self, file_token: Option<String>, memory_bytes: u64) -> Result<Invalidation, String> {
+    fn apply(
+        self,
+        file_token: Option<String>,
+        (file_hmac_key, file_hmac_window): (Option<String>, Option<String>),
+        memory_bytes: u64,
+    ) -> Result<Invalidation, String> {
         let admin_token = file_token;
+        let admin_hmac_key = file_hmac_key;
+        let mut admin_hmac_window = ADMIN_HMAC_WINDOW_DEFAULT;
+        set_duration(
+            "admin",
+            "hmac_window",
+            file_hmac_window,
+            &mut admin_hmac_window,
+        )?;
         let tag_index_bytes_max = match self.tag_index_bytes_max {
             Some(s) => {
                 parse_size(&s).map_err(|e| format!("invalidation.tag_index_bytes_max: {e}"))?
@@ -1290,6 +1393,13 @@ impl FileInvalidation {
             tag_index_bytes_max,
             purge_method: self.purge_method.unwrap_or(false),
             purge_allow,
+            admin_hmac_key,
+            admin_hmac_window,
+            refresh_queue_max: self.refresh_queue_max.unwrap_or(REFRESH_QUEUE_MAX_DEFAULT),
+            refresh_rate: self.refresh_rate.unwrap_or(REFRESH_RATE_DEFAULT),
+            refresh_concurrency_max: self
+                .refresh_concurrency_max
+                .unwrap_or(REFRESH_CONCURRENCY_MAX_DEFAULT),
         })
     }
 }
@@ -1976,6 +2086,22 @@ pub static OPTIONS: &[OptionSpec] = &[
         doc: "bearer token of the invalidation API, at least 16 visible characters",
         show: |c| c.invalidation.admin_token.clone(),
     },
+    OptionSpec {
+        key: "admin.hmac_key",
+        kind: Kind::Text,
+        range: None,
+        flag: None,
+        default_text: Some("none (invalidation calls need no signature)"),
+        apply: Apply::Reload(|run, new| {
+            run.invalidation.admin_hmac_key = new.invalidation.admin_hmac_key.clone()
+        }),
+        secret: true,
+        doc: "when set, every `POST /invalidate*` carries `Ringcache-Timestamp` and `Ringcache-Signature: sha256=HMAC(key, \"TIMESTAMP.BODY\")`; at least 32 visible characters",
+        show: |c| c.invalidation.admin_hmac_key.clone(),
+    },
+    key!("admin.hmac_window", Kind::Duration, invalidation.admin_hmac_window; reload,
+        range ADMIN_HMAC_WINDOW_MIN.as_millis() => ADMIN_HMAC_WINDOW_MAX.as_millis();
+        "how far a signed call's timestamp may be from this node's clock, either way; a signature is accepted once within it"),
     // [limits]
     key!("limits.connections_max", Kind::Count, limits.connections_max; restart, range 1 => 1 << 20;
         "client connections one worker holds open; more are closed at accept"),
@@ -2088,6 +2214,15 @@ pub static OPTIONS: &[OptionSpec] = &[
         doc: "networks a `PURGE` may come from (CIDR)",
         show: |c| Show::show(&c.invalidation.purge_allow, Kind::List),
     },
+    key!("invalidation.refresh_queue_max", Kind::Count, invalidation.refresh_queue_max; restart,
+        range 1 => REFRESH_QUEUE_CAP;
+        "keys a `\"mode\": \"refresh\"` invalidation may queue for a background refetch; beyond it they stay soft-purged (counted)"),
+    key!("invalidation.refresh_rate", Kind::Count, invalidation.refresh_rate; restart,
+        range 1 => REFRESH_RATE_CAP;
+        "background refetches started per second, process-wide (per origin)"),
+    key!("invalidation.refresh_concurrency_max", Kind::Count, invalidation.refresh_concurrency_max; restart,
+        range 1 => REFRESH_CONCURRENCY_CAP;
+        "background refetches in progress at the origin at once, process-wide (per origin)"),
     // [bus]
     OptionSpec {
         key: "bus.url",
@@ -2802,6 +2937,69 @@ mod tests {
         assert!(err.contains("invalidation.purge_allow"), "{err}");
         let err = load("[invalidation]\ntag_index_bytes_max = \"200MiB\"\n").unwrap_err();
         assert!(err.contains("invalidation.tag_index_bytes_max"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn refresh_limits_and_admin_signing_keys() {
+        let dir = std::env::temp_dir().join(format!("ringcache-refresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let c = load("").unwrap();
+        let inv = &c.invalidation;
+        assert_eq!(inv.refresh_queue_max, REFRESH_QUEUE_MAX_DEFAULT);
+        assert_eq!(inv.refresh_rate, REFRESH_RATE_DEFAULT);
+        assert_eq!(inv.refresh_concurrency_max, REFRESH_CONCURRENCY_MAX_DEFAULT);
+        assert_eq!(inv.admin_hmac_window, ADMIN_HMAC_WINDOW_DEFAULT);
+        let c = load(
+            "[admin]\nhmac_key = \"0123456789abcdef0123456789abcdef\"\nhmac_window = \"1m\"\n[invalidation]\nrefresh_queue_max = 10\nrefresh_rate = 5\nrefresh_concurrency_max = 2\n",
+        )
+        .unwrap();
+        let inv = &c.invalidation;
+        assert_eq!(
+            inv.admin_hmac_key.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(inv.admin_hmac_window, Duration::from_secs(60));
+        assert_eq!(
+            (
+                inv.refresh_queue_max,
+                inv.refresh_rate,
+                inv.refresh_concurrency_max
+            ),
+            (10, 5, 2)
+        );
+        // Printed without the key; the limits parse back.
+        let text = c.to_string();
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        let again = load(&text).unwrap();
+        assert_eq!(again.invalidation.refresh_rate, 5);
+        for (bad, key) in [
+            ("[admin]\nhmac_key = \"short\"\n", "admin.hmac_key"),
+            ("[admin]\nhmac_window = \"1s\"\n", "admin.hmac_window"),
+            (
+                "[invalidation]\nrefresh_queue_max = 0\n",
+                "invalidation.refresh_queue_max",
+            ),
+            (
+                "[invalidation]\nrefresh_rate = 0\n",
+                "invalidation.refresh_rate",
+            ),
+            (
+                "[invalidation]\nrefresh_concurrency_max = 5000\n",
+                "invalidation.refresh_concurrency_max",
+            ),
+        ] {
+            let err = load(bad).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 

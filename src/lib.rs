@@ -35,6 +35,8 @@ pub mod access_log;
 #[cfg(not(loom))]
 pub mod admin;
 #[cfg(not(loom))]
+pub mod admin_auth;
+#[cfg(not(loom))]
 pub mod bus;
 pub mod config;
 pub mod demo_origin;

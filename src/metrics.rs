@@ -922,6 +922,42 @@ pub fn render_ban_log(out: &mut String, g: &BanLogGauges) {
     }
 }
 
+/// The invalidation refresh queue (`"mode": "refresh"`) as `/metrics`
+/// shows it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefreshGauges {
+    /// Refreshes by `result` label: queued, done, failed, dropped, skipped.
+    pub results: [(&'static str, u64); 5],
+    /// Keys waiting in the queue now.
+    pub queue_depth: u64,
+    /// Refresh requests taken and not yet ended.
+    pub in_flight: u64,
+}
+
+/// Append the refresh queue series to a `/metrics` page.
+pub fn render_refresh(out: &mut String, g: &RefreshGauges) {
+    let _ = writeln!(
+        out,
+        "# HELP ringcache_invalidation_refreshes_total Keys a refresh invalidation queued for a background refetch, and how each ended.\n# TYPE ringcache_invalidation_refreshes_total counter"
+    );
+    for (result, v) in g.results {
+        let _ = writeln!(
+            out,
+            "ringcache_invalidation_refreshes_total{{result=\"{result}\"}} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringcache_invalidation_refresh_queue_depth Keys waiting for a background refetch.\n# TYPE ringcache_invalidation_refresh_queue_depth gauge\nringcache_invalidation_refresh_queue_depth {}",
+        g.queue_depth
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ringcache_invalidation_refreshes_in_flight Refresh requests at the origin now.\n# TYPE ringcache_invalidation_refreshes_in_flight gauge\nringcache_invalidation_refreshes_in_flight {}",
+        g.in_flight
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,14 +5,20 @@
 //!
 //! | selector | how it acts |
 //! |---|---|
-//! | `urls` | now: the key the proxy builds (its `[cache]` key rules, `proxy::KeyRules`) and every `Vary` variant under it are removed (`hard`) or made stale in place (`soft`, the bytes and validators stay: the next request validates them) |
+//! | `urls` | now: the key the proxy builds (its `[cache]` key rules, `proxy::KeyRules`) and every `Vary` variant under it are removed (`hard`) or made stale in place (`soft`, the bytes and validators stay: the next request validates them; `refresh`, as `soft`, and each is queued for a background refetch: [refresh]) |
 //! | `prefixes`, `regex`, `header` | a [ban](bans): checked on lookup against objects stored before it, always hard |
 //! | `tags` | now, through the [tag index](tags); also a tag ban while the index is incomplete |
 //! | `all` | a ban that matches everything (`POST /invalidate/all`) |
 //!
 //! A path without a host (`"/api/items/1"` and no `"host"`) cannot name
 //! one key (the key holds the host the client sent): a hard purge of it
-//! is an exact-path ban over every host, a soft one is refused.
+//! is an exact-path ban over every host, a soft or refresh one is refused.
+//!
+//! `refresh` acts on `urls` and `tags` only: bans act on lookup and know
+//! no object ahead of it, so there would be nothing to refetch; a refresh
+//! with `prefixes`, `regex`, `header` or `all` is refused (400) rather than
+//! half done. With an incomplete tag index, a tag refresh refetches the
+//! objects the index knows and bans the tag as a soft purge does.
 //!
 //! Where the proxy applies it: a URL purge goes through
 //! `proxy::purge_primary`, the one function that knows markers and
@@ -36,6 +42,7 @@
 pub mod bans;
 pub mod durable;
 pub mod fields;
+pub mod refresh;
 pub mod tags;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,15 +64,18 @@ use crate::store::journal::{Journal, Scan};
 use crate::store::{Reader, SharedStore};
 
 pub use bans::{Ban, Bans, Selector};
+pub use refresh::{RefreshEnd, RefreshJob, RefreshQueue, RefreshTicket};
 pub use tags::TagIndex;
 
-/// Remove, or keep the bytes and make them stale.
+/// Remove, or keep the bytes and make them stale (and, with `Refresh`,
+/// refetch them in the background: [`refresh`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     Hard,
     Soft,
+    Refresh,
 }
 
 /// A stored field to match: `{"name": "x-team", "value": "search"}`.
@@ -147,6 +157,10 @@ pub struct Outcome {
     pub invalidated: u64,
     /// Bans added (they act on lookup; `GET /bans` counts their matches).
     pub bans: u64,
+    /// `refresh`: keys queued for a background refetch.
+    pub refresh_queued: u64,
+    /// `refresh`: keys left soft-purged because the queue was full.
+    pub refresh_dropped: u64,
 }
 
 /// Why a request was not applied.
@@ -184,6 +198,10 @@ pub struct InvalidationAccess {
     pub admin_token: Option<String>,
     /// `invalidation.purge_allow`.
     pub purge_allow: Vec<Cidr>,
+    /// `admin.hmac_key`: when set, invalidation calls must be signed.
+    pub hmac_key: Option<String>,
+    /// `admin.hmac_window`.
+    pub hmac_window: std::time::Duration,
 }
 
 /// Invalidation state shared by the workers, the admin thread and (later)
@@ -209,6 +227,8 @@ pub struct Invalidator {
     /// One invalidation at a time (the admin thread, the bus, the upkeep's
     /// compaction): the journal holds exactly the bans added, in order.
     writer: Mutex<()>,
+    /// Keys a `refresh` queued, taken by the workers.
+    pub refresh: Arc<RefreshQueue>,
 }
 
 impl Invalidator {
@@ -232,7 +252,14 @@ impl Invalidator {
         let access = InvalidationAccess {
             admin_token: config.admin_token.take(),
             purge_allow: std::mem::take(&mut config.purge_allow),
+            hmac_key: config.admin_hmac_key.take(),
+            hmac_window: config.admin_hmac_window,
         };
+        let refresh = Arc::new(RefreshQueue::new(
+            config.refresh_queue_max,
+            config.refresh_rate,
+            config.refresh_concurrency_max,
+        ));
         Invalidator {
             access: RwLock::new(access),
             bans: Bans::new(bans_max, servable),
@@ -246,6 +273,7 @@ impl Invalidator {
             node: node_name(),
             log: None,
             writer: Mutex::new(()),
+            refresh,
         }
     }
 
@@ -444,14 +472,15 @@ impl Invalidator {
         for u in &plan.urls {
             if let Some(host) = &u.host {
                 // Every variant of the URL (see `proxy::purge_primary`).
-                out.invalidated += crate::proxy::purge_url(
+                let n = crate::proxy::purge_url_each(
                     &reader,
                     &key_rules,
-                    host.as_bytes(),
-                    u.path.as_bytes(),
+                    (host.as_bytes(), u.path.as_bytes()),
                     plan.mode,
                     &mut scratch,
+                    &mut |hash, key| self.queue_refresh(plan.mode, hash, key, &mut out),
                 );
+                out.invalidated += n;
             }
         }
         let header = self.config.tag_header.as_bytes();
@@ -467,6 +496,7 @@ impl Invalidator {
                 }
                 if crate::proxy::purge_key(&reader, hash, &key, plan.mode, &mut scratch) {
                     out.invalidated += 1;
+                    self.queue_refresh(plan.mode, hash, &key, &mut out);
                 }
             }
         }
@@ -475,6 +505,18 @@ impl Invalidator {
             .fetch_add(out.invalidated, Ordering::Relaxed);
         out.invalidated += all_items;
         Ok(out)
+    }
+
+    /// With `Refresh`, queue an object just made stale for its refetch.
+    fn queue_refresh(&self, mode: Mode, hash: u64, key: &[u8], out: &mut Outcome) {
+        if mode != Mode::Refresh {
+            return;
+        }
+        if self.refresh.push(hash, key) {
+            out.refresh_queued += 1;
+        } else {
+            out.refresh_dropped += 1;
+        }
     }
 
     /// Validate every selector and compile the regex.
@@ -540,9 +582,9 @@ impl Invalidator {
                     "url {u:?}: a path without host is a ban, at most {BAN_SELECTOR_BYTES_MAX} bytes"
                 )));
             }
-            if host.is_none() && req.mode == Mode::Soft {
+            if host.is_none() && req.mode != Mode::Hard {
                 return Err(bad(format!(
-                    "url {u:?}: a soft purge needs the host: an http:// URL or \"host\""
+                    "url {u:?}: a soft purge or refresh needs the host: an http:// URL or \"host\""
                 )));
             }
             urls.push(UrlTarget { host, path });
@@ -605,9 +647,9 @@ impl Invalidator {
                 )));
             }
         }
-        if (!bans.is_empty() || req.all) && req.mode == Mode::Soft {
+        if (!bans.is_empty() || req.all) && req.mode != Mode::Hard {
             return Err(bad(
-                "prefixes, regex, header and all act as bans, which are hard: send them with mode \"hard\"".into(),
+                "prefixes, regex, header and all act as bans, which are hard: send them with mode \"hard\" (soft and refresh act on urls and tags)".into(),
             ));
         }
         Ok(Plan {
@@ -659,6 +701,11 @@ mod tests {
             tag_index_bytes_max: 1 << 16,
             purge_method: false,
             purge_allow: Vec::new(),
+            admin_hmac_key: None,
+            admin_hmac_window: std::time::Duration::from_secs(300),
+            refresh_queue_max: 4,
+            refresh_rate: 100,
+            refresh_concurrency_max: 2,
         };
         let inv = Invalidator::new(
             config,

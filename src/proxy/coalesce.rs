@@ -179,12 +179,24 @@ impl Proxy {
             self.give_buffer(fetch.req);
             return;
         };
+        let Some(id) = self.lead_refresh(hash, key) else {
+            self.give_buffer(fetch.req);
+            return;
+        };
+        fetch.fill_id = Some(id);
+        self.counters().incr(Counter::Refreshes);
+        self.dispatch(fetch);
+    }
+
+    /// Lead a fill for a background refresh of `key`: the id of the new
+    /// fill, or `None` when a fetch for the key is under way on this
+    /// worker, or another worker holds the key's lease.
+    pub(super) fn lead_refresh(&mut self, hash: u64, key: Box<[u8]>) -> Option<u64> {
         let now = self.clock.now;
         if self.fills.by_hash.contains_key(&hash)
             || !self.leases.try_acquire(self.worker_index, hash, &key, now)
         {
-            self.give_buffer(fetch.req);
-            return;
+            return None;
         }
         let id = self.fills.next_id;
         self.fills.next_id += 1;
@@ -200,9 +212,22 @@ impl Proxy {
                 leased: true,
             },
         );
-        fetch.fill_id = Some(id);
-        self.counters().incr(Counter::Refreshes);
-        self.dispatch(fetch);
+        Some(id)
+    }
+
+    /// End a fill from [`Proxy::lead_refresh`] that sent nothing (before
+    /// any event could add waiters here): its lease goes, and other
+    /// workers' waiters act on `end`.
+    pub(super) fn drop_led_fill(&mut self, hash: u64, id: u64, end: FillEnd) {
+        let fill = match self.fills.by_hash.get(&hash) {
+            Some(f) if f.id == id => self.fills.by_hash.remove(&hash),
+            _ => None,
+        };
+        let Some(fill) = fill else { return };
+        debug_assert!(fill.waiters.is_empty(), "no event ran since it was led");
+        if fill.leased {
+            self.leases.release(self.worker_index, hash, &fill.key, end);
+        }
     }
 
     /// Another worker's fill for a key this worker waits on is over.

@@ -76,7 +76,7 @@ pub use lease::Leases;
 pub use origin::OriginTarget;
 use origin::{Fetch, OriginConn, Pool};
 use revalidate::{Plan, NO_CLIENT};
-pub use variants::{purge_key, purge_primary, purge_url};
+pub use variants::{purge_key, purge_primary, purge_url, purge_url_each};
 
 /// Spare buffers a worker keeps for reuse.
 pub const SPARE_BUFFERS_MAX: usize = 256;
@@ -544,8 +544,13 @@ impl Proxy {
         }
     }
 
-    /// Bytes queued by this turn's events go out now, one send per connection.
+    /// Bytes queued by this turn's events go out now, one send per
+    /// connection; queued refreshes (`invalidate::refresh`) start first,
+    /// so their requests go out with the same submit.
     pub fn flush(&mut self) {
+        if self.invalidator.refresh.has_work(self.clock.now) {
+            self.refresh_queued();
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for &token in &dirty {
             self.client_start_send(token);

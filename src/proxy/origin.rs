@@ -32,7 +32,7 @@ use crate::http::response::{parse_response, ResponseFraming};
 use crate::http::reuse::is_error_status;
 use crate::http::sink::Out;
 use crate::http::{headers, Parsed};
-use crate::invalidate::{fields, Mode};
+use crate::invalidate::{fields, Mode, RefreshEnd};
 use crate::metrics::{Counter, Histogram};
 use crate::runtime::io::Token;
 use crate::store::ItemMeta;
@@ -938,6 +938,18 @@ impl Proxy {
             return;
         }
         let background = fetch.client == NO_CLIENT;
+        if let Some(ticket) = fetch
+            .revalidation
+            .as_mut()
+            .and_then(|r| r.refresh_ticket.as_mut())
+        {
+            // A queued refresh: done once a fresh object is stored.
+            ticket.finish(if stored {
+                RefreshEnd::Done
+            } else {
+                RefreshEnd::Failed
+            });
+        }
         let error = is_error_status(p.status);
         let resp = if background {
             None

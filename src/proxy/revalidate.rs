@@ -58,6 +58,21 @@
 //!
 //! ringcache fetches a HEAD miss as GET, so no HEAD response from the
 //! origin ever meets a stored GET: `validation::head_update` has no caller.
+//!
+//! Queued refreshes (`"mode": "refresh"`, `invalidate::refresh`): at the
+//! end of a loop turn a worker takes keys from the queue while its rate and
+//! in-flight limit allow ([`Proxy::refresh_queued`]). Each leads the key's
+//! fill as a stale-while-revalidate refresh does (`coalesce::lead_refresh`:
+//! skipped when a fetch for the key is under way anywhere, which brings
+//! the fresh object anyway), then looks at what is stored under the lease:
+//! gone, banned or fresh again → nothing is sent. Otherwise it sends a GET
+//! for the key's URL, with the `Vary` fields of its variant and the stored
+//! validators, and no client. Requests for the key meanwhile are served
+//! stale where the object's rules allow, or wait on the fill (on this
+//! worker or, through the lease, on another): one origin fetch per key.
+//! The fetch carries the queue's ticket; `origin_complete` marks it done
+//! when a fresh object is stored (a 200, or a 304 merged), and any other
+//! end counts as failed, leaving the object soft-purged.
 
 use httparse::Header;
 
@@ -73,12 +88,15 @@ use crate::http::validation::{
     write_not_modified_fields, Precondition,
 };
 use crate::invalidate::fields::put_field_last;
+use crate::invalidate::{RefreshEnd, RefreshJob, RefreshTicket};
+use crate::proxy::lease::FillEnd;
 use crate::runtime::io::Token;
 use crate::store::item::Hit;
 use crate::store::ItemMeta;
 
 use super::compose::{put_error, put_field, put_field_u64, put_status_line, VIA};
 use super::origin::Fetch;
+use super::variants::{primary_of, put_variant_fields};
 use super::{put_connection, Found, Proxy};
 
 /// The client of a background refresh: no socket has this token, so its
@@ -104,6 +122,9 @@ pub(super) struct Revalidation {
     pub client_conditions: Option<Box<[u8]>>,
     /// A stale-while-revalidate refresh: no client waits for it.
     pub background: bool,
+    /// A refresh taken from the invalidation refresh queue: its in-flight
+    /// slot, given back (and the outcome counted) when the fetch ends.
+    pub refresh_ticket: Option<RefreshTicket>,
 }
 
 /// What the cold lookup did.
@@ -380,6 +401,135 @@ impl Proxy {
         let mut rev = self.revalidation(stored_fields, &rules, 0);
         rev.background = true;
         Some(rev)
+    }
+
+    /// Start queued refreshes while the queue's rate and in-flight limit
+    /// allow (see the module doc).
+    pub(super) fn refresh_queued(&mut self) {
+        if self.draining {
+            return;
+        }
+        let queue = std::sync::Arc::clone(&self.invalidator.refresh);
+        while let Some(job) = queue.take(self.clock.now) {
+            self.refresh_one(job);
+        }
+    }
+
+    /// Refetch one queued key, or end its ticket as skipped.
+    fn refresh_one(&mut self, job: RefreshJob) {
+        let RefreshJob {
+            hash,
+            key,
+            mut ticket,
+        } = job;
+        ticket.finish(RefreshEnd::Skipped);
+        // One fetch per key: none when one is under way.
+        let Some(id) = self.lead_refresh(hash, key.clone()) else {
+            return;
+        };
+        let now = self.clock.unix_secs;
+        let policy = self.policy;
+        let mut item = self.take_buffer();
+        let hit = self.reader.lookup_into(hash, &key, &mut item);
+        let plan = match hit {
+            None => Err(FillEnd::Refetch),
+            // A Vary marker now: its variants are keys of their own.
+            Some(_) if item.first() == Some(&0) => Err(FillEnd::Refetch),
+            Some(h) if self.drop_if_invalidated(hash, &key, &item[..h.head_len], &h.meta) => {
+                Err(FillEnd::Refetch)
+            }
+            // Fetched since it was queued.
+            Some(h) if h.meta.is_fresh(now) => Err(FillEnd::Stored),
+            Some(h) => Ok((head_text(&item[..h.head_len]), h)),
+        };
+        self.give_buffer(item);
+        let (text, hit) = match plan {
+            Ok(p) => p,
+            Err(end) => {
+                self.drop_led_fill(hash, id, end);
+                return;
+            }
+        };
+        let mut fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
+        let mut req = self.take_buffer();
+        let built = match parse_head(&text, &mut fields) {
+            Some((status, stored_fields)) => {
+                let rules = stored_rules(status, stored_fields, hit.meta, &policy);
+                let rev = self.revalidation(stored_fields, &rules, 0);
+                self.refresh_request(&key, &mut req).then_some(rev)
+            }
+            None => None,
+        };
+        let Some(mut rev) = built else {
+            self.give_buffer(req);
+            self.drop_led_fill(hash, id, FillEnd::Refetch);
+            ticket.finish(RefreshEnd::Failed);
+            return;
+        };
+        if !rev.conditional.is_empty() {
+            rev.conditional_at = Some(req.len());
+            req.extend_from_slice(&std::mem::take(&mut rev.conditional));
+        }
+        rev.background = true;
+        ticket.finish(RefreshEnd::Failed); // until a fresh object is stored
+        rev.refresh_ticket = Some(ticket);
+        let mut fetch = Box::new(Fetch {
+            client: NO_CLIENT,
+            seq: 0,
+            method: Method::Get,
+            client_head: false,
+            client_minor_version: 1,
+            keep_alive: true,
+            req,
+            key: Some((hash, key)),
+            lookup: true,
+            request_time_secs: now,
+            retried: false,
+            fill_id: Some(id),
+            started: std::time::Instant::now(),
+            bypass: false,
+            parked: false,
+            streaming: false,
+            found: Found::Stale,
+            target_key: None,
+            personal: false,
+            revalidation: Some(rev),
+            body: Vec::new(),
+            range: None,
+            // A background refetch answers no client: nothing to log.
+            log: std::cell::Cell::new(None),
+        });
+        fetch.finish_request();
+        self.dispatch(fetch);
+    }
+
+    /// The head of a refresh request for `key` (without its blank line):
+    /// the URL the key names, its `Vary` fields when it is a variant key.
+    /// `false` when the key cannot be sent as a request.
+    fn refresh_request(&self, key: &[u8], req: &mut Vec<u8>) -> bool {
+        let primary = primary_of(key);
+        let Some(split) = primary.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        let (host, target) = (&primary[..split], &primary[split + 1..]);
+        // A key without the host (`key_include_host = false`) is the origin's.
+        let host = if host.is_empty() {
+            self.pool.target.authority.as_bytes()
+        } else {
+            host
+        };
+        if !target.starts_with(b"/") || !target.iter().all(u8::is_ascii_graphic) {
+            return false;
+        }
+        req.extend_from_slice(b"GET ");
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\n");
+        put_field(req, b"Host", host);
+        if primary.len() < key.len() && !put_variant_fields(&key[primary.len() + 1..], req) {
+            return false;
+        }
+        put_field(req, b"Via", VIA);
+        true
     }
 
     fn revalidation(

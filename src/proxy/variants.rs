@@ -134,6 +134,49 @@ pub(super) fn primary_of(key: &[u8]) -> &[u8] {
     }
 }
 
+/// Append the request fields a variant was selected by, from its
+/// secondary key (see `http::vary`): `name: value` for each field present,
+/// nothing for an absent one. The values are the normalised ones, which
+/// select the same variant again. `false` when the key does not parse or a
+/// value could not be a field value; `out` may then hold part of them.
+pub(super) fn put_variant_fields(secondary: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut rest = secondary;
+    while !rest.is_empty() {
+        let Some(end) = rest.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        let name = &rest[..end];
+        rest = &rest[end + 1..];
+        let Some((&presence, after)) = rest.split_first() else {
+            return false;
+        };
+        let Some(end) = after.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        let value = &after[..end];
+        rest = &after[end + 1..];
+        let name_ok = !name.is_empty()
+            && name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(b));
+        match presence {
+            1 if value.is_empty() => {}
+            2 if name_ok
+                && value
+                    .iter()
+                    .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) =>
+            {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Is the head that a lookup just appended (its last `hit.head_len`
 /// bytes before the body) a marker?
 #[inline]
@@ -374,9 +417,22 @@ pub fn purge_url(
     mode: Mode,
     scratch: &mut Vec<u8>,
 ) -> u64 {
+    purge_url_each(reader, rules, (host, target), mode, scratch, &mut |_, _| {})
+}
+
+/// [`purge_url`], telling `each` the hash and key of every object
+/// invalidated (a response, or each variant): what a refresh queues.
+pub fn purge_url_each(
+    reader: &Reader,
+    rules: &KeyRules,
+    (host, target): (&[u8], &[u8]),
+    mode: Mode,
+    scratch: &mut Vec<u8>,
+    each: &mut dyn FnMut(u64, &[u8]),
+) -> u64 {
     let mut key = Vec::with_capacity(host.len() + 1 + target.len());
     rules.write(host, target, &mut key);
-    purge_primary(reader, &key, mode, scratch)
+    purge_primary_each(reader, &key, mode, scratch, each)
 }
 
 /// Invalidate what is stored under the primary key `primary`: its
@@ -388,6 +444,17 @@ pub fn purge_url(
 /// the admin thread calls it as the workers do. Returns the objects
 /// (responses, not markers) invalidated.
 pub fn purge_primary(reader: &Reader, primary: &[u8], mode: Mode, scratch: &mut Vec<u8>) -> u64 {
+    purge_primary_each(reader, primary, mode, scratch, &mut |_, _| {})
+}
+
+/// [`purge_primary`], telling `each` about every object invalidated.
+fn purge_primary_each(
+    reader: &Reader,
+    primary: &[u8],
+    mode: Mode,
+    scratch: &mut Vec<u8>,
+    each: &mut dyn FnMut(u64, &[u8]),
+) -> u64 {
     let phash = key_hash(primary);
     scratch.clear();
     // The head only: a marker's list is all that is needed.
@@ -395,7 +462,11 @@ pub fn purge_primary(reader: &Reader, primary: &[u8], mode: Mode, scratch: &mut 
         return 0;
     };
     let Some(marker) = Marker::parse(&scratch[..h.head_len]) else {
-        return u64::from(purge_key(reader, phash, primary, mode, scratch));
+        let found = purge_key(reader, phash, primary, mode, scratch);
+        if found {
+            each(phash, primary);
+        }
+        return u64::from(found);
     };
     let vkeys: Vec<Vec<u8>> = marker
         .variants()
@@ -409,7 +480,11 @@ pub fn purge_primary(reader: &Reader, primary: &[u8], mode: Mode, scratch: &mut 
         .collect();
     let mut n = 0;
     for vkey in &vkeys {
-        n += u64::from(purge_key(reader, key_hash(vkey), vkey, mode, scratch));
+        let vhash = key_hash(vkey);
+        if purge_key(reader, vhash, vkey, mode, scratch) {
+            each(vhash, vkey);
+            n += 1;
+        }
     }
     if mode == Mode::Hard {
         reader.store().remove(phash, primary);
@@ -431,7 +506,7 @@ pub fn purge_key(
     let store = reader.store();
     match mode {
         Mode::Hard => store.remove(hash, key),
-        Mode::Soft => {
+        Mode::Soft | Mode::Refresh => {
             scratch.clear();
             let Some(hit) = reader.lookup_into(hash, key, scratch) else {
                 return false;
@@ -469,6 +544,43 @@ mod tests {
         assert!(p.lists(b"accept\0\x01\0") && !p.lists(b"accept\0"));
         assert!(Marker::parse(b"HTTP/1.1 200 OK\r\n").is_none());
         assert!(Marker::parse(&m[..m.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn variant_fields_come_back_from_the_secondary_key() {
+        let request = [
+            Header {
+                name: "Accept-Language",
+                value: b" de ,  en",
+            },
+            Header {
+                name: "X-Other",
+                value: b"1",
+            },
+        ];
+        let response = [Header {
+            name: "Vary",
+            value: b"accept-language, x-absent",
+        }];
+        let mut secondary = Vec::new();
+        write_secondary_key(&response, &request, &mut secondary).unwrap();
+        let mut fields = Vec::new();
+        assert!(put_variant_fields(&secondary, &mut fields));
+        assert_eq!(fields, b"accept-language: de,en\r\n");
+        // The fields sent again select the same variant.
+        let text = [&fields[..], b"\r\n"].concat();
+        let mut parsed = [httparse::EMPTY_HEADER; 4];
+        let httparse::Status::Complete((_, parsed)) =
+            httparse::parse_headers(&text, &mut parsed).unwrap()
+        else {
+            panic!("whole fields")
+        };
+        let mut again = Vec::new();
+        write_secondary_key(&response, parsed, &mut again).unwrap();
+        assert_eq!(again, secondary);
+        for bad in [&b"accept"[..], b"a\0\x02x", b"a\0\x03\0", b"a b\0\x02x\0"] {
+            assert!(!put_variant_fields(bad, &mut Vec::new()), "{bad:?}");
+        }
     }
 
     #[test]

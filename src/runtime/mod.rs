@@ -381,6 +381,8 @@ fn reload_config(
                 invalidator.set_access(crate::invalidate::InvalidationAccess {
                     admin_token: plan.config.invalidation.admin_token.clone(),
                     purge_allow: plan.config.invalidation.purge_allow.clone(),
+                    hmac_key: plan.config.invalidation.admin_hmac_key.clone(),
+                    hmac_window: plan.config.invalidation.admin_hmac_window,
                 });
             }
             if plan.cache_changed(running) {

@@ -17,7 +17,8 @@
 //! level, the limits read per request or per tick, the whole `[cache]`
 //! table (the workers rebuild their key rules and storability policy at
 //! their next tick, the invalidator its key rules at once), and who may
-//! invalidate (`admin.token`, `invalidation.purge_allow`). What sizes a
+//! invalidate (`admin.token`, `admin.hmac_key`, `admin.hmac_window`,
+//! `invalidation.purge_allow`). What sizes a
 //! structure built at start (connection slots, buffers, rings, queues, the
 //! shared lease table, the tag index) or names a resource (addresses,
 //! origin, workers, I/O backend, memory, store, `[bus]`) needs a restart:
@@ -131,7 +132,10 @@ impl Plan {
     /// Whether the admin token or `purge_allow` change.
     pub fn access_changed(&self, running: &Config) -> bool {
         let (new, old) = (&self.config.invalidation, &running.invalidation);
-        new.admin_token != old.admin_token || new.purge_allow != old.purge_allow
+        new.admin_token != old.admin_token
+            || new.purge_allow != old.purge_allow
+            || new.admin_hmac_key != old.admin_hmac_key
+            || new.admin_hmac_window != old.admin_hmac_window
     }
 
     /// The one log line that reports the reload.
@@ -280,6 +284,41 @@ mod tests {
         let restart = &line[line.find("needs a restart").expect(&line)..];
         assert!(restart.contains("access_log.mode off → full"), "{line}");
         assert!(restart.contains("access_log.path"), "{line}");
+    }
+
+    #[test]
+    fn the_signing_key_applies_and_refresh_limits_wait() {
+        let running = config();
+        let mut new = running.clone();
+        new.invalidation.admin_hmac_key = Some("a-signing-key-0123456789abcdefghij".into());
+        new.invalidation.admin_hmac_window = Duration::from_secs(60);
+        new.invalidation.refresh_rate = 7;
+        let plan = plan(&running, &new);
+        assert!(plan.access_changed(&running));
+        assert_eq!(
+            plan.config.invalidation.admin_hmac_key,
+            new.invalidation.admin_hmac_key
+        );
+        assert_eq!(
+            plan.config.invalidation.admin_hmac_window,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            plan.config.invalidation.refresh_rate,
+            running.invalidation.refresh_rate
+        );
+        let line = plan.summary();
+        assert!(!line.contains("a-signing-key"), "{line}");
+        let split = line.find("needs a restart").expect(&line);
+        assert!(
+            line[..split].contains("admin.hmac_key (unset → set, changed)"),
+            "{line}"
+        );
+        assert!(line[..split].contains("admin.hmac_window"), "{line}");
+        assert!(
+            line[split..].contains("invalidation.refresh_rate"),
+            "{line}"
+        );
     }
 
     #[test]
