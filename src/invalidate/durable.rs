@@ -336,6 +336,11 @@ mod tests {
             tag_index_bytes_max: 1 << 16,
             purge_method: false,
             purge_allow: Vec::new(),
+            admin_hmac_key: None,
+            admin_hmac_window: std::time::Duration::from_secs(300),
+            refresh_queue_max: 4,
+            refresh_rate: 100,
+            refresh_concurrency_max: 2,
         }
     }
 
