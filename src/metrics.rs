@@ -730,6 +730,10 @@ pub struct BusMetrics {
     pub outbox_entries: AtomicU64,
     /// Whole-cache drops because entries were lost (trimmed stream, lost Redis data).
     pub cache_drops: AtomicU64,
+    /// Other nodes an acknowledged invalidation (`"wait": "all"`) waited for.
+    pub acks_awaited: AtomicU64,
+    /// Of those, the ones that had not applied it when the wait ended.
+    pub acks_failed: AtomicU64,
 }
 
 impl BusMetrics {
@@ -741,7 +745,7 @@ impl BusMetrics {
     fn render(&self, out: &mut String) {
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let lag_secs = g(&self.lag_ms) as f64 / 1000.0;
-        let series: [(&str, &str, String, &str); 10] = [
+        let series: [(&str, &str, String, &str); 12] = [
             (
                 "ringcache_bus_connected",
                 "gauge",
@@ -801,6 +805,18 @@ impl BusMetrics {
                 "counter",
                 g(&self.cache_drops).to_string(),
                 "Whole-cache drops because bus entries were lost.",
+            ),
+            (
+                "ringcache_bus_acks_awaited_total",
+                "counter",
+                g(&self.acks_awaited).to_string(),
+                "Other nodes an acknowledged invalidation waited for.",
+            ),
+            (
+                "ringcache_bus_acks_failed_total",
+                "counter",
+                g(&self.acks_failed).to_string(),
+                "Other nodes that had not applied an acknowledged invalidation when the wait ended.",
             ),
         ];
         for (name, kind, v, help) in series {

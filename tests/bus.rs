@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ringcache::bus::resp::{Conn, ReplyLimits, Value};
 use ringcache::bus::{Bus, BusConfig, EntryId, PublishError};
+use ringcache::metrics::BusMetrics;
 
 /// Bound of every wait in these tests.
 const WAIT: Duration = Duration::from_secs(15);
@@ -456,6 +457,10 @@ fn acknowledgements_come_from_live_nodes_within_the_timeout() {
         a.bus().wait_acks(id, WAIT).unwrap(),
         vec![("a".into(), true)]
     );
+    // Waited for b, then b and the ghost (which failed), then nobody.
+    let m = a.bus().metrics();
+    assert_eq!(BusMetrics::get(&m.acks_awaited), 3);
+    assert_eq!(BusMetrics::get(&m.acks_failed), 1);
 }
 
 /// Not a check, a figure: how fast entries go from one node to another on

@@ -348,6 +348,13 @@ impl Bus {
             out.sort();
             let now = Instant::now();
             if out.iter().all(|(_, ok)| *ok) || now >= deadline {
+                let others = out.iter().filter(|(n, _)| *n != sh.cfg.node);
+                let (awaited, failed) =
+                    others.fold((0, 0), |(a, f), (_, ok)| (a + 1, f + u64::from(!*ok)));
+                sh.metrics
+                    .acks_awaited
+                    .fetch_add(awaited, Ordering::Relaxed);
+                sh.metrics.acks_failed.fetch_add(failed, Ordering::Relaxed);
                 // Forget members whose heartbeat expired (best effort).
                 if !dead.is_empty() {
                     let mut cmd: Vec<&[u8]> = vec![b"SREM", sh.keys.nodes.as_bytes()];
