@@ -770,20 +770,6 @@ const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
-/// Civil date of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// `v` in decimal, zero-padded to `width` digits.
 fn put_num(out: &mut Vec<u8>, v: u64, width: usize) {
     let mut digits = [0u8; 20];
@@ -807,16 +793,16 @@ fn put_num(out: &mut Vec<u8>, v: u64, width: usize) {
 fn put_time(out: &mut Vec<u8>, format: Format, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = crate::http::date::civil_date(secs / 86_400);
     let tod = secs % 86_400;
     let (hh, mm, ss) = (tod / 3600, tod / 60 % 60, tod % 60);
     match format {
         Format::Json => {
-            put_num(out, y.max(0) as u64, 4);
+            put_num(out, y, 4);
             out.push(b'-');
-            put_num(out, u64::from(m), 2);
+            put_num(out, m, 2);
             out.push(b'-');
-            put_num(out, u64::from(d), 2);
+            put_num(out, d, 2);
             out.push(b'T');
             put_num(out, hh, 2);
             out.push(b':');
@@ -828,11 +814,11 @@ fn put_time(out: &mut Vec<u8>, format: Format, now: SystemTime) {
             out.push(b'Z');
         }
         Format::Combined => {
-            put_num(out, u64::from(d), 2);
+            put_num(out, d, 2);
             out.push(b'/');
             out.extend_from_slice(MONTHS[(m - 1) as usize]);
             out.push(b'/');
-            put_num(out, y.max(0) as u64, 4);
+            put_num(out, y, 4);
             out.push(b':');
             put_num(out, hh, 2);
             out.push(b':');
@@ -1045,14 +1031,6 @@ mod tests {
 
     fn at(secs: u64, ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms)
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        // 2026-12-06
-        assert_eq!(civil_from_days(20_793), (2026, 12, 6));
     }
 
     #[test]

@@ -25,7 +25,7 @@ impl Log for StderrLogger {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let secs = now.as_secs();
-        let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+        let (y, mo, d) = crate::http::date::civil_date(secs / 86_400);
         let rem = secs % 86_400;
         let level = match record.level() {
             Level::Error => "ERROR",
@@ -46,20 +46,6 @@ impl Log for StderrLogger {
     }
 
     fn flush(&self) {}
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Environment variable that sets the level; it wins over the file's `log_level`.
@@ -104,7 +90,7 @@ pub fn apply_level(configured: Option<LevelFilter>) -> LevelFilter {
 
 #[cfg(test)]
 mod tests {
-    use super::{civil_from_days, parse_level};
+    use super::parse_level;
     use log::LevelFilter;
 
     #[test]
@@ -112,12 +98,5 @@ mod tests {
         assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
         assert_eq!(parse_level(" off"), Some(LevelFilter::Off));
         assert_eq!(parse_level("loud"), None);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

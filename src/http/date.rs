@@ -59,9 +59,9 @@ fn write_digits(dst: &mut [u8], mut n: u64) {
 }
 
 /// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a day count since
-/// 1970-01-01. Works in 400-year cycles counted from 0000-03-01, so that the
+/// 1970-01-01 (also the date of the log lines and the access log). Works in 400-year cycles counted from 0000-03-01, so that the
 /// leap day is the last day of each cycle year.
-fn civil_date(days_since_epoch: u64) -> (u64, u64, u64) {
+pub fn civil_date(days_since_epoch: u64) -> (u64, u64, u64) {
     const DAYS_0000_03_01_TO_EPOCH: u64 = 719_468;
     const DAYS_PER_CYCLE: u64 = 146_097; // 400 years
     let days = days_since_epoch + DAYS_0000_03_01_TO_EPOCH;
@@ -94,6 +94,14 @@ pub fn to_system_time(unix_secs: u64) -> std::time::SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(20_417), (2025, 11, 25));
+        assert_eq!(civil_date(20_793), (2026, 12, 6));
+    }
 
     #[test]
     fn parses_three_formats() {
