@@ -135,7 +135,45 @@ fn run(
     times.into_iter().max().unwrap_or_default()
 }
 
+/// Metadata per object as the store counts it ([`Store::metadata`]) for
+/// two fills of a 1 GiB store: one million responses of 100 to 400 bytes
+/// (head and body), and 1 KiB bodies inserted until the bytes run out.
+fn report_metadata() {
+    const GIB: u64 = 1 << 30;
+    const SMALL_COUNT: u64 = 1_000_000;
+    const INSERTS_MAX: u64 = 4_000_000;
+    let options = Options {
+        verify_reads: false,
+        ..Options::default()
+    };
+    let head = b"HTTP/1.1 200 OK\r\n\r\n";
+    let s: Store = Store::anonymous_with(GIB, options).expect("store");
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let body = vec![0x5a; 400];
+    for i in 0..SMALL_COUNT {
+        let k = key(i).into_bytes();
+        let len = 100 + (rng.next() % 301) as usize - head.len();
+        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+    }
+    assert_eq!(s.usage().evictions, 0, "the small objects fit");
+    eprintln!(
+        "metadata, 1M objects of 100-400 B in 1 GiB: {}",
+        s.metadata()
+    );
+    drop(s);
+    let s: Store = Store::anonymous_with(GIB, options).expect("store");
+    let body = vec![0x5a; 1024];
+    let mut i = 0;
+    while s.usage().evictions == 0 && i < INSERTS_MAX {
+        let k = key(i).into_bytes();
+        assert!(s.insert(key_hash(&k), &k, HEAD, &body, meta()));
+        i += 1;
+    }
+    eprintln!("metadata, 1 KiB bodies filling 1 GiB: {}", s.metadata());
+}
+
 fn store_ops(c: &mut Criterion) {
+    report_metadata();
     let (s, keys) = filled();
     let keys = Arc::new(keys);
     let mut g = c.benchmark_group("store");

@@ -88,8 +88,8 @@ use super::item::{
 };
 use super::layout::{
     FileHeader, Layout, LayoutError, BUCKET_SLOTS, CHUNK_BYTES_DEFAULT, FORMAT_VERSION,
-    HEADER_BYTES, HEADER_FIELDS_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT, SHARDS_COUNT,
-    SLOTS_COUNT_BITS_MAX, SLOT_BYTES,
+    HEADER_BYTES, HEADER_FIELDS_BYTES, HEAP_FIXED_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT,
+    SHARDS_COUNT, SLOTS_COUNT_BITS_MAX, SLOT_BYTES,
 };
 use super::policy::{Clock, ClockPro, Policy, SlotBits};
 use super::region::Region;
@@ -271,6 +271,66 @@ pub struct Usage {
     pub expirations: u64,
     /// Chunks waiting for a grace period.
     pub pending_chunks: u64,
+}
+
+/// Every byte the store keeps beyond keys and responses, by where it lives
+/// ([`Store::metadata`]). Index and policy bytes are fixed at open (one
+/// slot per `BUDGET_BYTES_PER_SLOT` of budget, whatever the objects);
+/// header and link bytes grow with the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// Index slots, in the region.
+    pub index_bytes: u64,
+    /// The policy's heap: `P::ENTRY_BYTES` per index slot.
+    pub policy_bytes: u64,
+    /// Heap bookkeeping besides the policy (`HEAP_FIXED_BYTES`).
+    pub fixed_heap_bytes: u64,
+    /// One item header per item.
+    pub item_header_bytes: u64,
+    /// One link word per chunk held by an item.
+    pub link_bytes: u64,
+    pub slots: u64,
+    pub items: u64,
+}
+
+impl Metadata {
+    pub fn total_bytes(&self) -> u64 {
+        self.index_bytes
+            + self.policy_bytes
+            + self.fixed_heap_bytes
+            + self.item_header_bytes
+            + self.link_bytes
+    }
+
+    /// The true figure: all metadata bytes over the items held (`None`
+    /// while the store is empty).
+    pub fn bytes_per_object(&self) -> Option<f64> {
+        (self.items > 0).then(|| self.total_bytes() as f64 / self.items as f64)
+    }
+
+    /// Index slots per item held: what the per-slot costs are multiplied by.
+    pub fn slots_per_object(&self) -> Option<f64> {
+        (self.items > 0).then(|| self.slots as f64 / self.items as f64)
+    }
+}
+
+impl fmt::Display for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = |b: u64| b as f64 / self.items.max(1) as f64;
+        write!(
+            f,
+            "{:.1} B/object over {} objects ({:.2} slots/object): index {:.1}, policy {:.1}, \
+             fixed heap {:.1}, item headers {:.1}, link words {:.1}",
+            per(self.total_bytes()),
+            self.items,
+            self.slots as f64 / self.items.max(1) as f64,
+            per(self.index_bytes),
+            per(self.policy_bytes),
+            per(self.fixed_heap_bytes),
+            per(self.item_header_bytes),
+            per(self.link_bytes),
+        )
+    }
 }
 
 struct ShardState<P> {
@@ -1221,6 +1281,24 @@ impl<P: Policy> Store<P> {
         }
     }
 
+    /// The metadata bytes the store holds now, and what they come to per
+    /// object. Counters only: no lock, no scan.
+    pub fn metadata(&self) -> Metadata {
+        let slots = u64::from(self.layout.slots_count);
+        // Relaxed: statistics.
+        let items = self.items.load(Ordering::Relaxed);
+        let chunks = self.chunks_used.load(Ordering::Relaxed);
+        Metadata {
+            index_bytes: slots * SLOT_BYTES as u64,
+            policy_bytes: slots * P::ENTRY_BYTES as u64,
+            fixed_heap_bytes: HEAP_FIXED_BYTES as u64,
+            item_header_bytes: items * ITEM_HEADER_BYTES as u64,
+            link_bytes: chunks * LINK_BYTES as u64,
+            slots,
+            items,
+        }
+    }
+
     /// The policy's counts summed over the shards (hot, cold, test entries
     /// and the cold targets `m_c`), when the policy is CLOCK-Pro. Takes each
     /// shard's lock in turn: for metrics, not the request path.
@@ -1512,6 +1590,7 @@ impl<P: Policy> Store<P> {
 mod tests {
     use super::*;
     use crate::store::key_hash;
+    use crate::store::policy::CLOCKPRO_ENTRY_BYTES;
 
     struct TempPath(std::path::PathBuf);
     impl Drop for TempPath {
@@ -1690,6 +1769,34 @@ mod tests {
             let hit = r.lookup_into(*h, k.as_bytes(), &mut out).is_some();
             assert_eq!(hit, i != 5, "{k}");
         }
+    }
+
+    #[test]
+    fn metadata_counts_every_slot_header_and_link_word() {
+        // 8192 slots; 1000 two-chunk items (a 124-byte payload per chunk:
+        // header 20 + key + body 150 spill into a second chunk).
+        let s = Store::<ClockPro>::anonymous_with(4 << 20, options()).unwrap();
+        assert_eq!(s.metadata().bytes_per_object(), None);
+        let meta = ItemMeta::new(1000, 0, 60);
+        let body = [7u8; 150];
+        for i in 0..1000 {
+            let k = format!("meta/{i:04}");
+            assert!(s.insert(key_hash(k.as_bytes()), k.as_bytes(), b"", &body, meta));
+        }
+        let m = s.metadata();
+        assert_eq!(m.items, 1000);
+        assert_eq!(m.index_bytes, 8192 * 8);
+        assert_eq!(m.policy_bytes, 8192 * CLOCKPRO_ENTRY_BYTES as u64);
+        assert_eq!(m.item_header_bytes, 1000 * ITEM_HEADER_BYTES as u64);
+        assert_eq!(m.link_bytes, 2000 * LINK_BYTES as u64);
+        let want = (8192 * (8 + CLOCKPRO_ENTRY_BYTES) + HEAP_FIXED_BYTES + 1000 * (20 + 8)) as f64
+            / 1000.0;
+        assert_eq!(m.bytes_per_object(), Some(want));
+        assert_eq!(m.slots_per_object(), Some(8.192));
+        // Removing an item gives back its header and link words.
+        assert!(s.remove(key_hash(b"meta/0000"), b"meta/0000"));
+        let m = s.metadata();
+        assert_eq!((m.items, m.link_bytes), (999, 1998 * LINK_BYTES as u64));
     }
 
     #[test]
