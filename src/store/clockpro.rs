@@ -86,11 +86,15 @@
 //! Node { prev: u32, next: u32, tag: u32 }
 //!   prev == NIL                          node is free (next links the free list)
 //!   tag  = fingerprint (28 bits) | EXPIRED | IN_TEST | REFERENCED | HOT   (low 4 bits)
-//! table: [u32; pow2 ≥ 4/3·(capacity + 1)]  test entries by fingerprint (linear probing,
+//! table: [u32; ⌈4/3·(capacity + 1)⌉]      test entries by fingerprint (linear probing,
 //!                                          backward-shift deletion), NIL = empty
+//!   place = fingerprint's top bits | test node index (low node_bits bits)
+//!   node_bits = bits of 2·capacity + 1: an index never fills them with ones, so no
+//!   place is NIL; the top bits spare most probes a read of the node
 //! ```
-//! Memory: 12 bytes per resident entry, plus 12 bytes and 4–11 bytes of table per possible
-//! test entry: 29 to 35 bytes per unit of capacity in all ([`ClockPro::metadata_bytes`]).
+//! Memory: 12 bytes per resident entry, plus 12 bytes and 5⅓ bytes of table per possible
+//! test entry: 29⅓ bytes per unit of capacity and a few bytes more in all
+//! ([`ClockPro::metadata_bytes`]; the store charges 30 per index slot).
 //! The 28-bit fingerprint can make a new key match an unrelated test entry (probability about
 //! test entries / 2^28 per miss). That key is then admitted as hot; nothing else is affected.
 
@@ -167,8 +171,11 @@ pub struct ClockProStats {
 /// calls.
 pub struct ClockPro {
     nodes: Box<[Node]>,
+    /// Test entries by fingerprint: each place holds a test node's index in its low
+    /// `node_bits` bits and the fingerprint's bits above them, `NIL` when empty.
     table: Box<[u32]>,
-    table_mask: u32,
+    /// Node indices fit below bit `node_bits`, and never fill it with ones.
+    node_bits: u32,
     capacity: u32,
     free_resident: u32,
     free_test: u32,
@@ -225,12 +232,20 @@ impl ClockPro {
         for i in cap..cap + test_max {
             nodes[i as usize].next = if i + 1 < cap + test_max { i + 1 } else { NIL };
         }
-        let table_len = (test_max as usize * 4).div_ceil(3).next_power_of_two();
+        // At most 3/4 full; one place always stays empty, so every probe ends.
+        let table_len = (test_max as usize * 4)
+            .div_ceil(3)
+            .max(test_max as usize + 1);
+        assert!(
+            table_len <= u32::MAX as usize,
+            "CLOCK-Pro table over u32 places"
+        );
+        let node_bits = u32::BITS - (node_count as u32).leading_zeros();
         let (cold_target_min, cold_target_max) = cold_target_bounds(cap);
         ClockPro {
             nodes,
             table: vec![NIL; table_len].into_boxed_slice(),
-            table_mask: (table_len - 1) as u32,
+            node_bits,
             capacity: cap,
             free_resident: 0,
             free_test: cap,
@@ -795,52 +810,104 @@ impl ClockPro {
     }
 
     // ---- test entries by fingerprint: open addressing, linear probing ----
+    //
+    // The table is not a power of two long (3/4 full at most, 5⅓ bytes per test entry):
+    // a fingerprint's home is the high half of its mixed bits times the length, and the
+    // probe wraps at the end. Each place keeps the fingerprint's top bits beside the node
+    // index, so a probe reads a node only when those bits match.
 
+    /// Bits of a table place above the node index.
     #[inline]
-    fn home_slot(&self, tag: u32) -> u32 {
-        ((tag >> 4).wrapping_mul(0x9E37_79B1) >> 4) & self.table_mask
+    fn filter_mask(&self) -> u32 {
+        u32::MAX.checked_shl(self.node_bits).unwrap_or(0)
     }
 
-    fn table_find(&self, tag: u32) -> u32 {
-        let mut s = self.home_slot(tag);
+    /// The table place for test node `g` with fingerprint `fp`.
+    #[inline]
+    fn table_place(&self, g: u32, fp: u32) -> u32 {
+        g | (fp & self.filter_mask())
+    }
+
+    #[inline]
+    fn place_node(&self, place: u32) -> u32 {
+        place & !self.filter_mask()
+    }
+
+    #[inline]
+    fn home_slot(&self, fp: u32) -> u32 {
+        let mixed = (fp >> 4).wrapping_mul(0x9E37_79B1);
+        ((u64::from(mixed) * self.table.len() as u64) >> 32) as u32
+    }
+
+    #[inline]
+    fn next_slot(&self, s: u32) -> u32 {
+        if s as usize + 1 == self.table.len() {
+            0
+        } else {
+            s + 1
+        }
+    }
+
+    /// Places from `from` forward to `to`, wrapping.
+    #[inline]
+    fn probe_distance(&self, from: u32, to: u32) -> u32 {
+        if to >= from {
+            to - from
+        } else {
+            to + self.table.len() as u32 - from
+        }
+    }
+
+    fn table_find(&self, fp: u32) -> u32 {
+        let filter = fp & self.filter_mask();
+        let mut s = self.home_slot(fp);
         loop {
-            let g = self.table[s as usize];
-            if g == NIL || self.nodes[g as usize].tag & !FLAGS_MASK == tag {
-                return g;
+            let place = self.table[s as usize];
+            if place == NIL {
+                return NIL;
             }
-            s = (s + 1) & self.table_mask;
+            if place & self.filter_mask() == filter {
+                let g = self.place_node(place);
+                if self.nodes[g as usize].tag & !FLAGS_MASK == fp {
+                    return g;
+                }
+            }
+            s = self.next_slot(s);
         }
     }
 
     fn table_insert(&mut self, g: u32) {
-        let mut s = self.home_slot(self.nodes[g as usize].tag & !FLAGS_MASK);
+        let fp = self.nodes[g as usize].tag & !FLAGS_MASK;
+        let mut s = self.home_slot(fp);
         while self.table[s as usize] != NIL {
-            s = (s + 1) & self.table_mask;
+            s = self.next_slot(s);
         }
-        self.table[s as usize] = g;
+        self.table[s as usize] = self.table_place(g, fp);
     }
 
     fn table_remove(&mut self, g: u32) {
-        let mask = self.table_mask;
-        let mut hole = self.home_slot(self.nodes[g as usize].tag & !FLAGS_MASK);
-        while self.table[hole as usize] != g {
+        let fp = self.nodes[g as usize].tag & !FLAGS_MASK;
+        let gone = self.table_place(g, fp);
+        let mut hole = self.home_slot(fp);
+        while self.table[hole as usize] != gone {
             debug_assert!(self.table[hole as usize] != NIL, "test entry not in table");
-            hole = (hole + 1) & mask;
+            hole = self.next_slot(hole);
         }
         // Backward-shift deletion: pull later members of the cluster into the hole when
         // their home slot is not between the hole and their slot.
-        let mut j = (hole + 1) & mask;
+        let mut j = self.next_slot(hole);
         loop {
-            let h = self.table[j as usize];
-            if h == NIL {
+            let place = self.table[j as usize];
+            if place == NIL {
                 break;
             }
+            let h = self.place_node(place);
             let home = self.home_slot(self.nodes[h as usize].tag & !FLAGS_MASK);
-            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                self.table[hole as usize] = h;
+            if self.probe_distance(home, j) >= self.probe_distance(hole, j) {
+                self.table[hole as usize] = place;
                 hole = j;
             }
-            j = (j + 1) & mask;
+            j = self.next_slot(j);
         }
         self.table[hole as usize] = NIL;
     }
@@ -908,6 +975,15 @@ impl ClockPro {
             (self.hot_count, self.cold_count, self.test_count),
             "list and counts disagree"
         );
+        for &place in self.table.iter().filter(|&&p| p != NIL) {
+            let g = self.place_node(place);
+            assert!(
+                self.is_test_node(g) && self.is_linked(g),
+                "table names node {g}"
+            );
+            let fp = self.nodes[g as usize].tag & !FLAGS_MASK;
+            assert_eq!(place, self.table_place(g, fp), "table filter bits of {g}");
+        }
         let in_table = self.table.iter().filter(|&&g| g != NIL).count() as u32;
         assert_eq!(in_table, self.test_count, "table and test count disagree");
         let free_resident = if self.store_entries {
@@ -999,8 +1075,16 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(NODE_BYTES, 12);
-        // capacity 1000: 2001 nodes and a 2048-slot table.
-        assert_eq!(ClockPro::new(1000).metadata_bytes(), 2001 * 12 + 2048 * 4);
+        // capacity 1000: 2001 nodes and a 1335-place table (1001 test entries, 3/4 full).
+        assert_eq!(ClockPro::new(1000).metadata_bytes(), 2001 * 12 + 1335 * 4);
+        // What the store charges per slot covers it, with two nodes to spare.
+        for cap in [1, 2, 7, 8, 64, 1000, 1 << 15] {
+            let bytes = ClockPro::with_store_entries(cap).metadata_bytes();
+            assert!(
+                bytes <= cap as usize * 30 + 2 * NODE_BYTES,
+                "capacity {cap}: {bytes}"
+            );
+        }
     }
 
     #[test]

@@ -138,7 +138,7 @@ const _: () = assert!(ALTERNATE_BUCKET_SHIFT + SHARD_BUCKET_BITS_MAX <= 48);
 /// nodes and test table (see `policy` for what would bring it back).
 pub const METADATA_BYTES_PER_OBJECT: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <ClockPro as Policy>::ENTRY_BYTES;
-const _: () = assert!(METADATA_BYTES_PER_OBJECT == 64);
+const _: () = assert!(METADATA_BYTES_PER_OBJECT == 62);
 /// The same with CLOCK, whose whole state is CLK: the 32-byte target.
 pub const METADATA_BYTES_PER_OBJECT_CLOCK: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <Clock as Policy>::ENTRY_BYTES;

@@ -93,8 +93,10 @@ pub trait Policy: Send {
 }
 
 /// CLOCK-Pro's heap bytes per index slot: two 12-byte nodes (the resident
-/// entry and a possible test entry) and up to two 4-byte table places.
-pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + 2 * 4;
+/// entry and a possible test entry) and 4/3 of a 4-byte table place (the
+/// test table is at most 3/4 full), rounded up.
+pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + 6;
+const _: () = assert!(CLOCKPRO_ENTRY_BYTES * 3 >= (2 * NODE_BYTES) * 3 + 4 * 4);
 
 /// A shard's CLK bits as CLOCK-Pro's hands read them.
 struct SlotRefs<'a>(&'a dyn SlotBits);
@@ -112,10 +114,10 @@ impl Policy for ClockPro {
 
     fn with_entries(entries: u32) -> ClockPro {
         let cp = ClockPro::with_store_entries(entries);
-        // One spare test node beyond the per-slot charge; the fixed heap
-        // allowance covers it.
+        // One spare test node and the table's rounding beyond the per-slot
+        // charge; the fixed heap allowance covers them.
         assert!(
-            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + NODE_BYTES,
+            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + 2 * NODE_BYTES,
             "CLOCK-Pro metadata over its charge"
         );
         cp
