@@ -28,9 +28,16 @@
 //! insert looks for it in both buckets, under the shard lock, before it
 //! picks a free slot).
 //!
-//! Metadata per object: slot 8 + link word 4 + item header 20 = 32 bytes,
-//! plus the policy's heap bytes per slot: 32 for CLOCK-Pro (64 in all,
-//! asserted below), none for CLOCK (the 32-byte target).
+//! Metadata per object, as [`Store::metadata`] counts it: every index slot
+//! (8 bytes) and the policy's heap bytes per slot (30 for CLOCK-Pro, none
+//! for CLOCK), whether a slot holds an item or not, plus per item its
+//! header (20) and one link word (4) per chunk, over the items held. The
+//! index has one slot per 512 bytes of budget, so the per-slot bytes count
+//! as often as there are slots per object: 2.1 for a million 100–400 byte
+//! responses in 1 GiB (106 bytes per object), about 2.7 when 1 KiB bodies
+//! fill it (`cargo bench --bench store_ops` prints both). At one slot per
+//! single-chunk object that is 62 bytes (asserted below); see `policy` for
+//! what stands between that and 32.
 //!
 //! Insert order, and why recovery's "newest wins" holds: the chain is
 //! allocated with its first chunk marked FILLING (not an item start) and
@@ -134,8 +141,9 @@ const _: () = assert!(FIRST_BUCKET_SHIFT + SHARD_BUCKET_BITS_MAX <= ALTERNATE_BU
 const _: () = assert!(ALTERNATE_BUCKET_SHIFT + SHARD_BUCKET_BITS_MAX <= 48);
 
 /// Metadata per (single-chunk) object with the store's policy, CLOCK-Pro,
-/// counting one index slot per object: over the 32-byte target by its
-/// nodes and test table (see `policy` for what would bring it back).
+/// counting one index slot per object: a floor, over the 32-byte target by
+/// its nodes and test table (see `policy`). The true figure, all slots
+/// counted over the objects held, is [`Metadata::bytes_per_object`].
 pub const METADATA_BYTES_PER_OBJECT: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <ClockPro as Policy>::ENTRY_BYTES;
 const _: () = assert!(METADATA_BYTES_PER_OBJECT == 62);

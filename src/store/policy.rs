@@ -12,8 +12,8 @@
 //! keep it in the index slot instead (`SLOT_BIT = true`): a hit then sets
 //! the slot's bit once (no touch buffer), and the engine calls
 //! [`Policy::evict_in`] with a view of the slots. Its heap cost per entry
-//! is zero, which is what brings the store to 32 bytes of metadata per
-//! object.
+//! is zero: 32 bytes of metadata per one-chunk object at one slot per
+//! object (8 + 4 + 20).
 //!
 //! CLOCK-Pro ([`ClockPro`], the store's policy) is a `SLOT_BIT` policy
 //! too: hits set CLK and nothing else, and its hands fold a slot's CLK into
@@ -36,6 +36,36 @@
 //! ranged from 10.6 pp fewer misses (lirs-ps at 5 %) to 4.4 pp more (corda
 //! at 1 %). So it cannot pass the 0.5 pp agreement `tests/clockpro_traces.rs`
 //! asks of the store's CLOCK-Pro without keeping the list order somewhere.
+//!
+//! # Metadata per object: where it stands
+//! Counted by `engine::Store::metadata`: every index slot (8 bytes) and
+//! the policy's charge per slot, whether the slot holds an item or not,
+//! plus each item's header (20) and one link word (4) per chunk it holds,
+//! all over the items held. `cargo bench --bench store_ops` prints it for
+//! two fills of a 1 GiB store (2^21 slots):
+//! ```text
+//!                               slots/obj  index  policy  header  links  total
+//! 1M responses of 100-400 B       2.10     16.8    62.9    20.0    6.6  106.5
+//! 1 KiB bodies, store full        2.70     21.6    81.1    20.0   20.0  142.9
+//! ```
+//! (110.7 and 148.8 bytes before the test table lost its power-of-two
+//! rounding: 32 bytes per slot then.) What stands between that and 32:
+//! * slots per object: the index has one slot per 512 bytes of budget, so
+//!   every per-slot byte counts about twice per object;
+//! * CLOCK-Pro's 30 bytes per slot: a 12-byte node for the resident entry,
+//!   a 12-byte node for a possible test entry, 5⅓ bytes of test table;
+//! * the item header and link words alone: 24 bytes for a one-chunk item,
+//!   40 for a five-chunk one. Even with no policy bytes and one slot per
+//!   object, 32 needs a smaller header (the sequence needs 2 bits, not 16:
+//!   versions that meet differ by exactly 1).
+//!
+//! The shape that fits keeps the list order but not two nodes per slot:
+//! test entries as ghost index slots (the evicted key's tag stays in the
+//! slot, a lookup treats it as a miss, its node is the slot's node), hot,
+//! test and referenced flags in the slot's spare bits, and a singly linked
+//! clock of 4-byte `next` words with lazy removal. Ghosts then take index
+//! slots (up to one per resident entry), so the index must stay at about
+//! two slots per object, at 12 bytes each.
 //!
 //! Beyond the shape `touch / admit / remove`, a policy constructs itself
 //! from an entry count, states its bytes per entry (charged against the
