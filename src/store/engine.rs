@@ -29,14 +29,14 @@
 //! picks a free slot).
 //!
 //! Metadata per object, as [`Store::metadata`] counts it: every index slot
-//! (8 bytes) and the policy's heap bytes per slot (30 for CLOCK-Pro, none
+//! (8 bytes) and the policy's heap bytes per slot (27 for CLOCK-Pro, none
 //! for CLOCK), whether a slot holds an item or not, plus per item its
 //! header (20) and one link word (4) per chunk, over the items held. The
 //! index has one slot per 512 bytes of budget, so the per-slot bytes count
 //! as often as there are slots per object: 2.1 for a million 100–400 byte
-//! responses in 1 GiB (106 bytes per object), about 2.7 when 1 KiB bodies
+//! responses in 1 GiB (100 bytes per object), about 2.7 when 1 KiB bodies
 //! fill it (`cargo bench --bench store_ops` prints both). At one slot per
-//! single-chunk object that is 62 bytes (asserted below); see `policy` for
+//! single-chunk object that is 59 bytes (asserted below); see `policy` for
 //! what stands between that and 32.
 //!
 //! Insert order, and why recovery's "newest wins" holds: the chain is
@@ -146,7 +146,7 @@ const _: () = assert!(ALTERNATE_BUCKET_SHIFT + SHARD_BUCKET_BITS_MAX <= 48);
 /// counted over the objects held, is [`Metadata::bytes_per_object`].
 pub const METADATA_BYTES_PER_OBJECT: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <ClockPro as Policy>::ENTRY_BYTES;
-const _: () = assert!(METADATA_BYTES_PER_OBJECT == 62);
+const _: () = assert!(METADATA_BYTES_PER_OBJECT == 59);
 /// The same with CLOCK, whose whole state is CLK: the 32-byte target.
 pub const METADATA_BYTES_PER_OBJECT_CLOCK: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <Clock as Policy>::ENTRY_BYTES;
@@ -466,6 +466,19 @@ impl<P: Policy> SlotBits for ShardSlots<'_, P> {
     fn referenced(&self, e: u32) -> bool {
         // Relaxed: reading a hint.
         self.store.slot(self.shard, e).load(Ordering::Relaxed) & CLOCK_BIT != 0
+    }
+
+    fn key_hash(&self, e: u32) -> Option<u64> {
+        // Relaxed: under the shard lock, which every writer of the slot holds.
+        let chunk = slot_chunk(self.store.slot(self.shard, e).load(Ordering::Relaxed))?;
+        let mut hasher = super::KeyHasher::new();
+        // SAFETY: published in our locked shard: no one retires the chain
+        // while we read its header and key.
+        unsafe {
+            let (h, mut cur) = self.store.header_at(chunk);
+            self.store.visit(&mut cur, h.key_len, |b| hasher.write(b));
+        }
+        Some(hasher.finish())
     }
 }
 
@@ -1805,6 +1818,35 @@ mod tests {
         assert!(s.remove(key_hash(b"meta/0000"), b"meta/0000"));
         let m = s.metadata();
         assert_eq!((m.items, m.link_bytes), (999, 1998 * LINK_BYTES as u64));
+    }
+
+    #[test]
+    fn the_policy_gets_an_evicted_keys_hash_from_the_stored_key() {
+        // A 300-byte key spans three 124-byte payloads after the header.
+        let s = Store::<ClockPro>::anonymous_with(4 << 20, options()).unwrap();
+        let meta = ItemMeta::new(1000, 0, 60);
+        let long = vec![b'k'; 300];
+        let h = key_hash(&long);
+        assert!(s.insert(h, &long, b"", b"body", meta));
+        let shard = Store::<ClockPro>::shard_of(h);
+        let slots = ShardSlots { store: &s, shard };
+        let e = s
+            .entries_of(h)
+            // Relaxed: single-threaded test.
+            .find(|&e| slot_chunk(s.slot(shard, e).load(Ordering::Relaxed)).is_some())
+            .unwrap();
+        assert_eq!(slots.key_hash(e), Some(h));
+        let empty = s.entries_of(h).find(|&f| f != e).unwrap();
+        assert_eq!(slots.key_hash(empty), None);
+        // One-time keys past the byte cap: evicted cold entries in their test
+        // period leave test entries, which need those hashes.
+        let body = [1u8; 1000];
+        for i in 0..6000 {
+            let k = format!("once/{i}");
+            assert!(s.insert(key_hash(k.as_bytes()), k.as_bytes(), b"", &body, meta));
+        }
+        assert!(s.usage().evictions > 0);
+        assert!(s.policy_stats().unwrap().test_count > 0);
     }
 
     #[test]

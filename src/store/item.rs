@@ -32,7 +32,7 @@
 //!
 //! Metadata per object (single-chunk item): index slot 8 + link word 4 +
 //! this header 20 = 32 bytes, plus the eviction policy's heap bytes per
-//! slot: 30 for CLOCK-Pro (the store's policy), 0 for CLOCK, whose whole
+//! slot: 27 for CLOCK-Pro (the store's policy), 0 for CLOCK, whose whole
 //! state is a bit in the slot; index and policy bytes count once per slot,
 //! and there are about two slots per object (see `engine::Metadata`).
 //!

@@ -45,15 +45,19 @@
 //! two fills of a 1 GiB store (2^21 slots):
 //! ```text
 //!                               slots/obj  index  policy  header  links  total
-//! 1M responses of 100-400 B       2.10     16.8    62.9    20.0    6.6  106.5
-//! 1 KiB bodies, store full        2.70     21.6    81.1    20.0   20.0  142.9
+//! 1M responses of 100-400 B       2.10     16.8    56.6    20.0    6.6  100.2
+//! 1 KiB bodies, store full        2.69     21.5    72.5    20.0   20.0  134.2
 //! ```
-//! (110.7 and 148.8 bytes before the test table lost its power-of-two
-//! rounding: 32 bytes per slot then.) What stands between that and 32:
+//! (110.7 and 148.8 bytes at 32 bytes per slot, with a power-of-two test
+//! table and a fingerprint in every resident node.) What stands between
+//! that and 32:
 //! * slots per object: the index has one slot per 512 bytes of budget, so
 //!   every per-slot byte counts about twice per object;
-//! * CLOCK-Pro's 30 bytes per slot: a 12-byte node for the resident entry,
-//!   a 12-byte node for a possible test entry, 5⅓ bytes of test table;
+//! * CLOCK-Pro's 27 bytes per slot: an 8-byte node and a flags byte for
+//!   the resident entry (its fingerprint is the key's hash, which the store
+//!   recomputes from the stored key when the entry leaves a test entry), an
+//!   8-byte node and a 4-byte tag for a possible test entry, 5⅓ bytes of
+//!   test table;
 //! * the item header and link words alone: 24 bytes for a one-chunk item,
 //!   40 for a five-chunk one. Even with no policy bytes and one slot per
 //!   object, 32 needs a smaller header (the sequence needs 2 bits, not 16:
@@ -73,7 +77,7 @@
 //! rather than in entries.
 
 pub use super::clockpro::ClockPro;
-use super::clockpro::{ClockProStats, ReferenceBits, NODE_BYTES};
+use super::clockpro::{ClockProStats, ReferenceBits, FLAGS_BYTES, NODE_BYTES, TEST_TAG_BYTES};
 
 /// An eviction policy over entry indices `0 .. entries`.
 pub trait Policy: Send {
@@ -122,11 +126,15 @@ pub trait Policy: Send {
     }
 }
 
-/// CLOCK-Pro's heap bytes per index slot: two 12-byte nodes (the resident
-/// entry and a possible test entry) and 4/3 of a 4-byte table place (the
-/// test table is at most 3/4 full), rounded up.
-pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + 6;
-const _: () = assert!(CLOCKPRO_ENTRY_BYTES * 3 >= (2 * NODE_BYTES) * 3 + 4 * 4);
+/// CLOCK-Pro's heap bytes per index slot: two 8-byte nodes (the resident
+/// entry and a possible test entry), the resident entry's flags byte, the
+/// test entry's 4-byte tag and 4/3 of a 4-byte table place (the test
+/// table is at most 3/4 full), rounded up: 26⅓ → 27.
+pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + FLAGS_BYTES + TEST_TAG_BYTES + 6;
+const _: () = assert!(CLOCKPRO_ENTRY_BYTES == 27);
+const _: () = assert!(
+    CLOCKPRO_ENTRY_BYTES * 3 >= (2 * NODE_BYTES + FLAGS_BYTES + TEST_TAG_BYTES) * 3 + 4 * 4
+);
 
 /// A shard's CLK bits as CLOCK-Pro's hands read them.
 struct SlotRefs<'a>(&'a dyn SlotBits);
@@ -135,6 +143,10 @@ impl ReferenceBits for SlotRefs<'_> {
     #[inline]
     fn take_referenced(&self, entry: u32) -> bool {
         self.0.take_referenced(entry)
+    }
+
+    fn key_hash(&self, entry: u32) -> Option<u64> {
+        self.0.key_hash(entry)
     }
 }
 
@@ -147,7 +159,7 @@ impl Policy for ClockPro {
         // One spare test node and the table's rounding beyond the per-slot
         // charge; the fixed heap allowance covers them.
         assert!(
-            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + 2 * NODE_BYTES,
+            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + 3 * NODE_BYTES,
             "CLOCK-Pro metadata over its charge"
         );
         cp
@@ -202,6 +214,10 @@ pub trait SlotBits {
     fn take_referenced(&self, e: u32) -> bool;
     /// `e`'s referenced bit, left as it is.
     fn referenced(&self, e: u32) -> bool;
+    /// The hash of the key `e` holds (`None` when it holds none): CLOCK-Pro
+    /// keeps no fingerprint of resident entries and asks for it here when
+    /// one leaves a test entry behind.
+    fn key_hash(&self, e: u32) -> Option<u64>;
 }
 
 /// Second-chance CLOCK with its bit in the index slot: one hand, no
@@ -273,6 +289,9 @@ mod tests {
         }
         fn referenced(&self, e: u32) -> bool {
             self.0[e as usize].1.get()
+        }
+        fn key_hash(&self, e: u32) -> Option<u64> {
+            self.resident(e).then_some(u64::from(e))
         }
     }
 
