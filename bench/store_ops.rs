@@ -1,5 +1,6 @@
-//! Store hot paths through the public API: lookup hit, lookup miss and
-//! insert (replacing a key), 1 KiB bodies, on one and on two threads.
+//! Store hot paths through the public API: lookup hit, lookup miss,
+//! insert (replacing a key) and insert of a new key into a store full by
+//! bytes (every insert evicts), 1 KiB bodies, on one and on two threads.
 //!
 //! Two-thread figures are the wall time each thread takes per operation
 //! while the other runs the same loop (per-thread latency under contention;
@@ -13,6 +14,7 @@ use ringcache::store::engine::{Options, Store};
 use ringcache::store::item::ItemMeta;
 use ringcache::store::key_hash;
 use std::hint::black_box;
+use std::io::Write;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,29 @@ enum Op {
     Hit,
     Miss,
     Insert,
+    /// A new key into a store full by bytes: every insert evicts (the
+    /// policy's hands, a test entry for an evicted key in its test period).
+    InsertEvicting,
+}
+
+/// Budget of the store that `insert_evicting` keeps full.
+const FULL_BUDGET_BYTES: u64 = 16 << 20;
+
+/// A store full by bytes (1 KiB bodies past its cap).
+fn full() -> Arc<Store> {
+    let options = Options {
+        verify_reads: false,
+        ..Options::default()
+    };
+    let s = Arc::new(Store::anonymous_with(FULL_BUDGET_BYTES, options).expect("store"));
+    let body = vec![0x5a; BODY_BYTES];
+    let mut i = 0;
+    while s.usage().evictions < 1000 {
+        let k = key(i).into_bytes();
+        assert!(s.insert(key_hash(&k), &k, HEAD, &body, meta()));
+        i += 1;
+    }
+    s
 }
 
 /// Run `iters` operations on each of `threads` threads; returns the longest
@@ -101,6 +126,8 @@ fn run(
                         })
                         .collect();
                     barrier.wait();
+                    let mut fresh = [0u8; 40];
+                    let mut serial = 0u64;
                     let start = Instant::now();
                     for _ in 0..iters {
                         let x = rng.next();
@@ -121,6 +148,15 @@ fn run(
                                 let (h, k) = &keys[(x % keys.len() as u64) as usize];
                                 black_box(s.insert(*h, k, HEAD, &body, meta()));
                             }
+                            Op::InsertEvicting => {
+                                // A key never stored, written without allocating.
+                                serial += 1;
+                                let mut w = &mut fresh[..];
+                                write!(w, "new.example\0/{t}/{serial:016x}").expect("key fits");
+                                let len = 40 - w.len();
+                                let k = &fresh[..len];
+                                black_box(s.insert(key_hash(k), k, HEAD, &body, meta()));
+                            }
                         }
                     }
                     start.elapsed()
@@ -135,9 +171,48 @@ fn run(
     times.into_iter().max().unwrap_or_default()
 }
 
+/// Metadata per object as the store counts it ([`Store::metadata`]) for
+/// two fills of a 1 GiB store: one million responses of 100 to 400 bytes
+/// (head and body), and 1 KiB bodies inserted until the bytes run out.
+fn report_metadata() {
+    const GIB: u64 = 1 << 30;
+    const SMALL_COUNT: u64 = 1_000_000;
+    const INSERTS_MAX: u64 = 4_000_000;
+    let options = Options {
+        verify_reads: false,
+        ..Options::default()
+    };
+    let head = b"HTTP/1.1 200 OK\r\n\r\n";
+    let s: Store = Store::anonymous_with(GIB, options).expect("store");
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let body = vec![0x5a; 400];
+    for i in 0..SMALL_COUNT {
+        let k = key(i).into_bytes();
+        let len = 100 + (rng.next() % 301) as usize - head.len();
+        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+    }
+    assert_eq!(s.usage().evictions, 0, "the small objects fit");
+    eprintln!(
+        "metadata, 1M objects of 100-400 B in 1 GiB: {}",
+        s.metadata()
+    );
+    drop(s);
+    let s: Store = Store::anonymous_with(GIB, options).expect("store");
+    let body = vec![0x5a; 1024];
+    let mut i = 0;
+    while s.usage().evictions == 0 && i < INSERTS_MAX {
+        let k = key(i).into_bytes();
+        assert!(s.insert(key_hash(&k), &k, HEAD, &body, meta()));
+        i += 1;
+    }
+    eprintln!("metadata, 1 KiB bodies filling 1 GiB: {}", s.metadata());
+}
+
 fn store_ops(c: &mut Criterion) {
+    report_metadata();
     let (s, keys) = filled();
     let keys = Arc::new(keys);
+    let full_store = full();
     let mut g = c.benchmark_group("store");
     g.measurement_time(Duration::from_secs(3));
     g.warm_up_time(Duration::from_secs(1));
@@ -151,9 +226,19 @@ fn store_ops(c: &mut Criterion) {
                 b.iter_custom(|iters| run(&s, &keys, op, t, iters))
             });
         }
+        g.bench_with_input(
+            BenchmarkId::new("insert_evicting", threads),
+            &threads,
+            |b, &t| b.iter_custom(|iters| run(&full_store, &keys, Op::InsertEvicting, t, iters)),
+        );
     }
     g.finish();
     eprintln!("store after the run: {:?}", s.usage());
+    eprintln!(
+        "full store after the run: {:?}, CLOCK-Pro {:?}",
+        full_store.usage(),
+        full_store.policy_stats()
+    );
 }
 
 criterion_group!(benches, store_ops);

@@ -79,18 +79,28 @@
 //!
 //! # Layout
 //! ```text
-//! nodes: [Node; 2·capacity + 1]          12 bytes each
+//! nodes: [Node; 2·capacity + 1]          8 bytes each
 //!   0 .. capacity                        resident entries (the index the store uses)
 //!   capacity .. 2·capacity + 1           test entries (one spare: a test entry is created
 //!                                        before HAND_test drops the oldest)
-//! Node { prev: u32, next: u32, tag: u32 }
+//! Node { prev: u32, next: u32 }
 //!   prev == NIL                          node is free (next links the free list)
-//!   tag  = fingerprint (28 bits) | EXPIRED | IN_TEST | REFERENCED | HOT   (low 4 bits)
-//! table: [u32; pow2 ≥ 4/3·(capacity + 1)]  test entries by fingerprint (linear probing,
+//! flags: [u8; capacity]                  a resident entry's EXPIRED | IN_TEST | REFERENCED | HOT
+//! test_tags: [u32; capacity + 1]         a test entry's fingerprint (28 bits) | IN_TEST
+//! fingerprints: [u32; capacity]          resident entries' fingerprints, only when the policy
+//!                                        names entries; a store that names them gives the key
+//!                                        hash back when the entry leaves a test entry behind
+//!                                        ([`ReferenceBits::key_hash`])
+//! table: [u32; ⌈4/3·(capacity + 1)⌉]      test entries by fingerprint (linear probing,
 //!                                          backward-shift deletion), NIL = empty
+//!   place = fingerprint's top bits | test node index (low node_bits bits)
+//!   node_bits = bits of 2·capacity + 1: an index never fills them with ones, so no
+//!   place is NIL; the top bits spare most probes a read of the node
 //! ```
-//! Memory: 12 bytes per resident entry, plus 12 bytes and 4–11 bytes of table per possible
-//! test entry: 29 to 35 bytes per unit of capacity in all ([`ClockPro::metadata_bytes`]).
+//! Memory: 9 bytes per resident entry (13 when the policy names entries), plus 12 bytes and
+//! 5⅓ bytes of table per possible test entry: 26⅓ bytes per unit of capacity in store mode
+//! and a few bytes more in all ([`ClockPro::metadata_bytes`]; the store charges 27 per index
+//! slot).
 //! The 28-bit fingerprint can make a new key match an unrelated test entry (probability about
 //! test entries / 2^28 per miss). That key is then admitted as hot; nothing else is affected.
 
@@ -107,25 +117,33 @@ const FLAGS_MASK: u32 = 0xF;
 /// Largest supported capacity: node indices (2·capacity + 1 of them) must stay below `NIL`.
 pub const CAPACITY_ENTRIES_MAX: u32 = (u32::MAX - 2) / 2;
 
+/// A place on the clock: its two links. An entry's flags and fingerprint are kept beside
+/// the nodes (see "Layout").
 #[derive(Clone, Copy, Debug)]
 struct Node {
     prev: u32,
     next: u32,
-    tag: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Node>() == 12);
+const _: () = assert!(std::mem::size_of::<Node>() == 8);
 
 const FREE_NODE: Node = Node {
     prev: NIL,
     next: NIL,
-    tag: 0,
 };
 
 /// Reference bits kept outside the policy, read (and cleared) by the hands.
 pub trait ReferenceBits {
     /// Clears resident `entry`'s outside bit; returns whether it was set.
     fn take_referenced(&self, entry: u32) -> bool;
+
+    /// The key hash of resident `entry`, for a store that names entries: the policy keeps
+    /// no fingerprint of its resident entries then and asks for it when one leaves a test
+    /// entry behind. `None` (no one to ask): the entry leaves no test entry.
+    fn key_hash(&self, entry: u32) -> Option<u64> {
+        let _ = entry;
+        None
+    }
 }
 
 /// No outside bits: hits arrive through [`ClockPro::touch`] only.
@@ -138,8 +156,12 @@ impl ReferenceBits for OwnBits {
     }
 }
 
-/// Bytes of policy metadata per node.
+/// Bytes of policy metadata per node (links only).
 pub const NODE_BYTES: usize = std::mem::size_of::<Node>();
+/// Bytes of a resident entry's flags.
+pub const FLAGS_BYTES: usize = 1;
+/// Bytes of a test entry's tag (fingerprint and flags).
+pub const TEST_TAG_BYTES: usize = 4;
 
 /// The outcome of [`ClockPro::admit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,8 +189,18 @@ pub struct ClockProStats {
 /// calls.
 pub struct ClockPro {
     nodes: Box<[Node]>,
+    /// Flags of resident entries `0..capacity`.
+    flags: Box<[u8]>,
+    /// Tags of test nodes `capacity..`: fingerprint | IN_TEST.
+    test_tags: Box<[u32]>,
+    /// Fingerprints of resident entries when the policy names them; empty when the store
+    /// does (it gives the key hash back through [`ReferenceBits::key_hash`]).
+    fingerprints: Box<[u32]>,
+    /// Test entries by fingerprint: each place holds a test node's index in its low
+    /// `node_bits` bits and the fingerprint's bits above them, `NIL` when empty.
     table: Box<[u32]>,
-    table_mask: u32,
+    /// Node indices fit below bit `node_bits`, and never fill it with ones.
+    node_bits: u32,
     capacity: u32,
     free_resident: u32,
     free_test: u32,
@@ -225,12 +257,23 @@ impl ClockPro {
         for i in cap..cap + test_max {
             nodes[i as usize].next = if i + 1 < cap + test_max { i + 1 } else { NIL };
         }
-        let table_len = (test_max as usize * 4).div_ceil(3).next_power_of_two();
+        // At most 3/4 full; one place always stays empty, so every probe ends.
+        let table_len = (test_max as usize * 4)
+            .div_ceil(3)
+            .max(test_max as usize + 1);
+        assert!(
+            table_len <= u32::MAX as usize,
+            "CLOCK-Pro table over u32 places"
+        );
+        let node_bits = u32::BITS - (node_count as u32).leading_zeros();
         let (cold_target_min, cold_target_max) = cold_target_bounds(cap);
         ClockPro {
             nodes,
+            flags: vec![0; cap as usize].into_boxed_slice(),
+            test_tags: vec![0; test_max as usize].into_boxed_slice(),
+            fingerprints: vec![0; cap as usize].into_boxed_slice(),
             table: vec![NIL; table_len].into_boxed_slice(),
-            table_mask: (table_len - 1) as u32,
+            node_bits,
             capacity: cap,
             free_resident: 0,
             free_test: cap,
@@ -255,6 +298,7 @@ impl ClockPro {
     pub fn with_store_entries(capacity_entries: u32) -> ClockPro {
         let mut cp = ClockPro::new(capacity_entries);
         cp.store_entries = true;
+        cp.fingerprints = Box::default();
         cp.free_resident = NIL;
         for i in 0..capacity_entries {
             cp.nodes[i as usize].next = NIL;
@@ -273,7 +317,11 @@ impl ClockPro {
 
     /// Heap bytes held by the policy (fixed at construction).
     pub fn metadata_bytes(&self) -> usize {
-        self.nodes.len() * NODE_BYTES + self.table.len() * std::mem::size_of::<u32>()
+        self.nodes.len() * NODE_BYTES
+            + self.flags.len() * FLAGS_BYTES
+            + self.test_tags.len() * TEST_TAG_BYTES
+            + self.fingerprints.len() * std::mem::size_of::<u32>()
+            + self.table.len() * std::mem::size_of::<u32>()
     }
 
     pub fn stats(&self) -> ClockProStats {
@@ -289,7 +337,7 @@ impl ClockPro {
     #[inline]
     pub fn touch(&mut self, entry: u32) {
         debug_assert!(self.is_resident_entry(entry), "touch on free entry {entry}");
-        self.nodes[entry as usize].tag |= REFERENCED;
+        self.set_tag(entry, self.tag(entry) | REFERENCED);
     }
 
     /// Admits a missed key. `key_hash` lets a test entry of the same key be recognised. When
@@ -330,6 +378,9 @@ impl ClockPro {
 
     fn place_admitted(&mut self, entry: u32, key_hash: u64, refs: &impl ReferenceBits) {
         let tag = fingerprint_tag(key_hash);
+        if !self.store_entries {
+            self.fingerprints[entry as usize] = tag;
+        }
         // No test entries (a store being recovered, a cache warming up): spare the table
         // probe, a cache miss per admission.
         let test_entry = if self.test_count == 0 {
@@ -417,7 +468,7 @@ impl ClockPro {
             self.is_resident_entry(entry),
             "remove of free entry {entry}"
         );
-        if self.nodes[entry as usize].tag & HOT != 0 {
+        if self.tag(entry) & HOT != 0 {
             self.hot_count -= 1;
         } else {
             self.cold_count -= 1;
@@ -430,9 +481,9 @@ impl ClockPro {
     /// the tag.
     fn fold_reference(&mut self, i: u32, refs: &impl ReferenceBits) -> u32 {
         if !self.is_test_node(i) && refs.take_referenced(i) {
-            self.nodes[i as usize].tag |= REFERENCED;
+            self.set_tag(i, self.tag(i) | REFERENCED);
         }
-        self.nodes[i as usize].tag
+        self.tag(i)
     }
 
     /// Where resident `entry` stands in the order of eviction, lowest first: expired, cold
@@ -441,7 +492,7 @@ impl ClockPro {
     /// choice among a few entries (the store's full bucket pair), not for the hands.
     pub fn eviction_rank(&self, entry: u32, referenced_outside: bool) -> u8 {
         debug_assert!(self.is_resident_entry(entry), "rank of free entry {entry}");
-        let tag = self.nodes[entry as usize].tag;
+        let tag = self.tag(entry);
         if tag & EXPIRED != 0 {
             return 0;
         }
@@ -462,13 +513,13 @@ impl ClockPro {
             self.is_resident_entry(entry),
             "mark_expired of free entry {entry}"
         );
-        let tag = self.nodes[entry as usize].tag;
+        let tag = self.tag(entry);
         if tag & HOT != 0 {
             self.hot_count -= 1;
             self.cold_count += 1;
         }
         self.unlink(entry);
-        self.nodes[entry as usize].tag = (tag & !FLAGS_MASK) | EXPIRED;
+        self.set_tag(entry, (tag & !FLAGS_MASK) | EXPIRED);
         if self.newest == NIL {
             self.insert_at_head(entry);
         } else {
@@ -480,6 +531,26 @@ impl ClockPro {
             self.nodes[prev as usize].next = entry;
             self.nodes[at as usize].prev = entry;
             self.hand_cold = entry;
+        }
+    }
+
+    /// Node `i`'s tag: a resident entry's flags, or a test entry's fingerprint | IN_TEST.
+    #[inline]
+    fn tag(&self, i: u32) -> u32 {
+        if i < self.capacity {
+            u32::from(self.flags[i as usize])
+        } else {
+            self.test_tags[(i - self.capacity) as usize]
+        }
+    }
+
+    /// Sets node `i`'s tag; a resident entry keeps only the flags.
+    #[inline]
+    fn set_tag(&mut self, i: u32, tag: u32) {
+        if i < self.capacity {
+            self.flags[i as usize] = (tag & FLAGS_MASK) as u8;
+        } else {
+            self.test_tags[(i - self.capacity) as usize] = tag;
         }
     }
 
@@ -524,7 +595,7 @@ impl ClockPro {
     // ---- list plumbing ----
 
     fn place_at_head(&mut self, i: u32, tag: u32) {
-        self.nodes[i as usize].tag = tag;
+        self.set_tag(i, tag);
         self.insert_at_head(i);
     }
 
@@ -576,13 +647,14 @@ impl ClockPro {
     fn free_resident_node(&mut self, i: u32) {
         if self.store_entries {
             self.nodes[i as usize] = FREE_NODE;
+            self.set_tag(i, 0);
             return;
         }
         self.nodes[i as usize] = Node {
             prev: NIL,
             next: self.free_resident,
-            tag: 0,
         };
+        self.set_tag(i, 0);
         self.free_resident = i;
     }
 
@@ -590,27 +662,33 @@ impl ClockPro {
         self.nodes[i as usize] = Node {
             prev: NIL,
             next: self.free_test,
-            tag: 0,
         };
+        self.set_tag(i, 0);
         self.free_test = i;
     }
 
-    /// Resident cold entry `r`, in test, leaves the cache: a test node takes its place on the
-    /// clock (hands included) and `r` is freed. Returns the test node.
-    fn replace_with_test(&mut self, r: u32) -> u32 {
+    /// The fingerprint of resident entry `r`: kept by the policy when it names entries,
+    /// asked of the store otherwise.
+    fn resident_fingerprint(&self, r: u32, refs: &impl ReferenceBits) -> Option<u32> {
+        if self.store_entries {
+            refs.key_hash(r).map(fingerprint_tag)
+        } else {
+            Some(self.fingerprints[r as usize])
+        }
+    }
+
+    /// Resident cold entry `r`, in test, leaves the cache: a test node with fingerprint `fp`
+    /// takes its place on the clock (hands included) and `r` is freed. Returns the test node.
+    fn replace_with_test(&mut self, r: u32, fp: u32) -> u32 {
         let g = self.free_test;
         debug_assert!(g != NIL, "test nodes exhausted");
         self.free_test = self.nodes[g as usize].next;
-        let Node { prev, next, tag } = self.nodes[r as usize];
-        let tag = (tag & !FLAGS_MASK) | IN_TEST;
+        let Node { prev, next } = self.nodes[r as usize];
+        self.set_tag(g, fp | IN_TEST);
         if next == r {
-            self.nodes[g as usize] = Node {
-                prev: g,
-                next: g,
-                tag,
-            };
+            self.nodes[g as usize] = Node { prev: g, next: g };
         } else {
-            self.nodes[g as usize] = Node { prev, next, tag };
+            self.nodes[g as usize] = Node { prev, next };
             self.nodes[prev as usize].next = g;
             self.nodes[next as usize].prev = g;
         }
@@ -650,7 +728,7 @@ impl ClockPro {
                 self.run_hand_hot(refs);
             }
             let i = self.hand_cold;
-            let tag = self.nodes[i as usize].tag;
+            let tag = self.tag(i);
             if self.is_test_node(i) || tag & HOT != 0 {
                 self.hand_cold = self.nodes[i as usize].next;
                 continue;
@@ -658,8 +736,13 @@ impl ClockPro {
             let tag = self.fold_reference(i, refs);
             if tag & REFERENCED == 0 || tag & EXPIRED != 0 {
                 self.cold_count -= 1;
-                if tag & (IN_TEST | EXPIRED) == IN_TEST {
-                    let g = self.replace_with_test(i);
+                let fp = if tag & (IN_TEST | EXPIRED) == IN_TEST {
+                    self.resident_fingerprint(i, refs)
+                } else {
+                    None
+                };
+                if let Some(fp) = fp {
+                    let g = self.replace_with_test(i, fp);
                     self.hand_cold = self.nodes[g as usize].next;
                     self.bound_test_entries(refs);
                 } else {
@@ -671,7 +754,7 @@ impl ClockPro {
             if tag & IN_TEST != 0 {
                 self.promote(i, refs);
             } else {
-                self.nodes[i as usize].tag = (tag & !REFERENCED) | IN_TEST;
+                self.set_tag(i, (tag & !REFERENCED) | IN_TEST);
                 self.move_to_head(i);
             }
         }
@@ -680,18 +763,18 @@ impl ClockPro {
     /// Cold entry `i`, under HAND_cold, was requested during its test period.
     fn promote(&mut self, i: u32, refs: &impl ReferenceBits) {
         self.grow_cold_target();
-        self.nodes[i as usize].tag &= !REFERENCED;
+        self.set_tag(i, self.tag(i) & !REFERENCED);
         self.hand_cold = self.nodes[i as usize].next;
         // Make room while the candidate stays where it is; HAND_hot may end its test period.
         while self.hot_count + 1 > self.hot_target() && self.hot_count > 0 {
             self.run_hand_hot(refs);
-            if self.nodes[i as usize].tag & IN_TEST == 0 {
+            if self.tag(i) & IN_TEST == 0 {
                 break;
             }
         }
-        let tag = self.nodes[i as usize].tag;
+        let tag = self.tag(i);
         if tag & IN_TEST != 0 {
-            self.nodes[i as usize].tag = (tag & !IN_TEST) | HOT;
+            self.set_tag(i, (tag & !IN_TEST) | HOT);
             self.cold_count -= 1;
             self.hot_count += 1;
             self.move_to_head(i);
@@ -699,7 +782,7 @@ impl ClockPro {
             self.settle_hand_hot(refs);
         } else {
             // Abandoned: stays cold, with a new test period at the head.
-            self.nodes[i as usize].tag = tag | IN_TEST;
+            self.set_tag(i, tag | IN_TEST);
             self.move_to_head(i);
         }
     }
@@ -715,14 +798,14 @@ impl ClockPro {
             if self.pass_non_hot(i, refs) {
                 continue;
             }
-            let tag = self.nodes[i as usize].tag;
+            let tag = self.tag(i);
             if tag & REFERENCED != 0 {
                 // Spared: requested since the hand last passed.
-                self.nodes[i as usize].tag = tag & !REFERENCED;
+                self.set_tag(i, tag & !REFERENCED);
                 self.move_to_head(i);
                 continue;
             }
-            self.nodes[i as usize].tag = tag & !HOT;
+            self.set_tag(i, tag & !HOT);
             self.move_to_head(i);
             self.hot_count -= 1;
             self.cold_count += 1;
@@ -785,7 +868,7 @@ impl ClockPro {
     /// its test period and gives it a new one (no second credit).
     fn end_test_period(&mut self, i: u32, tag: u32) {
         if tag & IN_TEST != 0 {
-            self.nodes[i as usize].tag = tag & !IN_TEST;
+            self.set_tag(i, tag & !IN_TEST);
             if tag & REFERENCED != 0 {
                 self.grow_cold_target();
             } else {
@@ -795,52 +878,104 @@ impl ClockPro {
     }
 
     // ---- test entries by fingerprint: open addressing, linear probing ----
+    //
+    // The table is not a power of two long (3/4 full at most, 5⅓ bytes per test entry):
+    // a fingerprint's home is the high half of its mixed bits times the length, and the
+    // probe wraps at the end. Each place keeps the fingerprint's top bits beside the node
+    // index, so a probe reads a node only when those bits match.
 
+    /// Bits of a table place above the node index.
     #[inline]
-    fn home_slot(&self, tag: u32) -> u32 {
-        ((tag >> 4).wrapping_mul(0x9E37_79B1) >> 4) & self.table_mask
+    fn filter_mask(&self) -> u32 {
+        u32::MAX.checked_shl(self.node_bits).unwrap_or(0)
     }
 
-    fn table_find(&self, tag: u32) -> u32 {
-        let mut s = self.home_slot(tag);
+    /// The table place for test node `g` with fingerprint `fp`.
+    #[inline]
+    fn table_place(&self, g: u32, fp: u32) -> u32 {
+        g | (fp & self.filter_mask())
+    }
+
+    #[inline]
+    fn place_node(&self, place: u32) -> u32 {
+        place & !self.filter_mask()
+    }
+
+    #[inline]
+    fn home_slot(&self, fp: u32) -> u32 {
+        let mixed = (fp >> 4).wrapping_mul(0x9E37_79B1);
+        ((u64::from(mixed) * self.table.len() as u64) >> 32) as u32
+    }
+
+    #[inline]
+    fn next_slot(&self, s: u32) -> u32 {
+        if s as usize + 1 == self.table.len() {
+            0
+        } else {
+            s + 1
+        }
+    }
+
+    /// Places from `from` forward to `to`, wrapping.
+    #[inline]
+    fn probe_distance(&self, from: u32, to: u32) -> u32 {
+        if to >= from {
+            to - from
+        } else {
+            to + self.table.len() as u32 - from
+        }
+    }
+
+    fn table_find(&self, fp: u32) -> u32 {
+        let filter = fp & self.filter_mask();
+        let mut s = self.home_slot(fp);
         loop {
-            let g = self.table[s as usize];
-            if g == NIL || self.nodes[g as usize].tag & !FLAGS_MASK == tag {
-                return g;
+            let place = self.table[s as usize];
+            if place == NIL {
+                return NIL;
             }
-            s = (s + 1) & self.table_mask;
+            if place & self.filter_mask() == filter {
+                let g = self.place_node(place);
+                if self.tag(g) & !FLAGS_MASK == fp {
+                    return g;
+                }
+            }
+            s = self.next_slot(s);
         }
     }
 
     fn table_insert(&mut self, g: u32) {
-        let mut s = self.home_slot(self.nodes[g as usize].tag & !FLAGS_MASK);
+        let fp = self.tag(g) & !FLAGS_MASK;
+        let mut s = self.home_slot(fp);
         while self.table[s as usize] != NIL {
-            s = (s + 1) & self.table_mask;
+            s = self.next_slot(s);
         }
-        self.table[s as usize] = g;
+        self.table[s as usize] = self.table_place(g, fp);
     }
 
     fn table_remove(&mut self, g: u32) {
-        let mask = self.table_mask;
-        let mut hole = self.home_slot(self.nodes[g as usize].tag & !FLAGS_MASK);
-        while self.table[hole as usize] != g {
+        let fp = self.tag(g) & !FLAGS_MASK;
+        let gone = self.table_place(g, fp);
+        let mut hole = self.home_slot(fp);
+        while self.table[hole as usize] != gone {
             debug_assert!(self.table[hole as usize] != NIL, "test entry not in table");
-            hole = (hole + 1) & mask;
+            hole = self.next_slot(hole);
         }
         // Backward-shift deletion: pull later members of the cluster into the hole when
         // their home slot is not between the hole and their slot.
-        let mut j = (hole + 1) & mask;
+        let mut j = self.next_slot(hole);
         loop {
-            let h = self.table[j as usize];
-            if h == NIL {
+            let place = self.table[j as usize];
+            if place == NIL {
                 break;
             }
-            let home = self.home_slot(self.nodes[h as usize].tag & !FLAGS_MASK);
-            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                self.table[hole as usize] = h;
+            let h = self.place_node(place);
+            let home = self.home_slot(self.tag(h) & !FLAGS_MASK);
+            if self.probe_distance(home, j) >= self.probe_distance(hole, j) {
+                self.table[hole as usize] = place;
                 hole = j;
             }
-            j = (j + 1) & mask;
+            j = self.next_slot(j);
         }
         self.table[hole as usize] = NIL;
     }
@@ -869,15 +1004,16 @@ impl ClockPro {
                 let n = self.nodes[i as usize];
                 assert!(n.prev != NIL, "linked node {i} marked free");
                 assert_eq!(self.nodes[n.next as usize].prev, i, "broken link at {i}");
+                let tag = self.tag(i);
                 if self.is_test_node(i) {
-                    assert_eq!(n.tag & FLAGS_MASK, IN_TEST, "test node {i} flags");
+                    assert_eq!(tag & FLAGS_MASK, IN_TEST, "test node {i} flags");
                     assert!(
-                        self.table_find(n.tag & !FLAGS_MASK) != NIL,
+                        self.table_find(tag & !FLAGS_MASK) != NIL,
                         "test node {i} not in table"
                     );
                     test += 1;
-                } else if n.tag & HOT != 0 {
-                    assert_eq!(n.tag & (IN_TEST | EXPIRED), 0, "hot node {i} flags");
+                } else if tag & HOT != 0 {
+                    assert_eq!(tag & (IN_TEST | EXPIRED), 0, "hot node {i} flags");
                     hot += 1;
                 } else {
                     cold += 1;
@@ -908,6 +1044,15 @@ impl ClockPro {
             (self.hot_count, self.cold_count, self.test_count),
             "list and counts disagree"
         );
+        for &place in self.table.iter().filter(|&&p| p != NIL) {
+            let g = self.place_node(place);
+            assert!(
+                self.is_test_node(g) && self.is_linked(g),
+                "table names node {g}"
+            );
+            let fp = self.tag(g) & !FLAGS_MASK;
+            assert_eq!(place, self.table_place(g, fp), "table filter bits of {g}");
+        }
         let in_table = self.table.iter().filter(|&&g| g != NIL).count() as u32;
         assert_eq!(in_table, self.test_count, "table and test count disagree");
         let free_resident = if self.store_entries {
@@ -987,7 +1132,7 @@ mod tests {
 
         fn is_hot(&self, key: u64) -> bool {
             let e = self.entry_of[&key];
-            self.cp.nodes[e as usize].tag & HOT != 0
+            self.cp.tag(e) & HOT != 0
         }
 
         fn stats(&self) -> (u32, u32, u32, u32) {
@@ -998,9 +1143,25 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(NODE_BYTES, 12);
-        // capacity 1000: 2001 nodes and a 2048-slot table.
-        assert_eq!(ClockPro::new(1000).metadata_bytes(), 2001 * 12 + 2048 * 4);
+        assert_eq!(NODE_BYTES, 8);
+        // capacity 1000: 2001 nodes, 1000 flag bytes and fingerprints, 1001 test tags and a
+        // 1335-place table (1001 test entries, 3/4 full).
+        assert_eq!(
+            ClockPro::new(1000).metadata_bytes(),
+            2001 * 8 + 1000 + 1000 * 4 + 1001 * 4 + 1335 * 4
+        );
+        // The store keeps the fingerprints: what it charges per slot covers the rest, with
+        // three nodes to spare.
+        // (`policy::CLOCKPRO_ENTRY_BYTES`, which loom builds leave out.)
+        let charge = 2 * NODE_BYTES + FLAGS_BYTES + TEST_TAG_BYTES + 6;
+        assert_eq!(charge, 27);
+        for cap in [1, 2, 7, 8, 64, 1000, 1 << 15] {
+            let bytes = ClockPro::with_store_entries(cap).metadata_bytes();
+            assert!(
+                bytes <= cap as usize * charge + 3 * NODE_BYTES,
+                "capacity {cap}: {bytes}"
+            );
+        }
     }
 
     #[test]
@@ -1029,7 +1190,7 @@ mod tests {
         assert_eq!(d.stats(), (7, 3, 0, 4));
         assert!(!d.is_hot(0) && !d.is_hot(8) && !d.is_hot(9));
         for k in [8, 9] {
-            let tag = d.cp.nodes[d.entry_of[&k] as usize].tag;
+            let tag = d.cp.tag(d.entry_of[&k]);
             assert_eq!(tag & (IN_TEST | REFERENCED), REFERENCED, "key {k}");
         }
         // HAND_hot now stands on the oldest hot entry.
@@ -1268,11 +1429,28 @@ mod tests {
         ]
     }
 
-    /// Outside reference bits, as the store keeps them in its index slots.
-    struct Bits(Vec<std::cell::Cell<bool>>);
+    /// Outside reference bits, as the store keeps them in its index slots, and the key hash of each resident entry, which the store gives back on request.
+    struct Bits(Vec<std::cell::Cell<bool>>, Vec<std::cell::Cell<u64>>);
+    impl Bits {
+        fn new(capacity: u32) -> Bits {
+            let cells = |v| (0..capacity).map(|_| std::cell::Cell::new(v)).collect();
+            Bits(
+                cells(false),
+                (0..capacity).map(|_| std::cell::Cell::new(0)).collect(),
+            )
+        }
+        /// The store admits the key with hash `hash` under `e`.
+        fn admit(&self, cp: &mut ClockPro, e: u32, hash: u64) {
+            self.1[e as usize].set(hash);
+            cp.admit_entry(e, hash, self);
+        }
+    }
     impl ReferenceBits for Bits {
         fn take_referenced(&self, entry: u32) -> bool {
             self.0[entry as usize].replace(false)
+        }
+        fn key_hash(&self, entry: u32) -> Option<u64> {
+            Some(self.1[entry as usize].get())
         }
     }
 
@@ -1281,9 +1459,9 @@ mod tests {
         // 64 entries, but the store fills its bytes at 20: m follows, and the hot target is
         // 20 − m_c.
         let mut cp = ClockPro::with_store_entries(64);
-        let bits = Bits((0..64).map(|_| std::cell::Cell::new(false)).collect());
+        let bits = Bits::new(64);
         for e in 0..20 {
-            cp.admit_entry(e, h(u64::from(e)), &bits);
+            bits.admit(&mut cp, e, h(u64::from(e)));
         }
         assert_eq!(cp.stats().hot_count, 20, "warm-up against the capacity");
         bits.0[0].set(true); // a hit on 0, seen only through the outside bit
@@ -1294,15 +1472,37 @@ mod tests {
         assert_eq!(s.cold_target, 2);
         assert!(s.hot_count <= 18, "hot {} over m − m_c", s.hot_count);
         // The store names the freed slot again; one-time keys keep test entries under m.
-        cp.admit_entry(v, h(1000), &bits);
+        bits.admit(&mut cp, v, h(1000));
         for round in 0..200u64 {
             let v = cp.evict_with(&bits).unwrap();
-            cp.admit_entry(v, h(2000 + round), &bits);
+            bits.admit(&mut cp, v, h(2000 + round));
             cp.debug_validate();
             assert!(cp.stats().test_count <= 20);
         }
         assert_eq!(cp.resident_count(), 20);
         assert_eq!(cp.stats().cold_target, 2);
+    }
+
+    #[test]
+    fn store_mode_asks_the_store_for_an_evicted_keys_hash() {
+        // 8 hot and 2 cold entries; the oldest cold one (8) is evicted in its test period.
+        let mut cp = ClockPro::with_store_entries(10);
+        let bits = Bits::new(10);
+        for e in 0..10 {
+            bits.admit(&mut cp, e, h(u64::from(e)));
+        }
+        assert_eq!(cp.evict_with(&bits), Some(8));
+        assert_eq!(cp.stats().test_count, 1);
+        // Its key comes back (into any free slot): recognised by the hash the store gave.
+        bits.admit(&mut cp, 8, h(8));
+        cp.debug_validate();
+        assert_eq!(cp.tag(8) & HOT, HOT);
+        assert_eq!((cp.stats().test_count, cp.stats().cold_target), (0, 3));
+        // With no one to ask, an evicted entry leaves no test entry.
+        let v = cp.evict_with(&OwnBits).unwrap();
+        cp.debug_validate();
+        assert_eq!(cp.tag(v) & HOT, 0);
+        assert_eq!(cp.stats().test_count, 0);
     }
 
     #[derive(Clone, Debug)]
@@ -1331,7 +1531,7 @@ mod tests {
         #[test]
         fn store_mode_model(capacity in 1u32..64, ops in proptest::collection::vec(store_op(), 1..600)) {
             let mut cp = ClockPro::with_store_entries(capacity);
-            let bits = Bits((0..capacity).map(|_| std::cell::Cell::new(false)).collect());
+            let bits = Bits::new(capacity);
             let mut entry_of: HashMap<u64, u32> = HashMap::new();
             let mut key_of: HashMap<u32, u64> = HashMap::new();
             for op in ops {
@@ -1351,7 +1551,7 @@ mod tests {
                             while key_of.contains_key(&e) {
                                 e = (e + 1) % capacity;
                             }
-                            cp.admit_entry(e, h(k), &bits);
+                            bits.admit(&mut cp, e, h(k));
                             key_of.insert(e, k);
                             entry_of.insert(k, e);
                         }

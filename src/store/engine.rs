@@ -28,9 +28,16 @@
 //! insert looks for it in both buckets, under the shard lock, before it
 //! picks a free slot).
 //!
-//! Metadata per object: slot 8 + link word 4 + item header 20 = 32 bytes,
-//! plus the policy's heap bytes per slot: 32 for CLOCK-Pro (64 in all,
-//! asserted below), none for CLOCK (the 32-byte target).
+//! Metadata per object, as [`Store::metadata`] counts it: every index slot
+//! (8 bytes) and the policy's heap bytes per slot (27 for CLOCK-Pro, none
+//! for CLOCK), whether a slot holds an item or not, plus per item its
+//! header (20) and one link word (4) per chunk, over the items held. The
+//! index has one slot per 512 bytes of budget, so the per-slot bytes count
+//! as often as there are slots per object: 2.1 for a million 100–400 byte
+//! responses in 1 GiB (100 bytes per object), about 2.7 when 1 KiB bodies
+//! fill it (`cargo bench --bench store_ops` prints both). At one slot per
+//! single-chunk object that is 59 bytes (asserted below); see `policy` for
+//! what stands between that and 32.
 //!
 //! Insert order, and why recovery's "newest wins" holds: the chain is
 //! allocated with its first chunk marked FILLING (not an item start) and
@@ -89,8 +96,8 @@ use super::item::{
 use super::journal::JournalGeometry;
 use super::layout::{
     FileHeader, Layout, LayoutError, BUCKET_SLOTS, CHUNK_BYTES_DEFAULT, FORMAT_VERSION,
-    HEADER_BYTES, HEADER_FIELDS_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT, SHARDS_COUNT,
-    SLOTS_COUNT_BITS_MAX, SLOT_BYTES,
+    HEADER_BYTES, HEADER_FIELDS_BYTES, HEAP_FIXED_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT,
+    SHARDS_COUNT, SLOTS_COUNT_BITS_MAX, SLOT_BYTES,
 };
 use super::policy::{Clock, ClockPro, Policy, SlotBits};
 use super::region::Region;
@@ -135,11 +142,12 @@ const _: () = assert!(FIRST_BUCKET_SHIFT + SHARD_BUCKET_BITS_MAX <= ALTERNATE_BU
 const _: () = assert!(ALTERNATE_BUCKET_SHIFT + SHARD_BUCKET_BITS_MAX <= 48);
 
 /// Metadata per (single-chunk) object with the store's policy, CLOCK-Pro,
-/// counting one index slot per object: over the 32-byte target by its
-/// nodes and test table (see `policy` for what would bring it back).
+/// counting one index slot per object: a floor, over the 32-byte target by
+/// its nodes and test table (see `policy`). The true figure, all slots
+/// counted over the objects held, is [`Metadata::bytes_per_object`].
 pub const METADATA_BYTES_PER_OBJECT: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <ClockPro as Policy>::ENTRY_BYTES;
-const _: () = assert!(METADATA_BYTES_PER_OBJECT == 64);
+const _: () = assert!(METADATA_BYTES_PER_OBJECT == 59);
 /// The same with CLOCK, whose whole state is CLK: the 32-byte target.
 pub const METADATA_BYTES_PER_OBJECT_CLOCK: usize =
     SLOT_BYTES + LINK_BYTES + ITEM_HEADER_BYTES + <Clock as Policy>::ENTRY_BYTES;
@@ -274,6 +282,66 @@ pub struct Usage {
     pub pending_chunks: u64,
 }
 
+/// Every byte the store keeps beyond keys and responses, by where it lives
+/// ([`Store::metadata`]). Index and policy bytes are fixed at open (one
+/// slot per `BUDGET_BYTES_PER_SLOT` of budget, whatever the objects);
+/// header and link bytes grow with the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// Index slots, in the region.
+    pub index_bytes: u64,
+    /// The policy's heap: `P::ENTRY_BYTES` per index slot.
+    pub policy_bytes: u64,
+    /// Heap bookkeeping besides the policy (`HEAP_FIXED_BYTES`).
+    pub fixed_heap_bytes: u64,
+    /// One item header per item.
+    pub item_header_bytes: u64,
+    /// One link word per chunk held by an item.
+    pub link_bytes: u64,
+    pub slots: u64,
+    pub items: u64,
+}
+
+impl Metadata {
+    pub fn total_bytes(&self) -> u64 {
+        self.index_bytes
+            + self.policy_bytes
+            + self.fixed_heap_bytes
+            + self.item_header_bytes
+            + self.link_bytes
+    }
+
+    /// The true figure: all metadata bytes over the items held (`None`
+    /// while the store is empty).
+    pub fn bytes_per_object(&self) -> Option<f64> {
+        (self.items > 0).then(|| self.total_bytes() as f64 / self.items as f64)
+    }
+
+    /// Index slots per item held: what the per-slot costs are multiplied by.
+    pub fn slots_per_object(&self) -> Option<f64> {
+        (self.items > 0).then(|| self.slots as f64 / self.items as f64)
+    }
+}
+
+impl fmt::Display for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = |b: u64| b as f64 / self.items.max(1) as f64;
+        write!(
+            f,
+            "{:.1} B/object over {} objects ({:.2} slots/object): index {:.1}, policy {:.1}, \
+             fixed heap {:.1}, item headers {:.1}, link words {:.1}",
+            per(self.total_bytes()),
+            self.items,
+            self.slots as f64 / self.items.max(1) as f64,
+            per(self.index_bytes),
+            per(self.policy_bytes),
+            per(self.fixed_heap_bytes),
+            per(self.item_header_bytes),
+            per(self.link_bytes),
+        )
+    }
+}
+
 struct ShardState<P> {
     policy: P,
     victims: Vec<u32>,
@@ -399,6 +467,19 @@ impl<P: Policy> SlotBits for ShardSlots<'_, P> {
     fn referenced(&self, e: u32) -> bool {
         // Relaxed: reading a hint.
         self.store.slot(self.shard, e).load(Ordering::Relaxed) & CLOCK_BIT != 0
+    }
+
+    fn key_hash(&self, e: u32) -> Option<u64> {
+        // Relaxed: under the shard lock, which every writer of the slot holds.
+        let chunk = slot_chunk(self.store.slot(self.shard, e).load(Ordering::Relaxed))?;
+        let mut hasher = super::KeyHasher::new();
+        // SAFETY: published in our locked shard: no one retires the chain
+        // while we read its header and key.
+        unsafe {
+            let (h, mut cur) = self.store.header_at(chunk);
+            self.store.visit(&mut cur, h.key_len, |b| hasher.write(b));
+        }
+        Some(hasher.finish())
     }
 }
 
@@ -1247,6 +1328,24 @@ impl<P: Policy> Store<P> {
         }
     }
 
+    /// The metadata bytes the store holds now, and what they come to per
+    /// object. Counters only: no lock, no scan.
+    pub fn metadata(&self) -> Metadata {
+        let slots = u64::from(self.layout.slots_count);
+        // Relaxed: statistics.
+        let items = self.items.load(Ordering::Relaxed);
+        let chunks = self.chunks_used.load(Ordering::Relaxed);
+        Metadata {
+            index_bytes: slots * SLOT_BYTES as u64,
+            policy_bytes: slots * P::ENTRY_BYTES as u64,
+            fixed_heap_bytes: HEAP_FIXED_BYTES as u64,
+            item_header_bytes: items * ITEM_HEADER_BYTES as u64,
+            link_bytes: chunks * LINK_BYTES as u64,
+            slots,
+            items,
+        }
+    }
+
     /// The policy's counts summed over the shards (hot, cold, test entries
     /// and the cold targets `m_c`), when the policy is CLOCK-Pro. Takes each
     /// shard's lock in turn: for metrics, not the request path.
@@ -1538,6 +1637,7 @@ impl<P: Policy> Store<P> {
 mod tests {
     use super::*;
     use crate::store::key_hash;
+    use crate::store::policy::CLOCKPRO_ENTRY_BYTES;
 
     struct TempPath(std::path::PathBuf);
     impl Drop for TempPath {
@@ -1716,6 +1816,63 @@ mod tests {
             let hit = r.lookup_into(*h, k.as_bytes(), &mut out).is_some();
             assert_eq!(hit, i != 5, "{k}");
         }
+    }
+
+    #[test]
+    fn metadata_counts_every_slot_header_and_link_word() {
+        // 8192 slots; 1000 two-chunk items (a 124-byte payload per chunk:
+        // header 20 + key + body 150 spill into a second chunk).
+        let s = Store::<ClockPro>::anonymous_with(4 << 20, options()).unwrap();
+        assert_eq!(s.metadata().bytes_per_object(), None);
+        let meta = ItemMeta::new(1000, 0, 60);
+        let body = [7u8; 150];
+        for i in 0..1000 {
+            let k = format!("meta/{i:04}");
+            assert!(s.insert(key_hash(k.as_bytes()), k.as_bytes(), b"", &body, meta));
+        }
+        let m = s.metadata();
+        assert_eq!(m.items, 1000);
+        assert_eq!(m.index_bytes, 8192 * 8);
+        assert_eq!(m.policy_bytes, 8192 * CLOCKPRO_ENTRY_BYTES as u64);
+        assert_eq!(m.item_header_bytes, 1000 * ITEM_HEADER_BYTES as u64);
+        assert_eq!(m.link_bytes, 2000 * LINK_BYTES as u64);
+        let want = (8192 * (8 + CLOCKPRO_ENTRY_BYTES) + HEAP_FIXED_BYTES + 1000 * (20 + 8)) as f64
+            / 1000.0;
+        assert_eq!(m.bytes_per_object(), Some(want));
+        assert_eq!(m.slots_per_object(), Some(8.192));
+        // Removing an item gives back its header and link words.
+        assert!(s.remove(key_hash(b"meta/0000"), b"meta/0000"));
+        let m = s.metadata();
+        assert_eq!((m.items, m.link_bytes), (999, 1998 * LINK_BYTES as u64));
+    }
+
+    #[test]
+    fn the_policy_gets_an_evicted_keys_hash_from_the_stored_key() {
+        // A 300-byte key spans three 124-byte payloads after the header.
+        let s = Store::<ClockPro>::anonymous_with(4 << 20, options()).unwrap();
+        let meta = ItemMeta::new(1000, 0, 60);
+        let long = vec![b'k'; 300];
+        let h = key_hash(&long);
+        assert!(s.insert(h, &long, b"", b"body", meta));
+        let shard = Store::<ClockPro>::shard_of(h);
+        let slots = ShardSlots { store: &s, shard };
+        let e = s
+            .entries_of(h)
+            // Relaxed: single-threaded test.
+            .find(|&e| slot_chunk(s.slot(shard, e).load(Ordering::Relaxed)).is_some())
+            .unwrap();
+        assert_eq!(slots.key_hash(e), Some(h));
+        let empty = s.entries_of(h).find(|&f| f != e).unwrap();
+        assert_eq!(slots.key_hash(empty), None);
+        // One-time keys past the byte cap: evicted cold entries in their test
+        // period leave test entries, which need those hashes.
+        let body = [1u8; 1000];
+        for i in 0..6000 {
+            let k = format!("once/{i}");
+            assert!(s.insert(key_hash(k.as_bytes()), k.as_bytes(), b"", &body, meta));
+        }
+        assert!(s.usage().evictions > 0);
+        assert!(s.policy_stats().unwrap().test_count > 0);
     }
 
     #[test]

@@ -32,8 +32,9 @@
 //!
 //! Metadata per object (single-chunk item): index slot 8 + link word 4 +
 //! this header 20 = 32 bytes, plus the eviction policy's heap bytes per
-//! slot: 32 for CLOCK-Pro (the store's policy), 0 for CLOCK, whose whole
-//! state is a bit in the slot (see `engine::METADATA_BYTES_PER_OBJECT`).
+//! slot: 27 for CLOCK-Pro (the store's policy), 0 for CLOCK, whose whole
+//! state is a bit in the slot; index and policy bytes count once per slot,
+//! and there are about two slots per object (see `engine::Metadata`).
 //!
 //! Checksum: crc32c, through the `crc32c` crate (SSE4.2/ARMv8 instructions
 //! with a table fallback): fast enough to verify every item on the recovery

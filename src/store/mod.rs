@@ -42,16 +42,35 @@ pub type Reader = engine::Reader;
 /// Hash of a cache key. The store file outlives processes, so this must not
 /// change without a new store format version: recovery re-hashes stored keys.
 pub fn key_hash(key: &[u8]) -> u64 {
-    // FNV-1a over the bytes, then a finaliser to spread the high bits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = KeyHasher::new();
+    h.write(key);
+    h.finish()
+}
+
+/// [`key_hash`] of a key that comes in pieces (a stored key spans chunks).
+pub(crate) struct KeyHasher(u64);
+
+impl KeyHasher {
+    pub(crate) fn new() -> KeyHasher {
+        KeyHasher(0xcbf2_9ce4_8422_2325)
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h
+
+    /// FNV-1a over the bytes.
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// A finaliser spreads the high bits.
+    pub(crate) fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@
 //! keep it in the index slot instead (`SLOT_BIT = true`): a hit then sets
 //! the slot's bit once (no touch buffer), and the engine calls
 //! [`Policy::evict_in`] with a view of the slots. Its heap cost per entry
-//! is zero, which is what brings the store to 32 bytes of metadata per
-//! object.
+//! is zero: 32 bytes of metadata per one-chunk object at one slot per
+//! object (8 + 4 + 20).
 //!
 //! CLOCK-Pro ([`ClockPro`], the store's policy) is a `SLOT_BIT` policy
 //! too: hits set CLK and nothing else, and its hands fold a slot's CLK into
@@ -37,13 +37,47 @@
 //! at 1 %). So it cannot pass the 0.5 pp agreement `tests/clockpro_traces.rs`
 //! asks of the store's CLOCK-Pro without keeping the list order somewhere.
 //!
+//! # Metadata per object: where it stands
+//! Counted by `engine::Store::metadata`: every index slot (8 bytes) and
+//! the policy's charge per slot, whether the slot holds an item or not,
+//! plus each item's header (20) and one link word (4) per chunk it holds,
+//! all over the items held. `cargo bench --bench store_ops` prints it for
+//! two fills of a 1 GiB store (2^21 slots):
+//! ```text
+//!                               slots/obj  index  policy  header  links  total
+//! 1M responses of 100-400 B       2.10     16.8    56.6    20.0    6.6  100.2
+//! 1 KiB bodies, store full        2.69     21.5    72.5    20.0   20.0  134.2
+//! ```
+//! (110.7 and 148.8 bytes at 32 bytes per slot, with a power-of-two test
+//! table and a fingerprint in every resident node.) What stands between
+//! that and 32:
+//! * slots per object: the index has one slot per 512 bytes of budget, so
+//!   every per-slot byte counts about twice per object;
+//! * CLOCK-Pro's 27 bytes per slot: an 8-byte node and a flags byte for
+//!   the resident entry (its fingerprint is the key's hash, which the store
+//!   recomputes from the stored key when the entry leaves a test entry), an
+//!   8-byte node and a 4-byte tag for a possible test entry, 5⅓ bytes of
+//!   test table;
+//! * the item header and link words alone: 24 bytes for a one-chunk item,
+//!   40 for a five-chunk one. Even with no policy bytes and one slot per
+//!   object, 32 needs a smaller header (the sequence needs 2 bits, not 16:
+//!   versions that meet differ by exactly 1).
+//!
+//! The shape that fits keeps the list order but not two nodes per slot:
+//! test entries as ghost index slots (the evicted key's tag stays in the
+//! slot, a lookup treats it as a miss, its node is the slot's node), hot,
+//! test and referenced flags in the slot's spare bits, and a singly linked
+//! clock of 4-byte `next` words with lazy removal. Ghosts then take index
+//! slots (up to one per resident entry), so the index must stay at about
+//! two slots per object, at 12 bytes each.
+//!
 //! Beyond the shape `touch / admit / remove`, a policy constructs itself
 //! from an entry count, states its bytes per entry (charged against the
 //! store's cap) and answers `evict` when the engine needs room in bytes
 //! rather than in entries.
 
 pub use super::clockpro::ClockPro;
-use super::clockpro::{ClockProStats, ReferenceBits, NODE_BYTES};
+use super::clockpro::{ClockProStats, ReferenceBits, FLAGS_BYTES, NODE_BYTES, TEST_TAG_BYTES};
 
 /// An eviction policy over entry indices `0 .. entries`.
 pub trait Policy: Send {
@@ -92,9 +126,15 @@ pub trait Policy: Send {
     }
 }
 
-/// CLOCK-Pro's heap bytes per index slot: two 12-byte nodes (the resident
-/// entry and a possible test entry) and up to two 4-byte table places.
-pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + 2 * 4;
+/// CLOCK-Pro's heap bytes per index slot: two 8-byte nodes (the resident
+/// entry and a possible test entry), the resident entry's flags byte, the
+/// test entry's 4-byte tag and 4/3 of a 4-byte table place (the test
+/// table is at most 3/4 full), rounded up: 26⅓ → 27.
+pub const CLOCKPRO_ENTRY_BYTES: usize = 2 * NODE_BYTES + FLAGS_BYTES + TEST_TAG_BYTES + 6;
+const _: () = assert!(CLOCKPRO_ENTRY_BYTES == 27);
+const _: () = assert!(
+    CLOCKPRO_ENTRY_BYTES * 3 >= (2 * NODE_BYTES + FLAGS_BYTES + TEST_TAG_BYTES) * 3 + 4 * 4
+);
 
 /// A shard's CLK bits as CLOCK-Pro's hands read them.
 struct SlotRefs<'a>(&'a dyn SlotBits);
@@ -104,6 +144,10 @@ impl ReferenceBits for SlotRefs<'_> {
     fn take_referenced(&self, entry: u32) -> bool {
         self.0.take_referenced(entry)
     }
+
+    fn key_hash(&self, entry: u32) -> Option<u64> {
+        self.0.key_hash(entry)
+    }
 }
 
 impl Policy for ClockPro {
@@ -112,10 +156,10 @@ impl Policy for ClockPro {
 
     fn with_entries(entries: u32) -> ClockPro {
         let cp = ClockPro::with_store_entries(entries);
-        // One spare test node beyond the per-slot charge; the fixed heap
-        // allowance covers it.
+        // One spare test node and the table's rounding beyond the per-slot
+        // charge; the fixed heap allowance covers them.
         assert!(
-            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + NODE_BYTES,
+            cp.metadata_bytes() <= entries as usize * Self::ENTRY_BYTES + 3 * NODE_BYTES,
             "CLOCK-Pro metadata over its charge"
         );
         cp
@@ -170,6 +214,10 @@ pub trait SlotBits {
     fn take_referenced(&self, e: u32) -> bool;
     /// `e`'s referenced bit, left as it is.
     fn referenced(&self, e: u32) -> bool;
+    /// The hash of the key `e` holds (`None` when it holds none): CLOCK-Pro
+    /// keeps no fingerprint of resident entries and asks for it here when
+    /// one leaves a test entry behind.
+    fn key_hash(&self, e: u32) -> Option<u64>;
 }
 
 /// Second-chance CLOCK with its bit in the index slot: one hand, no
@@ -241,6 +289,9 @@ mod tests {
         }
         fn referenced(&self, e: u32) -> bool {
             self.0[e as usize].1.get()
+        }
+        fn key_hash(&self, e: u32) -> Option<u64> {
+            self.resident(e).then_some(u64::from(e))
         }
     }
 
