@@ -170,22 +170,14 @@ fn serve_one(
             }
         }
         "/metrics" => {
-            let mut body = state.metrics.render(&gauges(&state.store));
-            crate::metrics::render_invalidation(
-                &mut body,
-                &invalidation_gauges(&state.invalidator),
-            );
-            if let Some(g) = state.invalidator.ban_log() {
-                crate::metrics::render_ban_log(&mut body, &g);
-            }
-            crate::metrics::render_refresh(&mut body, &refresh_gauges(&state.invalidator));
+            let body = metrics_text(state);
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
         "/stats" => {
             let g = gauges(&state.store);
             let m = &state.metrics;
             let body = format!(
-                "{{\"requests\":{},\"hits\":{},\"misses\":{},\"passes\":{},\"origin_fetches\":{},\"stored\":{},\"store\":{{\"bytes_used\":{},\"bytes_max\":{},\"items\":{},\"evictions\":{}}},{}}}\n",
+                "{{\"requests\":{},\"hits\":{},\"misses\":{},\"passes\":{},\"origin_fetches\":{},\"stored\":{},\"store\":{{\"bytes_used\":{},\"bytes_max\":{},\"items\":{},\"evictions\":{}}},{},\"metrics\":{}}}\n",
                 m.total(Counter::Requests),
                 m.total(Counter::Hits),
                 m.total(Counter::Misses),
@@ -196,12 +188,24 @@ fn serve_one(
                 g.bytes_max,
                 g.items,
                 g.evictions,
-                traffic_json(m)
+                traffic_json(m),
+                crate::metrics::text_to_json(&metrics_text(state))
             );
             respond(&mut stream, 200, "application/json", &body)
         }
         _ => respond(&mut stream, 404, "text/plain", "not found\n"),
     }
+}
+
+/// The whole `/metrics` page (Prometheus text).
+fn metrics_text(state: &AdminState) -> String {
+    let mut body = state.metrics.render(&gauges(&state.store));
+    crate::metrics::render_invalidation(&mut body, &invalidation_gauges(&state.invalidator));
+    if let Some(g) = state.invalidator.ban_log() {
+        crate::metrics::render_ban_log(&mut body, &g);
+    }
+    crate::metrics::render_refresh(&mut body, &refresh_gauges(&state.invalidator));
+    body
 }
 
 /// The figures `/metrics` shows beside the counters above, as JSON members:

@@ -974,8 +974,66 @@ pub fn render_refresh(out: &mut String, g: &RefreshGauges) {
     );
 }
 
+/// A `/metrics` page as one JSON object, for `/stats`: each series by
+/// name, a plain number without labels, or an object of its label sets
+/// (`{"outcome=\"hit\"": 5}`) with them. Comment lines are left out;
+/// values that JSON cannot hold (`NaN`, `+Inf`) become `null`. Off the
+/// request path (the admin thread, on a scrape).
+pub fn text_to_json(text: &str) -> String {
+    use serde_json::{Map, Value};
+    let mut root = Map::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value = value
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, |n| {
+                // Whole numbers print as integers.
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+                    _ => Value::Number(n),
+                }
+            });
+        match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').unwrap_or(labels);
+                let entry = root
+                    .entry(name.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(m) = entry {
+                    m.insert(labels.to_string(), value);
+                }
+            }
+            None => {
+                root.insert(series.to_string(), value);
+            }
+        }
+    }
+    Value::Object(root).to_string()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn metrics_text_as_json() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\n\
+                    b{outcome=\"hit\"} 5\nb{outcome=\"miss\"} 0.25\nc_bucket{le=\"+Inf\"} 7\nd NaN\n";
+        let v: serde_json::Value = serde_json::from_str(&text_to_json(text)).unwrap();
+        assert_eq!(v["a_total"], 3);
+        assert_eq!(v["b"]["outcome=\"hit\""], 5);
+        assert_eq!(v["b"]["outcome=\"miss\""], 0.25);
+        assert_eq!(v["c_bucket"]["le=\"+Inf\""], 7);
+        assert!(v["d"].is_null());
+        assert!(v.get("# HELP a_total A.").is_none());
+    }
+
     use super::*;
 
     #[test]

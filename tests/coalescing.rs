@@ -359,6 +359,20 @@ fn metrics_series_move(io: &str) {
     ] {
         assert!(json.contains(&part), "{part} not in {json}");
     }
+    // And every /metrics series under "metrics".
+    let v: serde_json::Value = serde_json::from_str(&json).expect("/stats is JSON");
+    let all = &v["metrics"];
+    assert_eq!(all["ringcache_lease_takeovers_total"], 0);
+    assert_eq!(
+        all["ringcache_responses_by_status_total"]["code=\"2xx\""],
+        CLIENTS as u64 + 2
+    );
+    assert_eq!(
+        all["ringcache_request_duration_seconds_count"]["cache=\"miss\""],
+        CLIENTS as u64
+    );
+    assert!(all["ringcache_access_log_lines_total"].is_u64(), "{all}");
+    assert!(all["ringcache_bans_active"].is_u64(), "{all}");
 }
 
 /// Requests answered by each worker, from `ringcache_worker_requests_total`.
