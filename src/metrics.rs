@@ -67,6 +67,9 @@ pub enum Counter {
     OutcomeMethod,
     OutcomeBypass,
     OutcomeError,
+    /// Misses by RFC 9211 `fwd` reason; see [`MISS_REASONS`].
+    MissUri,
+    MissVary,
     /// Requests retried once on a fresh origin connection.
     OriginRetries,
     /// Responses written to clients.
@@ -145,6 +148,14 @@ pub const CACHE_OUTCOMES: [(Counter, &str); 8] = [
     (Counter::OutcomeMethod, "method"),
     (Counter::OutcomeBypass, "bypass"),
     (Counter::OutcomeError, "error"),
+];
+
+/// Why a miss went to the origin (`outcome="miss"` above, split), and the
+/// `reason` label: nothing stored under the URI, or responses stored but
+/// none for the request's `Vary` fields.
+pub const MISS_REASONS: [(Counter, &str); 2] = [
+    (Counter::MissUri, "uri-miss"),
+    (Counter::MissVary, "vary-miss"),
 ];
 
 /// The status class counter for a status code (1xx to 5xx; others count as 5xx).
@@ -479,6 +490,12 @@ impl Metrics {
                 "Responses by what the cache did (hit, forwarded and why, collapsed, error).",
                 &CACHE_OUTCOMES[..],
                 "outcome",
+            ),
+            (
+                "ringcache_misses_total",
+                "Misses answered by the origin, by Cache-Status fwd reason (uri-miss, vary-miss).",
+                &MISS_REASONS[..],
+                "reason",
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -154,6 +154,9 @@ fn uri_miss_and_vary_miss(io: &str) {
     );
     assert_eq!(unlisted.body_str(), "lang=fr");
     assert_eq!(origin.requests(), 2);
+    let m = server.metrics();
+    let reason = |r: &str| m.labelled("ringcache_misses_total", &format!("reason=\"{r}\""));
+    assert_eq!((reason("uri-miss"), reason("vary-miss")), (1.0, 1.0));
     let failed = server.get("/down");
     assert_eq!(failed.status, 502, "{}", failed.summary());
     assert_eq!(

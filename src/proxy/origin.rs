@@ -977,19 +977,23 @@ impl Proxy {
             }
             proxy.compose_response(waiter, &p, false, true)
         });
-        let what = if fetch.bypass {
-            Counter::OutcomeBypass
+        let (what, miss) = if fetch.bypass {
+            (Counter::OutcomeBypass, None)
         } else {
             match fwd_reason(&fetch) {
-                b"stale" => Counter::OutcomeStale,
-                b"request" => Counter::OutcomeRequest,
-                b"method" => Counter::OutcomeMethod,
-                b"bypass" => Counter::OutcomeBypass,
-                // uri-miss, vary-miss
-                _ => Counter::OutcomeMiss,
+                b"stale" => (Counter::OutcomeStale, None),
+                b"request" => (Counter::OutcomeRequest, None),
+                b"method" => (Counter::OutcomeMethod, None),
+                b"bypass" => (Counter::OutcomeBypass, None),
+                b"uri-miss" => (Counter::OutcomeMiss, Some(Counter::MissUri)),
+                b"vary-miss" => (Counter::OutcomeMiss, Some(Counter::MissVary)),
+                _ => (Counter::OutcomeMiss, None),
             }
         };
         if let Some(resp) = resp {
+            if let Some(reason) = miss {
+                self.counters().incr(reason);
+            }
             self.fetch_respond(&fetch, resp, what);
         }
         self.give_buffer(fetch.req);
