@@ -772,21 +772,11 @@ const MONTHS: [&[u8; 3]; 12] = [
 
 /// `v` in decimal, zero-padded to `width` digits.
 fn put_num(out: &mut Vec<u8>, v: u64, width: usize) {
-    let mut digits = [0u8; 20];
-    let mut n = v;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for _ in (digits.len() - i)..width {
-        out.push(b'0');
-    }
-    out.extend_from_slice(&digits[i..]);
+    use crate::http::sink::Out as _;
+    let digits = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    out.resize(out.len() + width.saturating_sub(digits), b'0');
+    // A Vec takes every byte: never Full.
+    let _ = out.put_u64(v);
 }
 
 /// `2026-12-06T19:50:44.123Z` (JSON) or `06/Dec/2026:19:50:44 +0000` (combined).
@@ -1027,6 +1017,16 @@ mod tests {
         r.duration_us = 87;
         r.outcome = "hit";
         r
+    }
+
+    #[test]
+    fn numbers_are_zero_padded() {
+        let mut out = Vec::new();
+        for (v, width) in [(0, 1), (7, 3), (44, 2), (123, 2), (2026, 4), (u64::MAX, 1)] {
+            put_num(&mut out, v, width);
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0 007 44 123 2026 18446744073709551615 ");
     }
 
     fn at(secs: u64, ms: u64) -> SystemTime {
