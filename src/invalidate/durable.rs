@@ -327,21 +327,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn inv() -> Invalidation {
-        Invalidation {
-            admin_token: None,
-            tag_header: "surrogate-key".into(),
-            tag_header_strip: true,
-            tags_per_object_max: 4,
-            tag_bytes_max: 16,
-            tag_index_bytes_max: 1 << 16,
-            purge_method: false,
-            purge_allow: Vec::new(),
-            admin_hmac_key: None,
-            admin_hmac_window: std::time::Duration::from_secs(300),
-            refresh_queue_max: 4,
-            refresh_rate: 100,
-            refresh_concurrency_max: 2,
-        }
+        crate::invalidate::test_config()
     }
 
     fn same(a: &Selector, b: &Selector) -> bool {

@@ -684,6 +684,27 @@ fn node_name() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
+/// A small `[invalidation]` table for unit tests (tight tag limits, a
+/// short refresh queue).
+#[cfg(test)]
+pub(crate) fn test_config() -> Invalidation {
+    Invalidation {
+        admin_token: None,
+        tag_header: "surrogate-key".into(),
+        tag_header_strip: true,
+        tags_per_object_max: 4,
+        tag_bytes_max: 16,
+        tag_index_bytes_max: 1 << 16,
+        purge_method: false,
+        purge_allow: Vec::new(),
+        admin_hmac_key: None,
+        admin_hmac_window: std::time::Duration::from_secs(300),
+        refresh_queue_max: 4,
+        refresh_rate: 100,
+        refresh_concurrency_max: 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,21 +713,7 @@ mod tests {
     fn setup() -> (Arc<SharedStore>, Invalidator) {
         let store = Arc::new(SharedStore::anonymous_with(4 << 20, Default::default()).unwrap());
         let reader = store.reader().unwrap();
-        let config = Invalidation {
-            admin_token: None,
-            tag_header: "surrogate-key".into(),
-            tag_header_strip: true,
-            tags_per_object_max: 4,
-            tag_bytes_max: 16,
-            tag_index_bytes_max: 1 << 16,
-            purge_method: false,
-            purge_allow: Vec::new(),
-            admin_hmac_key: None,
-            admin_hmac_window: std::time::Duration::from_secs(300),
-            refresh_queue_max: 4,
-            refresh_rate: 100,
-            refresh_concurrency_max: 2,
-        };
+        let config = test_config();
         let inv = Invalidator::new(
             config,
             &CacheConfig::default(),
