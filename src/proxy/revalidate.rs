@@ -277,14 +277,10 @@ impl Proxy {
         let now = self.clock.unix_secs;
         let policy = self.policy;
         let mut item = self.take_buffer();
-        let Some(hit) = self.reader.lookup_into(hash, &self.key, &mut item) else {
+        let Some(hit) = self.lookup_unbanned(hash, &self.key, &mut item) else {
             self.give_buffer(item);
             return Plan::Forward(Found::Absent, None);
         };
-        if self.drop_if_invalidated(hash, &self.key, &item[..hit.head_len], &hit.meta) {
-            self.give_buffer(item);
-            return Plan::Forward(Found::Absent, None);
-        }
         let found = if hit.meta.is_fresh(now) {
             Found::NotAccepted
         } else {
@@ -377,6 +373,16 @@ impl Proxy {
             self.invalidator.note_banned();
         }
         invalidated
+    }
+
+    /// The item stored under `key`, read into `item`, unless there is none
+    /// or a ban removes it ([`Self::drop_if_invalidated`]).
+    fn lookup_unbanned(&self, hash: u64, key: &[u8], item: &mut Vec<u8>) -> Option<Hit> {
+        let hit = self.reader.lookup_into(hash, key, item)?;
+        if self.drop_if_invalidated(hash, key, &item[..hit.head_len], &hit.meta) {
+            return None;
+        }
+        Some(hit)
     }
 
     /// Refresh-ahead (`cache.refresh_ahead`): the background revalidation
@@ -589,14 +595,10 @@ impl Proxy {
         }
         let (hash, key) = fetch.key.as_ref()?;
         let mut item = self.take_buffer();
-        let Some(hit) = self.reader.lookup_into(*hash, key, &mut item) else {
+        let Some(hit) = self.lookup_unbanned(*hash, key, &mut item) else {
             self.give_buffer(item);
             return None;
         };
-        if self.drop_if_invalidated(*hash, key, &item[..hit.head_len], &hit.meta) {
-            self.give_buffer(item);
-            return None;
-        }
         let not_modified = rev
             .client_conditions
             .as_deref()
@@ -636,15 +638,11 @@ impl Proxy {
         let (hash, key) = fetch.key.as_ref()?;
         let now = self.clock.unix_secs;
         let mut item = self.take_buffer();
-        let Some(hit) = self.reader.lookup_into(*hash, key, &mut item) else {
+        // Gone, or invalidated while the validation was on its way: fetched anew.
+        let Some(hit) = self.lookup_unbanned(*hash, key, &mut item) else {
             self.give_buffer(item);
             return None;
         };
-        // Invalidated while the validation was on its way: fetched anew.
-        if self.drop_if_invalidated(*hash, key, &item[..hit.head_len], &hit.meta) {
-            self.give_buffer(item);
-            return None;
-        }
         let stored_text = head_text(&item[..hit.head_len]);
         let mut stored_fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
         let nm_text = head_text(not_modified_head);
