@@ -206,15 +206,9 @@ fn collapsed(io: &str) {
     let Some(server) = Server::serve(io, Some(&origin.url()), 1, &[]) else {
         return;
     };
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = server.addr;
-            std::thread::spawn(move || http_get(addr, "/herd"))
-        })
-        .collect();
-    let statuses: Vec<Vec<String>> = clients
-        .into_iter()
-        .map(|c| c.join().unwrap().cache_status_params())
+    let statuses: Vec<Vec<String>> = http_get_concurrently(server.addr, "/herd", 4)
+        .iter()
+        .map(Response::cache_status_params)
         .collect();
     assert_eq!(origin.requests(), 1);
     let collapsed = statuses

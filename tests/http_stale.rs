@@ -14,7 +14,6 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use common::*;
@@ -160,14 +159,7 @@ fn stale_while_revalidate(io: &str) {
         return;
     };
     server.get("/swr");
-    let clients: Vec<_> = (0..16)
-        .map(|_| {
-            let addr = server.addr;
-            thread::spawn(move || http_get(addr, "/swr"))
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in http_get_concurrently(server.addr, "/swr", 16) {
         assert_eq!(r.status, 200, "{}", r.summary());
         assert_eq!(r.body, b"swr body");
         assert!(r.is_hit(), "answered at once: {}", r.summary());
@@ -336,14 +328,7 @@ fn stale_if_error_waiters(io: &str) {
         return;
     };
     server.get("/w");
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let addr = server.addr;
-            thread::spawn(move || http_get(addr, "/w"))
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in http_get_concurrently(server.addr, "/w", 8) {
         assert_eq!(r.status, 200, "{}", r.summary());
         assert_eq!(r.body, b"kept");
         assert_eq!(param(&r, "detail").as_deref(), Some("stale-if-error"));

@@ -10,7 +10,6 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use common::*;
@@ -282,14 +281,7 @@ fn revalidation_coalesces(io: &str) {
         return;
     };
     server.get("/k");
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let addr = server.addr;
-            thread::spawn(move || http_get(addr, "/k"))
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in http_get_concurrently(server.addr, "/k", 8) {
         assert_eq!(r.status, 200, "{}", r.summary());
         assert_eq!(r.body, b"stored body");
         assert_eq!(
@@ -318,14 +310,7 @@ fn revalidation_coalesces_across_workers(io: &str) {
         return;
     };
     server.get("/x");
-    let clients: Vec<_> = (0..16)
-        .map(|_| {
-            let addr = server.addr;
-            thread::spawn(move || http_get(addr, "/x"))
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in http_get_concurrently(server.addr, "/x", 16) {
         assert_eq!(r.status, 200, "{}", r.summary());
         assert_eq!(r.body, b"stored body");
     }

@@ -1326,6 +1326,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Response {
     c.get(path)
 }
 
+/// `n` clients at once, each on its own connection and thread, `GET path`;
+/// their answers, in the order the clients were started.
+pub fn http_get_concurrently(addr: SocketAddr, path: &str, n: usize) -> Vec<Response> {
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let path = path.to_string();
+            std::thread::spawn(move || http_get(addr, &path))
+        })
+        .collect();
+    clients
+        .into_iter()
+        .map(|c| c.join().expect("a client thread"))
+        .collect()
+}
+
 fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
