@@ -206,6 +206,29 @@ fn report_metadata() {
         i += 1;
     }
     eprintln!("metadata, 1 KiB bodies filling 1 GiB: {}", s.metadata());
+    drop(s);
+    // The steady state of a cache of small objects: inserts go on past the
+    // first eviction until as many again have been made, so the index and
+    // the bytes both hold as much as they can.
+    let s: Store = Store::anonymous_with(GIB, options).expect("store");
+    let body = vec![0x5a; 400];
+    let mut i = 0;
+    while s.usage().evictions == 0 && i < INSERTS_MAX {
+        let k = key(i).into_bytes();
+        let len = 100 + (rng.next() % 301) as usize - head.len();
+        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+        i += 1;
+    }
+    for j in i..2 * i {
+        let k = key(j).into_bytes();
+        let len = 100 + (rng.next() % 301) as usize - head.len();
+        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+    }
+    eprintln!(
+        "metadata, 100-400 B responses past full ({} inserts): {}",
+        2 * i,
+        s.metadata()
+    );
 }
 
 fn store_ops(c: &mut Criterion) {

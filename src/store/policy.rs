@@ -42,34 +42,52 @@
 //! the policy's charge per slot, whether the slot holds an item or not,
 //! plus each item's header (20) and one link word (4) per chunk it holds,
 //! all over the items held. `cargo bench --bench store_ops` prints it for
-//! two fills of a 1 GiB store (2^21 slots):
+//! three fills of a 1 GiB store (2^21 slots):
 //! ```text
 //!                               slots/obj  index  policy  header  links  total
 //! 1M responses of 100-400 B       2.10     16.8    56.6    20.0    6.6  100.2
 //! 1 KiB bodies, store full        2.69     21.5    72.5    20.0   20.0  134.2
+//! 100-400 B, steady state         1.07      8.5    28.8    20.0    6.6   64.0
 //! ```
-//! (110.7 and 148.8 bytes at 32 bytes per slot, with a power-of-two test
-//! table and a fingerprint in every resident node.) What stands between
-//! that and 32:
+//! The last line is the cache in its usual state, full and evicting: small
+//! objects fill the index to the shard limit (15/16, see `engine`). The
+//! first is a third full. What stands between those and 32:
 //! * slots per object: the index has one slot per 512 bytes of budget, so
-//!   every per-slot byte counts about twice per object;
+//!   every per-slot byte counts once (small objects) to 2.7 times (1 KiB
+//!   bodies) per object;
 //! * CLOCK-Pro's 27 bytes per slot: an 8-byte node and a flags byte for
 //!   the resident entry (its fingerprint is the key's hash, which the store
 //!   recomputes from the stored key when the entry leaves a test entry), an
 //!   8-byte node and a 4-byte tag for a possible test entry, 5⅓ bytes of
 //!   test table;
 //! * the item header and link words alone: 24 bytes for a one-chunk item,
-//!   40 for a five-chunk one. Even with no policy bytes and one slot per
-//!   object, 32 needs a smaller header (the sequence needs 2 bits, not 16:
-//!   versions that meet differ by exactly 1).
+//!   40 for a five-chunk one. With the index slot that is already 32 at one
+//!   slot per object, before any policy byte: CLOCK (no heap) reaches it,
+//!   CLOCK-Pro cannot without a smaller header (the sequence needs 2 bits,
+//!   not 16: versions that meet differ by exactly 1) and no link word on
+//!   one-chunk items.
 //!
-//! The shape that fits keeps the list order but not two nodes per slot:
-//! test entries as ghost index slots (the evicted key's tag stays in the
-//! slot, a lookup treats it as a miss, its node is the slot's node), hot,
-//! test and referenced flags in the slot's spare bits, and a singly linked
-//! clock of 4-byte `next` words with lazy removal. Ghosts then take index
-//! slots (up to one per resident entry), so the index must stay at about
-//! two slots per object, at 12 bytes each.
+//! CLOCK-Pro's own floor is its non-resident test entries: up to one per
+//! resident entry, each needing the key's fingerprint and a place in the
+//! clock's order, on top of the resident entry's place. The tightest
+//! layout that keeps that order puts a test entry on the node of the slot
+//! its item left (the ghost stays in the slot, a lookup treats it as a
+//! miss), so no test nodes or table are needed: 12 bytes per slot, 8 with
+//! the flags in the slot's spare bits. The catch is that a ghost holds a
+//! free slot a new key may need; a displaced ghost cuts a test period
+//! short, which the reference never does, and that changes the adaptive
+//! cold target. Replayed on the 17 traces at 1, 5 and 10 % (51 points,
+//! the reference's count mode over a simulated index with this store's two
+//! 8-slot buckets per key), it keeps every point within 0.5 pp of the
+//! reference only with three slots per cached entry and a slot choice that
+//! avoids ghost slots (worst gap 0.19 pp over six hash seeds); with two
+//! slots per entry, 36 of 51 points (worst 10.7 pp, lirs-ps at 5 %). Three
+//! slots at 16 bytes (8 + 8) and a 24-byte one-chunk item make 72 bytes
+//! per object: less than today's 100 at a third full, more than today's
+//! 64 in the steady state. So no layout that holds the store's CLOCK-Pro
+//! to the reference reaches 32; a policy whose whole state is one bit in
+//! the slot ([`Clock`]) does, with a single-chunk item at one slot per
+//! object.
 //!
 //! Beyond the shape `touch / admit / remove`, a policy constructs itself
 //! from an entry count, states its bytes per entry (charged against the
