@@ -84,6 +84,10 @@ pub enum Counter {
     Invalidated,
     /// Background refreshes started for stale-while-revalidate (RFC 5861 §3).
     Refreshes,
+    /// Leased misses and refreshes that looked in the store again once they
+    /// held the key's lease; see [`LEASE_RECHECKS`].
+    LeaseRecheckHit,
+    LeaseRecheckMiss,
     /// Errors, by kind; see [`ERROR_KINDS`].
     ErrBadRequest,
     ErrHeadTooLarge,
@@ -156,6 +160,14 @@ pub const CACHE_OUTCOMES: [(Counter, &str); 8] = [
 pub const MISS_REASONS: [(Counter, &str); 2] = [
     (Counter::MissUri, "uri-miss"),
     (Counter::MissVary, "vary-miss"),
+];
+
+/// Second looks in the store under a freshly taken fill lease, and the
+/// `result` label: `hit` when another worker's fill had stored the key
+/// since this worker's lookup (nothing is fetched), `miss` otherwise.
+pub const LEASE_RECHECKS: [(Counter, &str); 2] = [
+    (Counter::LeaseRecheckHit, "hit"),
+    (Counter::LeaseRecheckMiss, "miss"),
 ];
 
 /// The status class counter for a status code (1xx to 5xx; others count as 5xx).
@@ -496,6 +508,12 @@ impl Metrics {
                 "Misses answered by the origin, by Cache-Status fwd reason (uri-miss, vary-miss).",
                 &MISS_REASONS[..],
                 "reason",
+            ),
+            (
+                "ringcache_lease_rechecks_total",
+                "Leased misses and refreshes that looked in the store again under the lease (hit: stored by another worker meanwhile, not fetched).",
+                &LEASE_RECHECKS[..],
+                "result",
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -1009,6 +1009,265 @@ fn streamed_response_cut_short_closes_clients(io: &str) {
     assert_eq!(origin.requests(), 2, "the next request fetched anew");
 }
 
+// ----- the window between a lookup and the lease ----------------------------
+//
+// A worker that finds nothing usable takes the key's lease next. Another
+// worker's fill may store its answer and release the lease in between;
+// these scenarios make that happen many times over and count what the
+// origin saw. The window is microseconds wide, so they race thousands of
+// keys, each asked by every connection at once on both workers.
+
+/// Keys each racing scenario runs through.
+const RACE_KEYS: usize = 2000;
+/// Keep-alive connections per worker in a racing scenario.
+const RACE_CONNECTIONS_PER_WORKER: usize = 4;
+
+/// Keep-alive connections to a two-worker `server`, `per_worker` on each
+/// worker, alternating. Which worker accepted a connection shows in
+/// `ringcache_worker_requests_total` after one request on it: a TRACE,
+/// refused with a 405 that keeps the connection and never reaches the
+/// origin.
+fn connections_on_both_workers(server: &Server, per_worker: usize) -> Vec<Client> {
+    let mut on: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
+    let mut before = requests_per_worker(server, 2);
+    // SO_REUSEPORT picks the worker by a hash of the address pair: 16
+    // tries per connection make running short vanishingly unlikely.
+    for _ in 0..per_worker * 2 * 16 {
+        if on.iter().all(|c| c.len() >= per_worker) {
+            break;
+        }
+        let mut c = server.client();
+        c.send(b"TRACE / HTTP/1.1\r\nHost: ringcache.test\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 405, "{}", r.summary());
+        let after = requests_per_worker(server, 2);
+        let w = (0..2)
+            .find(|&w| after[w] > before[w])
+            .expect("one worker counted the TRACE");
+        before = after;
+        if on[w].len() < per_worker {
+            on[w].push(c);
+        }
+    }
+    assert!(
+        on.iter().all(|c| c.len() == per_worker),
+        "connections per worker: {} and {}",
+        on[0].len(),
+        on[1].len()
+    );
+    let [a, b] = on;
+    a.into_iter().zip(b).flat_map(|(a, b)| [a, b]).collect()
+}
+
+/// Every connection asks for each of `paths` in turn, all connections at
+/// once for each path (a barrier per path). Returns one line for every
+/// answer that is not a 200 with `body(path)`, or not an answer at all.
+fn race_paths(
+    conns: Vec<Client>,
+    paths: &Arc<Vec<String>>,
+    body: fn(&str) -> String,
+) -> Vec<String> {
+    let barrier = Arc::new(std::sync::Barrier::new(conns.len()));
+    let threads: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let (barrier, paths) = (barrier.clone(), paths.clone());
+            std::thread::spawn(move || {
+                let mut wrong = Vec::new();
+                let mut broken = false;
+                for path in paths.iter() {
+                    // Every thread reaches every barrier, whatever it got.
+                    barrier.wait();
+                    if broken {
+                        continue;
+                    }
+                    let answer = c
+                        .try_send(get_request(path).as_bytes())
+                        .and_then(|()| c.try_read_response());
+                    match answer {
+                        Ok(r) if r.status == 200 && r.body == body(path).as_bytes() => {}
+                        Ok(r) => wrong.push(format!("{path}: {}", r.summary())),
+                        Err(e) => {
+                            wrong.push(format!("{path}: {e}"));
+                            broken = true;
+                        }
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("a racing client"))
+        .collect()
+}
+
+/// Paths of `paths` the origin was not asked exactly `want` times, with
+/// their counts.
+fn fetched_otherwise(origin: &TestOrigin, paths: &[String], want: usize) -> Vec<(String, usize)> {
+    let mut counts = std::collections::HashMap::new();
+    for r in origin.all_requests() {
+        *counts.entry(r.target).or_insert(0) += 1;
+    }
+    paths
+        .iter()
+        .map(|p| (p.clone(), counts.get(p).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != want)
+        .collect()
+}
+
+fn race_key_paths(prefix: &str) -> Arc<Vec<String>> {
+    Arc::new((0..RACE_KEYS).map(|i| format!("{prefix}/{i}")).collect())
+}
+
+/// An origin that answers at once with `body of PATH`: the first answer
+/// for a path carries the fields `first`, later ones `max-age=60`.
+fn racing_origin(first: &'static [(&'static str, &'static str)]) -> TestOrigin {
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    TestOrigin::start(move |req| {
+        let body = body_of(req.path());
+        let later: &[(&str, &str)] = &[("Cache-Control", "max-age=60")];
+        let first_answer = seen.lock().unwrap().insert(req.target.clone());
+        let fields = if first_answer { first } else { later };
+        Reply::Send(response(200, fields, body.as_bytes()))
+    })
+}
+
+fn body_of(path: &str) -> String {
+    format!("body of {path}")
+}
+
+/// Nothing in `wrong` (from [`race_paths`]).
+#[track_caller]
+fn assert_all_answered(wrong: &[String]) {
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+/// The origin was asked for each of `paths` exactly `want` times.
+#[track_caller]
+fn assert_fetched_each(origin: &TestOrigin, paths: &[String], want: usize) {
+    let otherwise = fetched_otherwise(origin, paths, want);
+    assert!(
+        otherwise.is_empty(),
+        "{} of {} keys not fetched exactly {want} time(s), e.g. {:?}",
+        otherwise.len(),
+        paths.len(),
+        &otherwise[..otherwise.len().min(5)]
+    );
+}
+
+/// Store each of `RACE_KEYS` paths under `prefix` once through `server`
+/// (one connection, in turn), then race them over both workers; the paths.
+fn race_stored_keys(server: &Server, prefix: &str) -> Arc<Vec<String>> {
+    let paths = race_key_paths(prefix);
+    let mut c = server.client();
+    for p in paths.iter() {
+        let r = c.get(p);
+        assert!(r.cache_status().contains("stored"), "{p}: {}", r.summary());
+    }
+    drop(c);
+    let conns = connections_on_both_workers(server, RACE_CONNECTIONS_PER_WORKER);
+    assert_all_answered(&race_paths(conns, &paths, body_of));
+    paths
+}
+
+/// Thousands of cold keys, each asked at the same moment by four
+/// connections on each of two workers, with an origin that answers at
+/// once: the origin sees every key exactly once. A worker that misses
+/// while another worker stores the key and lets its lease go finds the
+/// answer when it looks again under the lease.
+fn racing_misses_across_workers_fetch_each_key_once(io: &str) {
+    let origin = racing_origin(&[("Cache-Control", "max-age=60")]);
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let conns = connections_on_both_workers(&server, RACE_CONNECTIONS_PER_WORKER);
+    let paths = race_key_paths("/race-miss");
+    assert_all_answered(&race_paths(conns, &paths, body_of));
+    assert_fetched_each(&origin, &paths, 1);
+    // Each key's one filler looked again under its lease and fetched; a
+    // `hit` is a request that found the key stored on that second look.
+    let m = server.metrics();
+    let (hit, miss) = (
+        m.labelled("ringcache_lease_rechecks_total", "result=\"hit\""),
+        m.labelled("ringcache_lease_rechecks_total", "result=\"miss\""),
+    );
+    eprintln!("lease re-checks: hit {hit} miss {miss}");
+    assert_eq!(miss, RACE_KEYS as f64, "one leased fetch per key");
+    // The filler's answer is the key's one `miss`; every other client got
+    // a hit or a collapsed answer, those found on the second look too.
+    let outcome = |o: &str| m.labelled("ringcache_cache_status_total", &format!("outcome=\"{o}\""));
+    assert_eq!(outcome("miss"), RACE_KEYS as f64);
+    let others = (2 * RACE_CONNECTIONS_PER_WORKER - 1) * RACE_KEYS;
+    assert_eq!(outcome("hit") + outcome("collapsed"), others as f64);
+    assert!(
+        outcome("collapsed") >= hit,
+        "re-check answers count as collapsed"
+    );
+}
+
+/// The same race on stored keys that are stale (stored already stale, no
+/// stale-while-revalidate): each is fetched anew exactly once, however many
+/// connections on both workers find it stale at the same moment.
+fn racing_stale_misses_across_workers_refetch_each_key_once(io: &str) {
+    let origin = racing_origin(&[("Cache-Control", "max-age=1"), ("Age", "10")]);
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, &[]) else {
+        return;
+    };
+    let paths = race_stored_keys(&server, "/race-stale");
+    assert_fetched_each(&origin, &paths, 2);
+}
+
+/// Stored keys that are due for a background refresh (their first answer
+/// has `first`; `extra` configures the server), each asked at the same
+/// moment by four connections on each of two workers: every client is
+/// answered from the store at once, and each key is refreshed exactly once.
+/// A worker that answered while another worker's refresh stored the key
+/// and let its lease go sees the new object under the lease and sends
+/// nothing.
+fn race_background_refreshes(
+    io: &str,
+    first: &'static [(&'static str, &'static str)],
+    extra: &[&str],
+) {
+    let origin = racing_origin(first);
+    let Some(server) = Server::serve(io, Some(&origin.url()), 2, extra) else {
+        return;
+    };
+    let paths = race_stored_keys(&server, "/race-refresh");
+    // Every refresh started before the answer that caused it was sent.
+    let refreshes = server.metrics().value("ringcache_refreshes_total");
+    assert!(
+        origin.wait_requests(2 * RACE_KEYS as u64, Duration::from_secs(20)),
+        "refreshes reached the origin: {} of {RACE_KEYS}",
+        origin.requests() - RACE_KEYS as u64
+    );
+    assert_fetched_each(&origin, &paths, 2);
+    assert_eq!(refreshes, RACE_KEYS as f64, "one refresh per key");
+}
+
+/// Within stale-while-revalidate (stored already stale).
+fn racing_stale_while_revalidate_refreshes_each_key_once(io: &str) {
+    let first = &[
+        ("Cache-Control", "max-age=1, stale-while-revalidate=60"),
+        ("Age", "10"),
+    ];
+    race_background_refreshes(io, first, &[]);
+}
+
+/// Refresh-ahead: fresh, and stored already in the last half of its
+/// lifetime (`Age: 60` of `max-age=100`, with `--refresh-ahead 50%`).
+fn racing_refresh_ahead_refreshes_each_key_once(io: &str) {
+    let first = &[("Cache-Control", "max-age=100"), ("Age", "60")];
+    race_background_refreshes(io, first, &["--refresh-ahead", "50%"]);
+}
+
 /// Let this test process hold `n` descriptors (soft limit up to the hard one).
 fn raise_open_files_limit(n: u64) {
     let mut lim = libc::rlimit {
@@ -1026,6 +1285,10 @@ fn raise_open_files_limit(n: u64) {
 }
 
 both_io!(
+    racing_misses_across_workers_fetch_each_key_once,
+    racing_stale_misses_across_workers_refetch_each_key_once,
+    racing_stale_while_revalidate_refreshes_each_key_once,
+    racing_refresh_ahead_refreshes_each_key_once,
     refresh_ahead_keeps_a_hot_key_fresh,
     without_refresh_ahead_the_key_expires,
     thousand_clients_while_revalidating,

@@ -28,6 +28,38 @@
 //! [`Proxy::fetch_or_wait`] again, so that one leads a new fill and the
 //! others wait for it.
 //!
+//! The lease is taken after the lookup that missed, not with it. Between
+//! the two, another worker's fill may store the key and release its lease;
+//! taking the lease then would make this worker the filler of a key that
+//! is already stored, and the origin would be asked twice:
+//!
+//! ```text
+//!   worker A                          worker B (filler)
+//!   lookup(k): absent / stale
+//!                                     store(k), release(k, Stored)
+//!   acquire(k): Filler   ──▶ without a second look: another fetch of k
+//! ```
+//!
+//! So a worker that takes the lease ([`Acquire::Filler`] or
+//! [`Acquire::TakenOver`]) for a request that found the key absent, without
+//! its variant, or stale looks in the store once more before it creates
+//! the fill ([`Proxy::answer_under_lease`]), by the rule a waiter is
+//! served with: its own fields choose the variant, and an answer that is
+//! fresh now or expires after the request arrived is usable. A filler
+//! stores before it releases, and the lease table's lock orders that
+//! release before this acquire, so the second look sees whatever a fill
+//! that ended in between stored. If it answers, the request is served
+//! `collapsed`, the lease is released as [`FillEnd::Stored`] (workers that
+//! registered for it meanwhile serve from the store too) and nothing is
+//! fetched. A request whose own directives refused the stored answer
+//! (`NotAccepted`) and a personal one (304, 206) still go to the origin. A
+//! background refresh has the same window between answering (stale, or
+//! fresh near its expiry for refresh-ahead) and [`Proxy::lead_refresh`];
+//! under the lease it looks at the stored item as a queued refresh does
+//! (`stored_under_lease`) and sends nothing when the item is fresh again
+//! and not yet due for refresh-ahead. The cost is one store lookup per
+//! leased miss or refresh; hits never reach this code.
+//!
 //! A large response (`limits.coalesce_stream_bytes_min`) is streamed to the
 //! filler and to this worker's waiters as it arrives (see `origin`,
 //! `stream_start`): such waiters stay in the fill until the response ends,
@@ -43,7 +75,7 @@ use crate::metrics::{Counter, Histogram};
 use super::compose::put_field_u64;
 use super::lease::{Acquire, FillEnd, Notice};
 use super::origin::Fetch;
-use super::{put_connection, Proxy};
+use super::{put_connection, Found, Proxy};
 
 /// One fetch in flight for a key, and the requests waiting for it.
 /// Waiters stay boxed: a released waiter goes to `dispatch` as the same box.
@@ -137,11 +169,22 @@ impl Proxy {
             self.dispatch(fetch);
             return;
         }
-        let id = self.fills.next_id;
-        self.fills.next_id += 1;
         let acquired = self
             .leases
             .acquire(self.worker_index, hash, &key, self.clock.now);
+        if acquired == Acquire::TakenOver {
+            self.counters().incr(Counter::LeaseTakeovers);
+        }
+        let leased = matches!(acquired, Acquire::Filler | Acquire::TakenOver);
+        if leased {
+            // Stored by another worker since this request's lookup?
+            fetch = match self.answer_under_lease(fetch, hash, &key) {
+                Ok(()) => return,
+                Err(fetch) => fetch,
+            };
+        }
+        let id = self.fills.next_id;
+        self.fills.next_id += 1;
         let mut fill = Fill {
             id,
             key,
@@ -149,11 +192,8 @@ impl Proxy {
             waiters: Vec::new(),
             waited: 0,
             remote: acquired == Acquire::Waiting,
-            leased: matches!(acquired, Acquire::Filler | Acquire::TakenOver),
+            leased,
         };
-        if acquired == Acquire::TakenOver {
-            self.counters().incr(Counter::LeaseTakeovers);
-        }
         if fill.remote {
             // Another worker fetches this key: wait for its notice.
             let first_wait = !std::mem::replace(&mut fetch.parked, true);
@@ -170,6 +210,39 @@ impl Proxy {
         self.dispatch(fetch);
     }
 
+    /// Look in the store again once this worker holds `key`'s lease (see
+    /// the module doc): another worker's fill may have stored the key and
+    /// let its lease go between this request's lookup and the lease.
+    /// `Ok` when the stored answer served the request, as it would a
+    /// waiter's (Cache-Status `collapsed`); the lease is then released as
+    /// [`FillEnd::Stored`], so that workers which registered for it
+    /// meanwhile serve from the store too. `Err` gives the fetch back, to
+    /// go to the origin: nothing usable is stored, or the request's own
+    /// directives refused the stored answer (`NotAccepted`), which only
+    /// the origin can replace.
+    fn answer_under_lease(
+        &mut self,
+        fetch: Box<Fetch>,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<(), Box<Fetch>> {
+        if !matches!(fetch.found, Found::Absent | Found::VaryMiss | Found::Stale) {
+            return Err(fetch);
+        }
+        match self.respond_collapsed(fetch) {
+            Ok(()) => {
+                self.counters().incr(Counter::LeaseRecheckHit);
+                self.leases
+                    .release(self.worker_index, hash, key, FillEnd::Stored);
+                Ok(())
+            }
+            Err(fetch) => {
+                self.counters().incr(Counter::LeaseRecheckMiss);
+                Err(fetch)
+            }
+        }
+    }
+
     /// Refresh a stale key in the background (RFC 5861 §3): the refresh
     /// leads a fill, so requests that must validate meanwhile wait for it.
     /// Skipped when a fetch for the key is under way on this worker, or
@@ -183,6 +256,19 @@ impl Proxy {
             self.give_buffer(fetch.req);
             return;
         };
+        // Refreshed by another worker since this request found it due?
+        let key = fetch.key.as_ref().map_or(&[][..], |(_, k)| k);
+        let mut item = self.take_buffer();
+        let percent = self.refresh_ahead_percent;
+        let under_lease = self.stored_under_lease(hash, key, &mut item, percent);
+        self.give_buffer(item);
+        if under_lease.is_err_and(|end| end == FillEnd::Stored) {
+            self.counters().incr(Counter::LeaseRecheckHit);
+            self.drop_led_fill(hash, id, FillEnd::Stored);
+            self.give_buffer(fetch.req);
+            return;
+        }
+        self.counters().incr(Counter::LeaseRecheckMiss);
         fetch.fill_id = Some(id);
         self.counters().incr(Counter::Refreshes);
         self.dispatch(fetch);

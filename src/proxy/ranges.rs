@@ -344,9 +344,7 @@ impl Proxy {
             put_connection(b, keep_alive, minor);
         });
         self.give_buffer(stored);
-        let outer = self.log_swap_in(&waiter, crate::metrics::Counter::OutcomeCollapsed);
-        self.client_respond(waiter.client, Some(waiter.seq), resp, !keep_alive);
-        self.log_swap_out(outer);
+        self.fetch_respond(&waiter, resp, crate::metrics::Counter::OutcomeCollapsed);
         self.give_buffer(waiter.req);
         Ok(())
     }

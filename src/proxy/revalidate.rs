@@ -97,7 +97,7 @@ use crate::store::ItemMeta;
 use super::compose::{put_error, put_field, put_field_u64, put_status_line, VIA};
 use super::origin::Fetch;
 use super::variants::{primary_of, put_variant_fields};
-use super::{put_connection, Found, Proxy};
+use super::{put_connection, refresh_ahead_due, Found, Proxy};
 
 /// The client of a background refresh: no socket has this token, so its
 /// answer is dropped.
@@ -421,6 +421,38 @@ impl Proxy {
         }
     }
 
+    /// What is stored under `key` once this worker holds its fill lease
+    /// for a refresh: the item to refresh (read into `item`), or how the
+    /// fill ends without a fetch — `Stored` when the item is fresh again
+    /// (another fetch stored it since the key was found due, and let its
+    /// lease go), `Refetch` when it is gone, banned, or a `Vary` marker now
+    /// (its variants are keys of their own). A fresh item in the last
+    /// `refresh_ahead_percent` of its lifetime is still due (refresh-ahead;
+    /// 0: any fresh item is fresh again).
+    pub(super) fn stored_under_lease(
+        &self,
+        hash: u64,
+        key: &[u8],
+        item: &mut Vec<u8>,
+        refresh_ahead_percent: u8,
+    ) -> Result<Hit, FillEnd> {
+        let now = self.clock.unix_secs;
+        match self.reader.lookup_into(hash, key, item) {
+            None => Err(FillEnd::Refetch),
+            Some(_) if item.first() == Some(&0) => Err(FillEnd::Refetch),
+            Some(h) if self.drop_if_invalidated(hash, key, &item[..h.head_len], &h.meta) => {
+                Err(FillEnd::Refetch)
+            }
+            Some(h)
+                if h.meta.is_fresh(now)
+                    && !refresh_ahead_due(&h.meta, now, refresh_ahead_percent) =>
+            {
+                Err(FillEnd::Stored)
+            }
+            Some(h) => Ok(h),
+        }
+    }
+
     /// Refetch one queued key, or end its ticket as skipped.
     fn refresh_one(&mut self, job: RefreshJob) {
         let RefreshJob {
@@ -436,18 +468,10 @@ impl Proxy {
         let now = self.clock.unix_secs;
         let policy = self.policy;
         let mut item = self.take_buffer();
-        let hit = self.reader.lookup_into(hash, &key, &mut item);
-        let plan = match hit {
-            None => Err(FillEnd::Refetch),
-            // A Vary marker now: its variants are keys of their own.
-            Some(_) if item.first() == Some(&0) => Err(FillEnd::Refetch),
-            Some(h) if self.drop_if_invalidated(hash, &key, &item[..h.head_len], &h.meta) => {
-                Err(FillEnd::Refetch)
-            }
-            // Fetched since it was queued.
-            Some(h) if h.meta.is_fresh(now) => Err(FillEnd::Stored),
-            Some(h) => Ok((head_text(&item[..h.head_len]), h)),
-        };
+        // Fresh again: fetched since it was queued.
+        let plan = self
+            .stored_under_lease(hash, &key, &mut item, 0)
+            .map(|h| (head_text(&item[..h.head_len]), h));
         self.give_buffer(item);
         let (text, hit) = match plan {
             Ok(p) => p,
