@@ -2319,12 +2319,18 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("RINGCACHE_REFRESH_AHEAD", "cache.refresh_ahead"),
 ];
 
+/// Test fault: the index of a worker that stops turning its loop once a
+/// client connection has been closed, so that the watchdog test can see a
+/// wedged worker (see `runtime`). Read in debug builds only: a release
+/// build never looks at the variable.
+pub const FAULT_STALL_WORKER_ENV: &str = "RINGCACHE_FAULT_STALL_WORKER";
+
 /// `RINGCACHE_*` variables that are not a key's: the log level, the
 /// configuration file, and the debug builds' fault switch.
 const ENV_OTHERS: &[&str] = &[
     crate::logging::LOG_ENV,
     "RINGCACHE_CONFIG",
-    crate::runtime::FAULT_STALL_WORKER_ENV,
+    FAULT_STALL_WORKER_ENV,
 ];
 
 /// Of the environment variables `names`, those that start with

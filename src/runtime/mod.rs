@@ -100,11 +100,7 @@ pub const DEMO_ORIGIN_THREADS: usize = 1;
 /// reported (a longer wait means a stalled worker: the watchdog says so).
 pub const RELOAD_PICKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Test fault: the index of a worker that stops turning its loop once a
-/// client connection has been closed, so that the watchdog test can see a
-/// wedged worker. Read from `RINGCACHE_FAULT_STALL_WORKER` in debug builds
-/// only: a release build never looks at the variable.
-pub const FAULT_STALL_WORKER_ENV: &str = "RINGCACHE_FAULT_STALL_WORKER";
+pub use crate::config::FAULT_STALL_WORKER_ENV;
 
 #[cfg(debug_assertions)]
 fn fault_stall_worker() -> Option<usize> {
