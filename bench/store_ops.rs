@@ -185,11 +185,15 @@ fn report_metadata() {
     let head = b"HTTP/1.1 200 OK\r\n\r\n";
     let s: Store = Store::anonymous_with(GIB, options).expect("store");
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let body = vec![0x5a; 400];
-    for i in 0..SMALL_COUNT {
+    let small = vec![0x5a; 400];
+    // Key `i` with a response of 100 to 400 bytes, head included.
+    let mut insert_small = |s: &Store, i: u64| {
         let k = key(i).into_bytes();
         let len = 100 + (rng.next() % 301) as usize - head.len();
-        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+        assert!(s.insert(key_hash(&k), &k, head, &small[..len], meta()));
+    };
+    for i in 0..SMALL_COUNT {
+        insert_small(&s, i);
     }
     assert_eq!(s.usage().evictions, 0, "the small objects fit");
     eprintln!(
@@ -211,18 +215,13 @@ fn report_metadata() {
     // first eviction until as many again have been made, so the index and
     // the bytes both hold as much as they can.
     let s: Store = Store::anonymous_with(GIB, options).expect("store");
-    let body = vec![0x5a; 400];
     let mut i = 0;
     while s.usage().evictions == 0 && i < INSERTS_MAX {
-        let k = key(i).into_bytes();
-        let len = 100 + (rng.next() % 301) as usize - head.len();
-        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+        insert_small(&s, i);
         i += 1;
     }
     for j in i..2 * i {
-        let k = key(j).into_bytes();
-        let len = 100 + (rng.next() % 301) as usize - head.len();
-        assert!(s.insert(key_hash(&k), &k, head, &body[..len], meta()));
+        insert_small(&s, j);
     }
     eprintln!(
         "metadata, 100-400 B responses past full ({} inserts): {}",
