@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ringcache::store::engine::{Options, Store};
 use ringcache::store::item::ItemMeta;
 use ringcache::store::key_hash;
+use ringcache::store::layout::BUDGET_BYTES_PER_SLOT;
 use std::hint::black_box;
 use std::io::Write;
 use std::sync::{Arc, Barrier};
@@ -214,20 +215,28 @@ fn report_metadata() {
     // The steady state of a cache of small objects: inserts go on past the
     // first eviction until as many again have been made, so the index and
     // the bytes both hold as much as they can.
-    let s: Store = Store::anonymous_with(GIB, options).expect("store");
-    let mut i = 0;
-    while s.usage().evictions == 0 && i < INSERTS_MAX {
-        insert_small(&s, i);
-        i += 1;
+    for per_slot in [BUDGET_BYTES_PER_SLOT, BUDGET_BYTES_PER_SLOT / 2] {
+        let o = Options {
+            budget_bytes_per_slot: per_slot,
+            ..options
+        };
+        let s: Store = Store::anonymous_with(GIB, o).expect("store");
+        let mut i = 0;
+        while s.usage().evictions == 0 && i < INSERTS_MAX {
+            insert_small(&s, i);
+            i += 1;
+        }
+        for j in i..2 * i {
+            insert_small(&s, j);
+        }
+        eprintln!(
+            "metadata, 100-400 B responses past full ({} inserts), a slot per {per_slot} B: {}, \
+             {:.0} MiB of item chunks",
+            2 * i,
+            s.metadata(),
+            s.usage().item_bytes as f64 / f64::from(1 << 20)
+        );
     }
-    for j in i..2 * i {
-        insert_small(&s, j);
-    }
-    eprintln!(
-        "metadata, 100-400 B responses past full ({} inserts): {}",
-        2 * i,
-        s.metadata()
-    );
 }
 
 fn store_ops(c: &mut Criterion) {

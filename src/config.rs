@@ -33,6 +33,8 @@ pub const HEADERS_COUNT_CAP: usize = 256;
 pub const MEMORY_BYTES_DEFAULT: u64 = 256 << 20;
 /// Smallest cache the store accepts.
 pub const MEMORY_BYTES_MIN: u64 = 1 << 20;
+/// Default bytes of `memory` per index slot (`memory_per_index_slot`).
+pub const MEMORY_PER_INDEX_SLOT_DEFAULT: u64 = crate::store::layout::BUDGET_BYTES_PER_SLOT as u64;
 
 /// Which I/O backend workers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -174,6 +176,9 @@ pub struct Config {
     pub workers: usize,
     pub io: IoMode,
     pub memory_bytes: u64,
+    /// Bytes of `memory` per index slot: the store holds at most 15/16 of
+    /// `memory / memory_per_index_slot` objects.
+    pub memory_per_index_slot: u64,
     /// The store file (`None`: anonymous memory, nothing survives a restart).
     pub store_path: Option<std::path::PathBuf>,
     /// Rebuild a store file that is refused (other version or layout,
@@ -330,6 +335,7 @@ struct FileConfig {
     workers: Option<usize>,
     io: Option<IoMode>,
     memory: Option<String>,
+    memory_per_index_slot: Option<String>,
     store: Option<std::path::PathBuf>,
     store_reset: Option<bool>,
     log_level: Option<String>,
@@ -417,6 +423,10 @@ impl Config {
             Some(s) => parse_size(s).map_err(|e| format!("memory: {e}"))?,
             None => MEMORY_BYTES_DEFAULT,
         };
+        let memory_per_index_slot = match file.memory_per_index_slot.as_deref() {
+            Some(s) => parse_size(s).map_err(|e| format!("memory_per_index_slot: {e}"))?,
+            None => MEMORY_PER_INDEX_SLOT_DEFAULT,
+        };
         let store_path = file.store;
         let bus = BusConfig::load(file.bus, &admin_s, store_path.as_deref())?;
         Ok(Config {
@@ -426,6 +436,7 @@ impl Config {
             workers,
             io: file.io.unwrap_or(IoMode::Auto),
             memory_bytes,
+            memory_per_index_slot,
             store_path,
             store_reset: file.store_reset.unwrap_or(false),
             log_level: match file.log_level.as_deref() {
@@ -565,6 +576,11 @@ impl fmt::Display for Config {
         writeln!(f, "workers = {}", self.workers)?;
         writeln!(f, "io = \"{}\"", self.io)?;
         writeln!(f, "memory = \"{}\"", format_size(self.memory_bytes))?;
+        writeln!(
+            f,
+            "memory_per_index_slot = \"{}\"",
+            format_size(self.memory_per_index_slot)
+        )?;
         match &self.store_path {
             Some(p) => writeln!(f, "store = {:?}", p.display().to_string())?,
             None => writeln!(f, "# store: anonymous memory")?,
@@ -2065,6 +2081,10 @@ pub static OPTIONS: &[OptionSpec] = &[
         "I/O backend; `auto` probes io_uring and falls back to epoll with one log line"),
     key!("memory", Kind::Size, memory_bytes; restart, range MEMORY_BYTES_MIN => NO_MAX,
         flag "--memory"; "hard cap of the cache's memory, metadata and tag index included"),
+    key!("memory_per_index_slot", Kind::Size, memory_per_index_slot; restart,
+        range crate::store::layout::BUDGET_BYTES_PER_SLOT_MIN
+            => crate::store::layout::BUDGET_BYTES_PER_SLOT_MAX;
+        "bytes of `memory` per store index slot; the store holds at most 15/16 of `memory` / this many objects, so lower it (256) when most objects, key and headers included, are under about 250 bytes (each slot costs 35 bytes of `memory`); a store file made with another value is refused"),
     key!("store", Kind::Text, store_path; restart, flag "--store", default "anonymous memory";
         "store file, sized to `memory` and reused, so restarts are warm"),
     key!("store_reset", Kind::Bool, store_reset; restart, flag "--store-reset";

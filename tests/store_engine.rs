@@ -16,6 +16,7 @@ fn small() -> Options {
         readers_max: 32,
         stale_keep_secs: 0,
         verify_reads: true,
+        ..Options::default()
     }
 }
 

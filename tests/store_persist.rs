@@ -20,6 +20,7 @@ fn opts() -> Options {
         readers_max: 8,
         stale_keep_secs: 0,
         verify_reads: true,
+        ..Options::default()
     }
 }
 
@@ -180,6 +181,19 @@ fn a_damaged_header_or_another_version_is_refused_clearly() {
         .to_string();
     assert!(
         e.contains("layout differs") && e.contains("chunk_bytes"),
+        "{e}"
+    );
+    // Another index density (budget bytes per slot) is another layout too.
+    let denser = Options {
+        budget_bytes_per_slot: 256,
+        ..opts()
+    };
+    let e = Store::<ClockPro>::open(&p.0, BUDGET, denser)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("layout differs") && e.contains("bytes per index slot"),
         "{e}"
     );
     // And the original opens again, items intact.

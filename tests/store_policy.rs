@@ -21,6 +21,7 @@ fn options() -> Options {
         readers_max: 4,
         stale_keep_secs: 0,
         verify_reads: true,
+        ..Options::default()
     }
 }
 

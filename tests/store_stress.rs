@@ -43,6 +43,7 @@ fn stress<P: Policy + Sync + 'static>(name: &str) {
         readers_max: 16,
         stale_keep_secs: 0,
         verify_reads: true,
+        ..Options::default()
     };
     let s = Arc::new(Store::<P>::anonymous_with(2 << 20, opts).unwrap());
     let stop = Arc::new(AtomicBool::new(false));

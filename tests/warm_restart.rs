@@ -178,6 +178,54 @@ fn damaged_store_file_is_refused(io: &str) {
     );
 }
 
+/// The index slots `ringcache inspect` reports for the fixture's store.
+fn inspected_slots(f: &Fixture) -> u64 {
+    let out = std::process::Command::new(bin())
+        .args(["inspect", "--store", f.store_str()])
+        .output()
+        .expect("run ringcache inspect");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let before = text
+        .split(" index slots")
+        .next()
+        .unwrap_or_else(|| panic!("{text}"));
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no slot count in {text}"))
+}
+
+/// `memory_per_index_slot` sizes the index of the store file; a file made
+/// with another value is refused with the reason, and rebuilt on request.
+fn index_density_is_part_of_the_layout(io: &str) {
+    let f = Fixture::new("density");
+    if f.filled_and_stopped(io, OBJECTS).is_none() {
+        return;
+    }
+    let default_slots = inspected_slots(&f);
+    let denser = ["--set", "memory_per_index_slot=256"];
+    let args = f.serve_args(io, &denser);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, lines) = run(&refs, Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "a store of another density must be refused"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("layout differs") && l.contains("bytes per index slot")),
+        "{lines:?}"
+    );
+    let server = f
+        .serve(io, &["--store-reset", denser[0], denser[1]])
+        .expect("start with --store-reset");
+    let status = server.stop();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert_eq!(inspected_slots(&f), 2 * default_slots);
+}
+
 /// Distinct objects the load below touches.
 const LOAD_KEYS: u64 = 20_000;
 
@@ -296,6 +344,7 @@ fn inspect_and_reset(io: &str) {
 }
 
 both_io!(
+    index_density_is_part_of_the_layout,
     inspect_and_reset,
     sigkill_under_load_serves_only_origin_bytes,
     sigterm_restart_is_warm,

@@ -150,6 +150,7 @@ fn open_store(config: &Config) -> Result<(SharedStore, OpenedJournal), String> {
     let options = StoreOptions {
         // One reader per worker, and one for the admin thread's soft purges.
         readers_max: config.workers + 1,
+        budget_bytes_per_slot: usize::try_from(config.memory_per_index_slot).unwrap_or(usize::MAX),
         ..StoreOptions::default()
     };
     // The tag index's bytes are reserved out of --memory.

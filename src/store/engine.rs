@@ -109,9 +109,9 @@ use super::item::{
 };
 use super::journal::JournalGeometry;
 use super::layout::{
-    FileHeader, Layout, LayoutError, BUCKET_SLOTS, CHUNK_BYTES_DEFAULT, FORMAT_VERSION,
-    HEADER_BYTES, HEADER_FIELDS_BYTES, HEAP_FIXED_BYTES, LINK_BYTES, SEGMENT_BYTES_DEFAULT,
-    SHARDS_COUNT, SLOTS_COUNT_BITS_MAX, SLOT_BYTES,
+    FileHeader, Layout, LayoutError, BUCKET_SLOTS, BUDGET_BYTES_PER_SLOT, CHUNK_BYTES_DEFAULT,
+    FORMAT_VERSION, HEADER_BYTES, HEADER_FIELDS_BYTES, HEAP_FIXED_BYTES, LINK_BYTES,
+    SEGMENT_BYTES_DEFAULT, SHARDS_COUNT, SLOTS_COUNT_BITS_MAX, SLOT_BYTES,
 };
 use super::policy::{Clock, ClockPro, Policy, SlotBits};
 use super::region::Region;
@@ -230,6 +230,10 @@ pub struct Options {
     /// Check every hit's crc32c (the grace-period protocol already rules
     /// out tearing; this is a belt for tests and paranoid deployments).
     pub verify_reads: bool,
+    /// Budget bytes per index slot: the index has one slot per this many
+    /// bytes, and a shard holds at most 15/16 of its slots, whatever room
+    /// the bytes have left (see `layout::Layout::compute_sized`).
+    pub budget_bytes_per_slot: usize,
 }
 
 impl Default for Options {
@@ -240,6 +244,7 @@ impl Default for Options {
             readers_max: 128,
             stale_keep_secs: 0,
             verify_reads: cfg!(debug_assertions),
+            budget_bytes_per_slot: BUDGET_BYTES_PER_SLOT,
         }
     }
 }
@@ -526,11 +531,13 @@ impl Store {
 impl<P: Policy> Store<P> {
     /// A store in anonymous memory.
     pub fn anonymous_with(bytes: u64, options: Options) -> Result<Store<P>, OpenError> {
-        let layout = Layout::compute(
+        let layout = Layout::compute_sized(
             bytes,
             options.segment_bytes,
             options.chunk_bytes,
             P::ENTRY_BYTES,
+            JournalGeometry::NONE,
+            options.budget_bytes_per_slot,
         )?;
         let region = Region::anonymous(layout.region_bytes as usize)?;
         Store::build(region, layout, bytes, options, None, None)
@@ -555,12 +562,13 @@ impl<P: Policy> Store<P> {
         journal: JournalGeometry,
     ) -> Result<Store<P>, OpenError> {
         let started = std::time::Instant::now();
-        let layout = Layout::compute_with_journal(
+        let layout = Layout::compute_sized(
             bytes,
             options.segment_bytes,
             options.chunk_bytes,
             P::ENTRY_BYTES,
             journal,
+            options.budget_bytes_per_slot,
         )?;
         let (file, fresh) = Region::create_or_open(path, layout.region_bytes)?;
         let mut header = None;
@@ -1703,6 +1711,7 @@ mod tests {
             readers_max: 4,
             stale_keep_secs: 0,
             verify_reads: true,
+            ..Options::default()
         }
     }
 
@@ -1819,6 +1828,43 @@ mod tests {
     /// A hash in shard 0 with the given first and alternate buckets and tag.
     fn crafted_hash(first: u64, alternate: u64, tag: u64) -> u64 {
         first << FIRST_BUCKET_SHIFT | alternate << ALTERNATE_BUCKET_SHIFT | tag << 48
+    }
+
+    #[test]
+    fn fewer_budget_bytes_per_slot_hold_more_small_objects() {
+        // Items of one 128-byte chunk: the index is the limit at the
+        // default density, the bytes at a quarter of it.
+        let held = |budget_bytes_per_slot: usize| {
+            let o = Options {
+                budget_bytes_per_slot,
+                ..options()
+            };
+            let s = Store::<ClockPro>::anonymous_with(8 << 20, o).unwrap();
+            let meta = ItemMeta::new(1000, 0, 60);
+            for i in 0..200_000u64 {
+                let k = format!("small/{i}");
+                assert!(s.insert(key_hash(k.as_bytes()), k.as_bytes(), b"", b"v", meta));
+            }
+            (s.layout().slots_count, s.usage().items)
+        };
+        let (slots_default, items_default) = held(BUDGET_BYTES_PER_SLOT);
+        let (slots_dense, items_dense) = held(BUDGET_BYTES_PER_SLOT / 4);
+        assert_eq!(slots_dense, 4 * slots_default);
+        // Index-bound: 15/16 of the slots, give or take a full bucket pair.
+        assert!(items_default <= u64::from(slots_default) * 15 / 16);
+        assert!(
+            items_default > u64::from(slots_default) * 7 / 8,
+            "{items_default}"
+        );
+        assert!(
+            items_dense > items_default * 3 / 2,
+            "{items_dense} vs {items_default}"
+        );
+        let refused = Options {
+            budget_bytes_per_slot: 64,
+            ..options()
+        };
+        assert!(Store::<ClockPro>::anonymous_with(8 << 20, refused).is_err());
     }
 
     #[test]

@@ -73,9 +73,16 @@ pub const BUCKET_SLOTS: usize = 8;
 pub const SLOT_BYTES: usize = 8;
 /// At most 2^this index slots in all shards.
 pub const SLOTS_COUNT_BITS_MAX: u32 = 30;
-/// One index slot per this many bytes of budget (2× headroom over a
-/// 1 KiB average object keeps buckets rarely full).
+/// One index slot per this many bytes of budget, by default (2× headroom
+/// over a 1 KiB average object keeps buckets rarely full). Objects much
+/// smaller than that fill the index before the bytes; a store for them
+/// takes a smaller figure ([`Layout::compute_sized`]).
 pub const BUDGET_BYTES_PER_SLOT: usize = 512;
+/// The range [`Layout::compute_sized`] accepts for budget bytes per slot:
+/// at 128 the index and CLOCK-Pro's heap (35 bytes a slot) take 27 % of
+/// the budget already.
+pub const BUDGET_BYTES_PER_SLOT_MIN: usize = 128;
+pub const BUDGET_BYTES_PER_SLOT_MAX: usize = 64 << 10;
 /// Bytes of the chunk link word that starts every chunk.
 pub const LINK_BYTES: usize = 4;
 /// Chunk ids fit in the low 28 bits of a link word.
@@ -134,8 +141,10 @@ impl fmt::Display for LayoutError {
                 expected,
             } => write!(
                 f,
-                "store file layout differs: {field} is {found} in the file, {expected} asked; \
-                 remove the file or start with --store-reset to rebuild it cold"
+                "store file layout differs: {field} is {found} in the file, {expected} asked \
+                 (the layout follows the memory size, the bytes per index slot, the chunk and \
+                 segment sizes and the journal's size); remove the file or start with \
+                 --store-reset to rebuild it cold"
             ),
         }
     }
@@ -188,7 +197,32 @@ impl Layout {
         policy_entry_bytes: usize,
         journal: JournalGeometry,
     ) -> Result<Layout, LayoutError> {
+        Layout::compute_sized(
+            budget_bytes,
+            segment_bytes,
+            chunk_bytes,
+            policy_entry_bytes,
+            journal,
+            BUDGET_BYTES_PER_SLOT,
+        )
+    }
+
+    /// [`Layout::compute_with_journal`] with one index slot per
+    /// `budget_bytes_per_slot` of budget (rounded down to a power of two
+    /// of slots), instead of [`BUDGET_BYTES_PER_SLOT`].
+    pub fn compute_sized(
+        budget_bytes: u64,
+        segment_bytes: usize,
+        chunk_bytes: usize,
+        policy_entry_bytes: usize,
+        journal: JournalGeometry,
+        budget_bytes_per_slot: usize,
+    ) -> Result<Layout, LayoutError> {
         let bad = |s: &str| Err(LayoutError::Invalid(s.to_string()));
+        if !(BUDGET_BYTES_PER_SLOT_MIN..=BUDGET_BYTES_PER_SLOT_MAX).contains(&budget_bytes_per_slot)
+        {
+            return bad("budget bytes per index slot must be between 128 bytes and 64KiB");
+        }
         if !segment_bytes.is_power_of_two() || !(4096..=1 << 30).contains(&segment_bytes) {
             return bad("segment_bytes must be a power of two between 4KiB and 1GiB");
         }
@@ -200,7 +234,7 @@ impl Layout {
         }
         let budget = usize::try_from(budget_bytes).unwrap_or(usize::MAX);
         let slots_min = SHARDS_COUNT * BUCKET_SLOTS;
-        let mut slots = (budget / BUDGET_BYTES_PER_SLOT).max(slots_min);
+        let mut slots = (budget / budget_bytes_per_slot).max(slots_min);
         slots = 1 << (usize::BITS - 1 - slots.leading_zeros()); // round down to 2^k
         if slots > 1 << SLOTS_COUNT_BITS_MAX {
             slots = 1 << SLOTS_COUNT_BITS_MAX;
