@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -366,6 +366,184 @@ fn immutable_answers_reload(io: &str) {
     assert_eq!(origin.requests(), 1);
 }
 
+/// One client of a herd on a key under validation: its method, its own
+/// request fields, and the status it must get.
+type Asker = (&'static str, &'static str, u16);
+
+/// How many times each herd repeats its list of clients, so that every kind
+/// lands on both workers (SO_REUSEPORT spreads connections by their ports:
+/// eight of one kind all on one worker, 2^-7).
+const HERD_ROUNDS: usize = 8;
+
+/// §4.3.2 with §4 coalescing, over two workers: a stale stored object
+/// (ETag `"v1"`, Last-Modified) is validated once for a herd. The
+/// validation is held at the origin until every client of the herd waits
+/// for it (`ringcache_coalesced_total`), so every answer is collapsed:
+/// from the filler's response on its worker, from the store on the other.
+/// Each client's own If-None-Match / If-Modified-Since is judged against
+/// the validated response: a 304 with the §15.4.5 fields and no body, or
+/// the 200 with the whole body.
+fn herd_while_validating(io: &str, path: &str, askers: &[Asker]) {
+    let release = Arc::new(AtomicBool::new(false));
+    let held = release.clone();
+    let origin = validating_origin(move |_, req| {
+        let reply = if req.header("if-none-match") == Some("\"v1\"") {
+            not_modified(&[("Cache-Control", "max-age=600"), ("ETag", "\"v1\"")])
+        } else {
+            Reply::Send(response(500, &[], b"not conditional"))
+        };
+        Reply::Until(held.clone(), Box::new(reply))
+    });
+    let Some((origin, server)) = with_origin(io, 2, origin) else {
+        return;
+    };
+    assert_eq!(server.get(path).body, b"stored body");
+    // The filler: a plain request, its validation held at the origin.
+    let mut filler = server.client();
+    filler.send(get_request(path).as_bytes());
+    assert!(origin.wait_requests(2, Duration::from_secs(10)));
+    let herd: Vec<(Asker, Client)> = (0..HERD_ROUNDS)
+        .flat_map(|_| askers.iter().copied())
+        .map(|asker @ (method, fields, _)| {
+            let mut c = server.client();
+            c.timeout = Duration::from_secs(20);
+            let fields = if fields.is_empty() {
+                String::new()
+            } else {
+                format!("{fields}\r\n")
+            };
+            c.send(
+                format!("{method} {path} HTTP/1.1\r\nHost: ringcache.test\r\n{fields}\r\n")
+                    .as_bytes(),
+            );
+            (asker, c)
+        })
+        .collect();
+    let waiting = wait_until(Duration::from_secs(10), || {
+        server.metrics().value("ringcache_coalesced_total") == herd.len() as f64
+    });
+    release.store(true, Ordering::SeqCst);
+    assert!(waiting, "every client of the herd waits for the validation");
+    let r = filler.read_response();
+    assert_eq!((r.status, &r.body[..]), (200, &b"stored body"[..]));
+    let mut not_modified_count = 0;
+    for ((method, fields, status), mut c) in herd {
+        let r = if method == "HEAD" {
+            c.read_head_response()
+        } else {
+            c.read_response()
+        };
+        let what = format!("{method} {fields:?}: {}", r.summary());
+        assert_eq!(r.status, status, "{what}");
+        assert!(
+            r.cache_status_params().iter().any(|p| p == "collapsed"),
+            "{what}"
+        );
+        assert_eq!(r.header("etag"), Some("\"v1\""), "{what}");
+        if status == 304 {
+            not_modified_count += 1;
+            assert!(r.body.is_empty(), "{what}");
+            assert!(r.header("content-length").is_none(), "{what}");
+            assert!(r.header("content-type").is_none(), "{what}");
+            assert_eq!(r.header("cache-control"), Some("max-age=600"), "{what}");
+        } else {
+            assert_eq!(r.content_length(), Some(11), "{what}");
+            assert_eq!(r.header("content-type"), Some("text/plain"), "{what}");
+            let body: &[u8] = if method == "HEAD" {
+                b""
+            } else {
+                b"stored body"
+            };
+            assert_eq!(r.body, body, "{what}");
+        }
+    }
+    assert_eq!(origin.requests(), 2, "one validation for the herd");
+    let m = server.metrics();
+    assert_eq!(
+        m.labelled("ringcache_cache_status_total", "outcome=\"collapsed\""),
+        (HERD_ROUNDS * askers.len()) as f64
+    );
+    assert_eq!(
+        m.labelled("ringcache_responses_by_status_total", "code=\"3xx\""),
+        not_modified_count as f64
+    );
+    // Both workers answered part of the herd: each parsed more than the
+    // two requests before it (the one that stored the object, the filler).
+    for w in 0..2 {
+        let n = m.labelled(
+            "ringcache_worker_requests_total",
+            &format!("worker=\"{w}\""),
+        );
+        assert!(n > 2.0, "worker {w} parsed {n} requests");
+    }
+}
+
+/// If-None-Match that matches the validated ETag (weakly too, in a list)
+/// gets a 304, GET or HEAD; the others of the herd get the 200.
+fn collapsed_if_none_match(io: &str) {
+    herd_while_validating(
+        io,
+        "/herd-inm",
+        &[
+            ("GET", "If-None-Match: \"v1\"", 304),
+            ("GET", "", 200),
+            ("HEAD", "If-None-Match: \"v1\"", 304),
+            ("GET", "If-None-Match: \"v0\", W/\"v1\"", 304),
+            ("HEAD", "", 200),
+        ],
+    );
+}
+
+/// If-Modified-Since at or after the validated Last-Modified gets a 304.
+fn collapsed_if_modified_since(io: &str) {
+    herd_while_validating(
+        io,
+        "/herd-ims",
+        &[
+            (
+                "GET",
+                "If-Modified-Since: Mon, 01 Jan 2024 00:00:00 GMT",
+                304,
+            ),
+            ("GET", "", 200),
+            (
+                "HEAD",
+                "If-Modified-Since: Mon, 01 Jan 2024 00:00:00 GMT",
+                304,
+            ),
+            (
+                "GET",
+                "If-Modified-Since: Tue, 02 Jan 2024 00:00:00 GMT",
+                304,
+            ),
+        ],
+    );
+}
+
+/// Conditions that do not match get the 200: another ETag, an earlier
+/// date, and (RFC 9110 §13.2.2) a non-matching If-None-Match that makes a
+/// matching If-Modified-Since moot.
+fn collapsed_conditions_not_matching(io: &str) {
+    herd_while_validating(
+        io,
+        "/herd-other",
+        &[
+            ("GET", "If-None-Match: \"v0\"", 200),
+            (
+                "GET",
+                "If-Modified-Since: Sun, 31 Dec 2023 00:00:00 GMT",
+                200,
+            ),
+            (
+                "GET",
+                "If-None-Match: \"v0\"\r\nIf-Modified-Since: Mon, 01 Jan 2024 00:00:00 GMT",
+                200,
+            ),
+            ("HEAD", "If-None-Match: \"v0\"", 200),
+        ],
+    );
+}
+
 both_io!(
     revalidation_304,
     revalidation_200_replaces,
@@ -377,4 +555,7 @@ both_io!(
     revalidation_coalesces_across_workers,
     no_cache_request_validates,
     immutable_answers_reload,
+    collapsed_if_none_match,
+    collapsed_if_modified_since,
+    collapsed_conditions_not_matching,
 );

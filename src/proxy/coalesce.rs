@@ -14,6 +14,19 @@
 //!                           requests do not queue behind a fetch they cannot share
 //! ```
 //!
+//! A waiter that ringcache validates for (it found the key stored, but
+//! stale or refused by its own directives) keeps its own `If-None-Match`
+//! / `If-Modified-Since`, and they are judged against the 200 it is about
+//! to be served, as on a hit (RFC 9111 §4.3.2): when they select it, the
+//! waiter gets a 304 with the fields RFC 9110 §15.4.5 lists and no body
+//! instead. That holds for every way a
+//! waiter is answered: from the filler's response (`origin`,
+//! `put_response_head`), from the store after the fill (`FromStore`, a
+//! notice from another worker's fill) and from the second look under the
+//! lease (`respond_collapsed`). It is still counted `collapsed`. Any other
+//! request with preconditions (`If-Range` aside) is personal: it never
+//! waits on a fill.
+//!
 //! A filler that fails (502/504) fails its waiters with the same status. A
 //! fill older than `limits.coalesce_wait_timeout` releases its waiters, each
 //! to fetch for itself; the list of waiters is bounded by
@@ -71,10 +84,12 @@ use std::time::Instant;
 
 use crate::config::Limits;
 use crate::metrics::{Counter, Histogram};
+use crate::store::item::Hit;
 
 use super::compose::put_field_u64;
 use super::lease::{Acquire, FillEnd, Notice};
 use super::origin::Fetch;
+use super::revalidate::{client_not_modified, put_not_modified_head};
 use super::{put_connection, Found, Proxy};
 
 /// One fetch in flight for a key, and the requests waiting for it.
@@ -353,7 +368,9 @@ impl Proxy {
     }
 
     /// Answer a waiter from the store, as the request it waited for stored
-    /// it; `Err` gives the waiter back when no fresh item is there.
+    /// it; `Err` gives the waiter back when no fresh item is there. A
+    /// waiter whose own preconditions select the stored 200 gets a 304
+    /// (see [`put_collapsed_fields`]).
     fn respond_collapsed(&mut self, waiter: Box<Fetch>) -> Result<(), Box<Fetch>> {
         let Some((hash, key)) = waiter.key.as_ref().map(|(h, k)| (*h, k.clone())) else {
             return Err(waiter);
@@ -362,14 +379,6 @@ impl Proxy {
             return self.respond_collapsed_range(waiter, hash, &key);
         }
         let now_secs = self.clock.unix_secs;
-        let (keep_alive, minor, head_only) = (
-            waiter.keep_alive,
-            waiter.client_minor_version,
-            waiter.client_head,
-        );
-        // Why the waiter went forward: absent (`uri-miss`), no variant
-        // matched (`vary-miss`), or stale.
-        let fwd = super::origin::fwd_reason(&waiter);
         // The answer fetched for this request may be served even if its
         // lifetime ran out meanwhile (a one-second max-age stored late in a
         // second): one that was fresh after the request arrived is newer
@@ -389,28 +398,9 @@ impl Proxy {
         };
         self.key.clear();
         self.key.extend_from_slice(&key);
+        let asker: &Fetch = &waiter;
         let (hit, _, _) = self.lookup_varied(hash, request, &mut buf, |b, hit| {
-            if !usable(&hit.meta) {
-                return false;
-            }
-            // The stored status line: `HTTP/1.1 NNN ...`.
-            let mut status = *b"200";
-            if let Some(s) = b[b.len() - hit.head_len..].get(9..12) {
-                status.copy_from_slice(s);
-            }
-            // RFC 9110 §8.6: no Content-Length in a 204.
-            if hit.body_len > 0 || &status != b"204" {
-                put_field_u64(b, b"Content-Length", hit.body_len as u64);
-            }
-            put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
-            b.extend_from_slice(b"Cache-Status: ringcache; fwd=");
-            b.extend_from_slice(fwd);
-            b.extend_from_slice(b"; fwd-status=");
-            b.extend_from_slice(&status);
-            b.extend_from_slice(b"; collapsed\r\nVia: 1.1 ringcache\r\n");
-            put_connection(b, keep_alive, minor);
-            b.extend_from_slice(b"\r\n");
-            !head_only
+            usable(&hit.meta) && put_collapsed_fields(b, hit, asker, now_secs)
         });
         if !hit.is_some_and(|h| usable(&h.meta)) {
             self.give_buffer(buf);
@@ -595,4 +585,43 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Complete the head of a collapsed answer from a stored response, whose
+/// head (status line and fields, no blank line) ends `b`: its framing,
+/// `Age`, `Cache-Status` (`fwd` is why the waiter went forward,
+/// `fwd-status` the stored status, and `collapsed`), `Via`, `Connection`
+/// and the blank line. Returns whether the body follows.
+///
+/// The waiter's own `If-None-Match` / `If-Modified-Since`, when ringcache
+/// validated for it, are judged against the stored 200 as the hit path
+/// judges them (RFC 9111 §4.3.2): when they select it, a 304 head with the
+/// fields RFC 9110 §15.4.5 lists replaces the stored one, without
+/// `Content-Length` and without a body, for GET and HEAD alike.
+fn put_collapsed_fields(b: &mut Vec<u8>, hit: &Hit, waiter: &Fetch, now_secs: u64) -> bool {
+    let head_at = b.len() - hit.head_len;
+    // The stored status line: `HTTP/1.1 NNN ...`.
+    let mut status = *b"200";
+    if let Some(s) = b[head_at..].get(9..12) {
+        status.copy_from_slice(s);
+    }
+    let not_modified = &status == b"200" && client_not_modified(waiter, &b[head_at..]);
+    if not_modified {
+        let stored = b.split_off(head_at);
+        put_not_modified_head(b, &stored);
+    } else if hit.body_len > 0 || &status != b"204" {
+        // RFC 9110 §8.6: no Content-Length in a 204.
+        put_field_u64(b, b"Content-Length", hit.body_len as u64);
+    }
+    put_field_u64(b, b"Age", hit.meta.age_secs(now_secs));
+    b.extend_from_slice(b"Cache-Status: ringcache; fwd=");
+    // Why the waiter went forward: absent (`uri-miss`), no variant
+    // matched (`vary-miss`), or stale.
+    b.extend_from_slice(super::origin::fwd_reason(waiter));
+    b.extend_from_slice(b"; fwd-status=");
+    b.extend_from_slice(&status);
+    b.extend_from_slice(b"; collapsed\r\nVia: 1.1 ringcache\r\n");
+    put_connection(b, waiter.keep_alive, waiter.client_minor_version);
+    b.extend_from_slice(b"\r\n");
+    !not_modified && !waiter.client_head
 }

@@ -42,7 +42,7 @@ use super::coalesce::Outcome;
 use super::compose::{
     is_dropped_on_forward, put_error, put_field, put_field_u64, put_status_line, VIA,
 };
-use super::revalidate::{conditions_match, put_not_modified_head, Revalidation, NO_CLIENT};
+use super::revalidate::{client_not_modified, put_not_modified_head, Revalidation, NO_CLIENT};
 use super::variants::purge_primary;
 use super::{put_connection, Op, Proxy, Socket, TimeoutKind};
 
@@ -1070,12 +1070,7 @@ fn put_response_head(
 ) -> bool {
     // The client's own preconditions, when ringcache validated for it
     // (RFC 9111 §4.3.2): a 304 from the response it would get.
-    let not_modified = p.status == 200
-        && fetch
-            .revalidation
-            .as_ref()
-            .and_then(|r| r.client_conditions.as_deref())
-            .is_some_and(|c| conditions_match(c, fetch.method, &p.head));
+    let not_modified = p.status == 200 && client_not_modified(fetch, &p.head);
     let bodiless =
         not_modified || (100..200).contains(&p.status) || p.status == 204 || p.status == 304;
     if not_modified {

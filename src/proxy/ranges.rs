@@ -300,13 +300,24 @@ impl Proxy {
 
     /// A range request that waited for another request's fetch of its key:
     /// its range of what that fetch stored; `Err` gives the waiter back
-    /// when no fresh item is there.
+    /// when no fresh item is there. Such a waiter has no preconditions of
+    /// its own to judge here (unlike `respond_collapsed`): a range request
+    /// is never validated for, so one with `If-None-Match` or
+    /// `If-Modified-Since` is personal and never waits on a fill; only
+    /// `If-Range` applies, in [`put_ranged`].
     pub(super) fn respond_collapsed_range(
         &mut self,
         waiter: Box<Fetch>,
         hash: u64,
         key: &[u8],
     ) -> Result<(), Box<Fetch>> {
+        debug_assert!(
+            waiter
+                .revalidation
+                .as_ref()
+                .map_or(true, |r| r.client_conditions.is_none()),
+            "a range waiter carries no conditions of its own"
+        );
         let now_secs = self.clock.unix_secs;
         let mut stored = self.take_buffer();
         self.key.clear();

@@ -26,7 +26,10 @@
 //!     └─ GatewayTimeout ────────────────▶ 504 (only-if-cached)
 //!  origin.rs origin_complete   304 → not_modified(): the stored response it selects,
 //!                              fields merged (§3.2, §4.3.4), re-inserted with the new
-//!                              freshness, its body served (fwd-status=304);
+//!                              freshness, its body served (fwd-status=304), or a
+//!                              304 when the client's own If-None-Match /
+//!                              If-Modified-Since select it (client_not_modified),
+//!                              to the requests that waited on it too (coalesce.rs);
 //!                              500/502/503/504, connection error or timeout within the
 //!                              stale-if-error window → stale_on_error() serves the
 //!                              stored response (detail=stale-if-error)
@@ -243,6 +246,22 @@ pub(super) fn conditions_match(conditions: &[u8], method: Method, head: &[u8]) -
         return false;
     };
     evaluate_preconditions(method, req_fields, fields) == Precondition::NotModified
+}
+
+/// Does `fetch`'s client get a 304 instead of the 200 whose head (status
+/// line and fields) is `head` (RFC 9111 §4.3.2)? Only a request that
+/// ringcache validates for keeps its own `If-None-Match` /
+/// `If-Modified-Since` ([`Revalidation::client_conditions`]; any other
+/// conditional request is personal and sent as it came); they are judged
+/// against the response it is about to be served, whether that came from
+/// its own fetch, another request's fetch, or the store. The caller checks
+/// that the status is 200.
+pub(super) fn client_not_modified(fetch: &Fetch, head: &[u8]) -> bool {
+    fetch
+        .revalidation
+        .as_ref()
+        .and_then(|r| r.client_conditions.as_deref())
+        .is_some_and(|c| conditions_match(c, fetch.method, head))
 }
 
 /// A stored response brought up to date by a 304.
