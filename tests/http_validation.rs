@@ -228,6 +228,38 @@ fn conditionals_from_cache(io: &str) {
     assert_eq!(origin.requests(), 1);
 }
 
+/// RFC 9110 §13.2.1: preconditions are ignored when the answer without them
+/// would not be a 2xx. A stored 404 with a matching validator is a 404.
+fn conditionals_ignored_for_stored_errors(io: &str) {
+    let origin = TestOrigin::start(|_| {
+        Reply::Send(response(
+            404,
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"gone\""),
+                ("Last-Modified", LM),
+                ("Content-Type", "text/plain"),
+            ],
+            b"no such item",
+        ))
+    });
+    let Some((origin, server)) = with_origin(io, 1, origin) else {
+        return;
+    };
+    assert_eq!(server.get("/missing").status, 404);
+    for fields in [
+        "If-None-Match: \"gone\"",
+        "If-None-Match: *",
+        "If-Modified-Since: Tue, 02 Jan 2024 00:00:00 GMT",
+    ] {
+        let r = request(&server, "GET", "/missing", fields);
+        assert_eq!(r.status, 404, "{fields}: {}", r.summary());
+        assert!(r.is_hit(), "{fields}: {}", r.summary());
+        assert_eq!(r.body, b"no such item", "{fields}");
+    }
+    assert_eq!(origin.requests(), 1);
+}
+
 /// §4.3.2: If-Match and If-Unmodified-Since are for the origin: such a
 /// request is forwarded as it came.
 fn if_match_forwarded(io: &str) {
@@ -545,6 +577,7 @@ fn collapsed_conditions_not_matching(io: &str) {
 }
 
 both_io!(
+    conditionals_ignored_for_stored_errors,
     revalidation_304,
     revalidation_200_replaces,
     client_preconditions_not_forwarded,

@@ -191,6 +191,23 @@ pub enum Precondition {
     Forward,
 }
 
+/// [`evaluate_preconditions`] on a stored response of `status`: none apply
+/// unless it is a 2xx (RFC 9110 §13.2.1: a server ignores preconditions
+/// when its answer without them would be neither a 2xx nor a 412), so a
+/// stored 404 whose `ETag` matches is still a 404.
+pub fn evaluate_preconditions_on(
+    status: u16,
+    method: Method,
+    request: &[Header<'_>],
+    stored: &[Header<'_>],
+) -> Precondition {
+    if (200..300).contains(&status) {
+        evaluate_preconditions(method, request, stored)
+    } else {
+        Precondition::Serve
+    }
+}
+
 /// Evaluate the client's preconditions on a stored response (RFC 9111
 /// §4.3.2, RFC 9110 §13.2.2). `If-None-Match` takes precedence and uses
 /// weak comparison; `If-Modified-Since` is read only without it, only for

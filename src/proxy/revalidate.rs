@@ -87,7 +87,7 @@ use crate::http::policy::Policy;
 use crate::http::request::{Method, RequestHead};
 use crate::http::reuse::{reuse, RequestDirectives, Reuse};
 use crate::http::validation::{
-    evaluate_preconditions, merge_not_modified, selects_stored, write_conditional_fields,
+    evaluate_preconditions_on, merge_not_modified, selects_stored, write_conditional_fields,
     write_not_modified_fields, Precondition,
 };
 use crate::invalidate::fields::put_field_last;
@@ -242,10 +242,10 @@ pub(super) fn conditions_match(conditions: &[u8], method: Method, head: &[u8]) -
     };
     let stored = head_text(head);
     let mut fields = [httparse::EMPTY_HEADER; HEADERS_COUNT_CAP];
-    let Some((_, fields)) = parse_head(&stored, &mut fields) else {
+    let Some((status, fields)) = parse_head(&stored, &mut fields) else {
         return false;
     };
-    evaluate_preconditions(method, req_fields, fields) == Precondition::NotModified
+    evaluate_preconditions_on(status, method, req_fields, fields) == Precondition::NotModified
 }
 
 /// Does `fetch`'s client get a 304 instead of the 200 whose head (status
@@ -314,7 +314,8 @@ impl Proxy {
         let rules = stored_rules(status, stored_fields, hit.meta, &policy);
         let directives = directives.unwrap_or_default();
         let decision = reuse(&rules, &directives, now, &policy);
-        let precondition = evaluate_preconditions(head.method, head.headers, stored_fields);
+        let precondition =
+            evaluate_preconditions_on(status, head.method, head.headers, stored_fields);
         if precondition == Precondition::Forward {
             // If-Match / If-Unmodified-Since: the origin's to judge (§4.3.2).
             self.give_buffer(item);
