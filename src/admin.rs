@@ -266,6 +266,8 @@ fn gauges(store: &SharedStore) -> StoreGauges {
         bytes_max: u.bytes_max,
         items: u.items,
         evictions: u.evictions,
+        index_evictions: u.index_evictions,
+        index_slots: u.index_slots,
         expirations: u.expirations,
         recovered: r.items_recovered,
         dropped: r.items_dropped,

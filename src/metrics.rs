@@ -321,6 +321,10 @@ pub struct StoreGauges {
     pub bytes_max: u64,
     pub items: u64,
     pub evictions: u64,
+    /// Of `evictions`, those made because the index was full.
+    pub index_evictions: u64,
+    /// Index slots: the store holds at most 15/16 of this many objects.
+    pub index_slots: u64,
     pub expirations: u64,
     /// Items recovered from the store file at start.
     pub recovered: u64,
@@ -550,7 +554,7 @@ impl Metrics {
                 w.get(Counter::Requests)
             );
         }
-        let gauges: [(&str, u64, &str, &str); 7] = [
+        let gauges: [(&str, u64, &str, &str); 9] = [
             (
                 "ringcache_store_expirations_total",
                 store.expirations,
@@ -592,6 +596,18 @@ impl Metrics {
                 store.evictions,
                 "counter",
                 "Objects evicted to make room.",
+            ),
+            (
+                "ringcache_store_index_evictions_total",
+                store.index_evictions,
+                "counter",
+                "Of the evictions, those made because the index, not the bytes, was full (see memory_per_index_slot).",
+            ),
+            (
+                "ringcache_store_index_slots",
+                store.index_slots,
+                "gauge",
+                "Index slots; the store holds at most 15/16 of this many objects.",
             ),
         ];
         for (name, v, kind, help) in gauges {
@@ -1083,6 +1099,8 @@ mod tests {
             bytes_max: 2,
             items: 3,
             evictions: 0,
+            index_evictions: 0,
+            index_slots: 0,
             expirations: 0,
             recovered: 0,
             dropped: 0,
@@ -1114,6 +1132,8 @@ mod tests {
             bytes_max: 2,
             items: 3,
             evictions: 0,
+            index_evictions: 0,
+            index_slots: 0,
             expirations: 0,
             recovered: 0,
             dropped: 0,
@@ -1172,6 +1192,8 @@ mod tests {
             bytes_max: 0,
             items: 0,
             evictions: 0,
+            index_evictions: 0,
+            index_slots: 0,
             expirations: 0,
             recovered: 0,
             dropped: 0,

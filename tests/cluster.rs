@@ -301,6 +301,8 @@ fn three_nodes_share_invalidations_and_a_returning_node_catches_up() {
         bytes_max: 0,
         items: 0,
         evictions: 0,
+        index_evictions: 0,
+        index_slots: 0,
         expirations: 0,
         recovered: 0,
         dropped: 0,

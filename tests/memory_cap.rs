@@ -54,6 +54,8 @@ fn peak_rss_stays_under_the_cap(io: &str) {
         evictions > 0.0,
         "nothing was evicted: the test did not fill the cache"
     );
+    // 100 KB objects: the bytes ran out, never the index.
+    assert_eq!(m.value("ringcache_store_index_evictions_total"), 0.0);
     // CLOCK-Pro's view of the same cache: resident entries are the items,
     // and test entries remember some of what was evicted.
     let resident = m.labelled("ringcache_clockpro_entries", "state=\"hot\"")
@@ -67,4 +69,38 @@ fn peak_rss_stays_under_the_cap(io: &str) {
     );
 }
 
-both_io!(peak_rss_stays_under_the_cap);
+/// Small objects fill the index before the bytes: the store holds at most
+/// 15/16 of its slots, and the evictions past that are counted as the
+/// index's, which tells an operator to lower `memory_per_index_slot`.
+fn small_objects_are_evicted_for_the_index(io: &str) {
+    let origin = DemoOrigin::start();
+    let args = ["--memory", "4MiB", "--set", "limits.object_bytes_max=64KiB"];
+    let Some(server) = Server::serve(io, Some(&origin.url()), 1, &args) else {
+        return;
+    };
+    let slots = server.metrics().value("ringcache_store_index_slots");
+    assert!(slots >= 512.0, "{slots} index slots");
+    let mut c = server.client();
+    let objects = 2 * slots as u64;
+    for i in 0..objects {
+        c.send(get_request(&format!("/api/items/tiny{i}?size=16")).as_bytes());
+        assert_eq!(c.read_response().status, 200);
+    }
+    let m = server.metrics();
+    let (items, evictions) = (
+        m.value("ringcache_store_items"),
+        m.value("ringcache_store_evictions_total"),
+    );
+    assert!(
+        items <= slots * 15.0 / 16.0,
+        "{items} items in {slots} slots"
+    );
+    assert!(evictions > 0.0, "nothing evicted");
+    assert_eq!(m.value("ringcache_store_index_evictions_total"), evictions);
+    assert!(m.value("ringcache_store_bytes_used") < m.value("ringcache_store_bytes_max") / 2.0);
+}
+
+both_io!(
+    peak_rss_stays_under_the_cap,
+    small_objects_are_evicted_for_the_index
+);

@@ -304,7 +304,12 @@ pub struct Usage {
     /// The cap given at open (region + charged heap ≤ this).
     pub bytes_max: u64,
     pub evictions: u64,
+    /// Of `evictions`, those made because the index, not the bytes, was
+    /// full: a shard at its item limit, or both buckets of a key full.
+    pub index_evictions: u64,
     pub expirations: u64,
+    /// Index slots, all shards.
+    pub index_slots: u64,
     /// Chunks waiting for a grace period.
     pub pending_chunks: u64,
 }
@@ -402,6 +407,7 @@ pub struct Store<P: Policy = ClockPro> {
     items: AtomicU64,
     chunks_used: AtomicU64,
     evictions: AtomicU64,
+    index_evictions: AtomicU64,
     expirations: AtomicU64,
     recovery: Recovery,
 }
@@ -671,6 +677,7 @@ impl<P: Policy> Store<P> {
             items: AtomicU64::new(0),
             chunks_used: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            index_evictions: AtomicU64::new(0),
             expirations: AtomicU64::new(0),
             recovery: Recovery {
                 reused,
@@ -1042,9 +1049,16 @@ impl<P: Policy> Store<P> {
         self.chunks_used.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// Make room: one expired item (bounded sweep) or the policy's victims.
+    /// Make room: one expired item (bounded sweep) or the policy's victims,
+    /// for the bytes or, with `for_index`, for a shard at its item limit.
     /// Under the shard lock.
-    fn evict_one(&self, shard: usize, st: &mut ShardState<P>, now_secs: u64) -> bool {
+    fn evict_one(
+        &self,
+        shard: usize,
+        st: &mut ShardState<P>,
+        now_secs: u64,
+        for_index: bool,
+    ) -> bool {
         let slots = self.layout.shard_slots();
         for _ in 0..SWEEP_SLOTS_MAX {
             let e = st.sweep_hand;
@@ -1084,6 +1098,9 @@ impl<P: Policy> Store<P> {
                 self.expirations.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
+                if for_index {
+                    self.index_evictions.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         any
@@ -1141,7 +1158,7 @@ impl<P: Policy> Store<P> {
             }
             let mut st = self.lock(victim_shard);
             self.drain_touches(victim_shard, &mut st);
-            if !self.evict_one(victim_shard, &mut st, now_secs) {
+            if !self.evict_one(victim_shard, &mut st, now_secs, false) {
                 victim_shard = (victim_shard + 1) % SHARDS_COUNT;
                 barren_shards += 1;
             }
@@ -1263,7 +1280,7 @@ impl<P: Policy> Store<P> {
             && room_made < ROOM_PER_INSERT_MAX
             // Relaxed: under the shard lock.
             && self.shards[shard].items.load(Ordering::Relaxed) >= self.shard_items_max
-            && self.evict_one(shard, &mut st, now_secs)
+            && self.evict_one(shard, &mut st, now_secs, true)
             {
                 room_made += 1;
                 continue;
@@ -1322,8 +1339,9 @@ impl<P: Policy> Store<P> {
                     .coldest(&ShardSlots { store: self, shard }, &candidates[..len]);
                 st.policy.remove(e);
                 self.unlink(shard, e);
-                // Relaxed: a statistic.
+                // Relaxed: statistics.
                 self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.index_evictions.fetch_add(1, Ordering::Relaxed);
                 e
             }
         };
@@ -1379,7 +1397,9 @@ impl<P: Policy> Store<P> {
             items: r(&self.items),
             bytes_max: self.budget_bytes,
             evictions: r(&self.evictions),
+            index_evictions: r(&self.index_evictions),
             expirations: r(&self.expirations),
+            index_slots: u64::from(self.layout.slots_count),
             pending_chunks: self.epochs.pending(),
         }
     }
@@ -1893,9 +1913,12 @@ mod tests {
             let items = s.shards[0].items.load(Ordering::Relaxed);
             assert!(items <= limit, "{items} items over the limit {limit}");
         }
-        // Full at the limit, every insert past it one eviction.
-        assert_eq!(s.usage().items, u64::from(limit));
-        assert_eq!(s.usage().evictions, inserts + 1 - u64::from(limit));
+        // Full at the limit, every insert past it one eviction, each for
+        // the index (the bytes hold far more).
+        let u = s.usage();
+        assert_eq!(u.items, u64::from(limit));
+        assert_eq!(u.evictions, inserts + 1 - u64::from(limit));
+        assert_eq!(u.index_evictions, u.evictions);
     }
 
     #[test]
