@@ -424,9 +424,9 @@ fn front_sends_each_uri_to_one_node_and_purges_reach_it(io: &str) {
     // request for the URI through the front reaches the origin, whichever
     // node holds it; the other URIs are still hits.
     let purged = &paths[4];
-    let r = admin_post(
-        &servers[0],
+    let r = servers[0].admin_post(
         "/invalidate",
+        TOKEN,
         &format!(r#"{{"urls": ["{purged}"], "wait": "all", "timeout_ms": 10000}}"#),
     );
     assert_eq!(applied_nodes(&r), all_applied(), "{}", r.body_str());
@@ -444,19 +444,6 @@ fn front_sends_each_uri_to_one_node_and_purges_reach_it(io: &str) {
 both_io!(front_sends_each_uri_to_one_node_and_purges_reach_it);
 
 const TOKEN: &str = "cluster-token-0123456789";
-
-/// One admin `POST` on a fresh connection, with the token.
-fn admin_post(server: &Server, path: &str, body: &str) -> Response {
-    let mut c = Client::connect(server.admin);
-    c.send(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response()
-}
 
 /// An invalidation sent to one node's admin API is applied by every node
 /// through the bus; `"wait": "all"` answers once all three applied it.
@@ -482,9 +469,9 @@ fn an_invalidation_reaches_every_node(io: &str) {
             );
         }
     }
-    let r = admin_post(
-        &servers[0],
+    let r = servers[0].admin_post(
         "/invalidate",
+        TOKEN,
         r#"{"urls": ["/api/items/7"], "wait": "all", "timeout_ms": 10000}"#,
     );
     assert_eq!(applied_nodes(&r), all_applied(), "{}", r.body_str());
@@ -707,7 +694,7 @@ impl Cluster {
 
     /// `POST /invalidate` with `body` on node `i`.
     fn invalidate(&self, i: usize, body: &str) -> Response {
-        admin_post(self.node(i), "/invalidate", body)
+        self.node(i).admin_post("/invalidate", TOKEN, body)
     }
 
     /// Fetch every `(target, lang)` on every running node, then check each

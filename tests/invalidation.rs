@@ -27,16 +27,8 @@ fn with_demo(io: &str, extra: &str) -> Option<(DemoOrigin, TempDir, Server)> {
 
 /// One admin call on a fresh connection.
 fn admin(server: &Server, method: &str, path: &str, token: Option<&str>, body: &str) -> Response {
-    let mut c = Client::connect(server.admin);
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    c.send(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response()
+    server.admin_call(method, path, &auth, body)
 }
 
 #[track_caller]

@@ -125,24 +125,12 @@ fn assert_hit(r: &Response, path: &str) {
     assert_eq!(r.body, path.as_bytes());
 }
 
-fn admin(server: &Server, path: &str, body: &str) -> Response {
-    let mut c = Client::connect(server.admin);
-    c.send(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response()
-}
-
 #[track_caller]
 fn invalidate(server: &Server, body: &str) {
     let r = if body == "all" {
-        admin(server, "/invalidate/all", "")
+        server.admin_post("/invalidate/all", TOKEN, "")
     } else {
-        admin(server, "/invalidate", body)
+        server.admin_post("/invalidate", TOKEN, body)
     };
     assert_eq!(r.status, 200, "{body}: {}", r.summary());
 }

@@ -40,18 +40,11 @@ fn sign(key: &str, ts: u64, body: &str) -> String {
 
 /// `POST path` with the token and, when given, the signature fields.
 fn post(server: &Server, path: &str, body: &str, signed: Option<(u64, &str)>) -> Response {
-    let mut c = Client::connect(server.admin);
-    let fields = signed.map_or(String::new(), |(ts, sig)| {
+    let signature = signed.map_or(String::new(), |(ts, sig)| {
         format!("Ringcache-Timestamp: {ts}\r\nRingcache-Signature: {sig}\r\n")
     });
-    c.send(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n{fields}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response()
+    let fields = format!("Authorization: Bearer {TOKEN}\r\n{signature}");
+    server.admin_call("POST", path, &fields, body)
 }
 
 fn serve(io: &str, origin: &TestOrigin, hmac: bool) -> Option<(TempDir, Server)> {

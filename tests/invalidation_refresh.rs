@@ -22,22 +22,9 @@ fn config(extra: &str) -> String {
     format!("[admin]\ntoken = \"{TOKEN}\"\n{extra}\n")
 }
 
-/// One admin call on a fresh connection.
-fn admin(server: &Server, path: &str, body: &str) -> Response {
-    let mut c = Client::connect(server.admin);
-    c.send(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response()
-}
-
 #[track_caller]
 fn invalidate(server: &Server, body: &str) -> serde_json::Value {
-    let r = admin(server, "/invalidate", body);
+    let r = server.admin_post("/invalidate", TOKEN, body);
     assert_eq!(r.status, 200, "{body}: {}", r.summary());
     serde_json::from_slice(&r.body).expect("a JSON answer")
 }
@@ -394,7 +381,7 @@ fn refresh_of_a_missing_key_is_a_no_op(io: &str) {
         r#"{"all": true, "mode": "refresh"}"#,
         r#"{"urls": ["/a"], "mode": "refresh"}"#,
     ] {
-        let r = admin(&server, "/invalidate", body);
+        let r = server.admin_post("/invalidate", TOKEN, body);
         assert_eq!(r.status, 400, "{body}: {}", r.summary());
     }
     assert_eq!(refreshes(&server, "queued"), 0);

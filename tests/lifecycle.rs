@@ -366,19 +366,6 @@ fn sighup_reloads_limits(io: &str) {
     assert!(status.success(), "{status:?}");
 }
 
-/// One admin call on a fresh connection, with the bearer token.
-fn admin_post(server: &Server, path: &str, token: &str, body: &str) -> Response {
-    let mut c = Client::connect(server.admin);
-    c.send(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c.read_response()
-}
-
 /// SIGHUP applies `[cache]`: a new `default_ttl` stores what was not
 /// stored before, a new key option (`key_ignore_params`) changes the
 /// workers' keys and the invalidation API's alike; the log line names
@@ -479,8 +466,7 @@ fn sighup_reloads_cache(io: &str) {
         .count();
     assert_eq!(to_origin, 3, "one fetch after the reload");
     // The invalidation API keys URLs with the reloaded rules too.
-    let r = admin_post(
-        &n.server,
+    let r = n.server.admin_post(
         "/invalidate",
         TOKEN,
         r#"{"urls": ["http://ringcache.test/k?utm_campaign=z"]}"#,

@@ -605,6 +605,30 @@ impl Server {
         http_get(self.addr, path)
     }
 
+    /// One call on the admin listener, on a fresh connection: `METHOD path`
+    /// with `fields` (each line ending in CRLF) and `body`.
+    pub fn admin_call(&self, method: &str, path: &str, fields: &str, body: &str) -> Response {
+        let mut c = Client::connect(self.admin);
+        c.send(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\n{fields}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.read_response()
+    }
+
+    /// `POST path` on the admin listener with the bearer `token`.
+    pub fn admin_post(&self, path: &str, token: &str, body: &str) -> Response {
+        self.admin_call(
+            "POST",
+            path,
+            &format!("Authorization: Bearer {token}\r\n"),
+            body,
+        )
+    }
+
     /// Scrape `/metrics` on the admin listener.
     pub fn metrics(&self) -> Metrics {
         let r = http_get(self.admin, "/metrics");
