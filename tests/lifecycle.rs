@@ -244,6 +244,24 @@ struct Notified {
 }
 
 impl Notified {
+    /// `serve --config CFG` for `origin` on `workers` workers, once it has
+    /// said READY=1.
+    fn ready_with_config(
+        io: &str,
+        origin: &TestOrigin,
+        workers: usize,
+        cfg: &std::path::Path,
+    ) -> Option<Notified> {
+        let config = ["--config", cfg.to_str().unwrap()];
+        let n = Notified::start(
+            io,
+            "",
+            serve_args(io, Some(&origin.url()), workers, &config),
+        )?;
+        n.until("READY=1");
+        Some(n)
+    }
+
     fn start(io: &str, env: &str, args: Vec<String>) -> Option<Notified> {
         use std::os::unix::net::UnixDatagram;
         let dir = TempDir::new("notify");
@@ -323,16 +341,9 @@ fn sighup_reloads_limits(io: &str) {
         "ringcache.toml",
         "memory = \"64MiB\"\n[limits]\nhead_bytes_max = \"16KiB\"\n",
     );
-    let args = serve_args(
-        io,
-        Some(&origin.url()),
-        1,
-        &["--config", cfg.to_str().unwrap()],
-    );
-    let Some(mut n) = Notified::start(io, "", args) else {
+    let Some(mut n) = Notified::ready_with_config(io, &origin, 1, &cfg) else {
         return;
     };
-    n.until("READY=1");
     assert_eq!(big_head_status(&n.server, 4000), 200);
 
     dir.write(
@@ -392,16 +403,9 @@ fn sighup_reloads_cache(io: &str) {
     let dir = TempDir::new("reload-cache");
     let before = format!("memory = \"64MiB\"\n[admin]\ntoken = \"{TOKEN}\"\n");
     let cfg = dir.write("ringcache.toml", &before);
-    let args = serve_args(
-        io,
-        Some(&origin.url()),
-        2,
-        &["--config", cfg.to_str().unwrap()],
-    );
-    let Some(mut n) = Notified::start(io, "", args) else {
+    let Some(mut n) = Notified::ready_with_config(io, &origin, 2, &cfg) else {
         return;
     };
-    n.until("READY=1");
     // Before: a validator alone gives no lifetime, and every query is its own key.
     for _ in 0..2 {
         assert_eq!(n.server.get("/v1").status, 200);
@@ -491,16 +495,9 @@ fn sighup_refuses_bad_file(io: &str) {
     let origin = TestOrigin::fixed("max-age=60", "ok");
     let dir = TempDir::new("reload-bad");
     let cfg = dir.write("ringcache.toml", "[limits]\nhead_bytes_max = \"16KiB\"\n");
-    let args = serve_args(
-        io,
-        Some(&origin.url()),
-        1,
-        &["--config", cfg.to_str().unwrap()],
-    );
-    let Some(mut n) = Notified::start(io, "", args) else {
+    let Some(mut n) = Notified::ready_with_config(io, &origin, 1, &cfg) else {
         return;
     };
-    n.until("READY=1");
     dir.write(
         "ringcache.toml",
         "[limits]\nhead_bytes_max = \"1KiB\"\nheader_timeout = \"soon\"\n",
