@@ -1919,39 +1919,27 @@ macro_rules! show_number {
 }
 show_number!(usize, u64, u32, u16, u8);
 
+/// Values shown as they display.
+macro_rules! show_display {
+    ($($t:ty),*) => {$(
+        impl Show for $t {
+            fn show(&self, _: Kind) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+show_display!(bool, String, SocketAddr, IoMode, SetCookieMode);
+
 impl Show for Duration {
     fn show(&self, _: Kind) -> Option<String> {
         Some(format_duration(*self))
     }
 }
 
-impl Show for bool {
-    fn show(&self, _: Kind) -> Option<String> {
-        Some(self.to_string())
-    }
-}
-
-impl Show for String {
-    fn show(&self, _: Kind) -> Option<String> {
-        Some(self.clone())
-    }
-}
-
 impl Show for std::path::PathBuf {
     fn show(&self, _: Kind) -> Option<String> {
         Some(self.display().to_string())
-    }
-}
-
-impl Show for SocketAddr {
-    fn show(&self, _: Kind) -> Option<String> {
-        Some(self.to_string())
-    }
-}
-
-impl Show for IoMode {
-    fn show(&self, _: Kind) -> Option<String> {
-        Some(self.to_string())
     }
 }
 
@@ -1964,12 +1952,6 @@ impl Show for crate::access_log::Mode {
 impl Show for crate::access_log::Format {
     fn show(&self, _: Kind) -> Option<String> {
         Some(self.name().to_string())
-    }
-}
-
-impl Show for SetCookieMode {
-    fn show(&self, _: Kind) -> Option<String> {
-        Some(self.to_string())
     }
 }
 
