@@ -785,7 +785,6 @@ fn put_time(out: &mut Vec<u8>, format: Format, now: SystemTime) {
     let secs = since.as_secs();
     let (y, m, d) = crate::http::date::civil_date(secs / 86_400);
     let tod = secs % 86_400;
-    let (hh, mm, ss) = (tod / 3600, tod / 60 % 60, tod % 60);
     match format {
         Format::Json => {
             put_num(out, y, 4);
@@ -794,11 +793,7 @@ fn put_time(out: &mut Vec<u8>, format: Format, now: SystemTime) {
             out.push(b'-');
             put_num(out, d, 2);
             out.push(b'T');
-            put_num(out, hh, 2);
-            out.push(b':');
-            put_num(out, mm, 2);
-            out.push(b':');
-            put_num(out, ss, 2);
+            put_clock(out, tod);
             out.push(b'.');
             put_num(out, u64::from(since.subsec_millis()), 3);
             out.push(b'Z');
@@ -810,14 +805,19 @@ fn put_time(out: &mut Vec<u8>, format: Format, now: SystemTime) {
             out.push(b'/');
             put_num(out, y, 4);
             out.push(b':');
-            put_num(out, hh, 2);
-            out.push(b':');
-            put_num(out, mm, 2);
-            out.push(b':');
-            put_num(out, ss, 2);
+            put_clock(out, tod);
             out.extend_from_slice(b" +0000");
         }
     }
+}
+
+/// `HH:MM:SS` of `tod` seconds into the day, as both formats write it.
+fn put_clock(out: &mut Vec<u8>, tod: u64) {
+    put_num(out, tod / 3600, 2);
+    out.push(b':');
+    put_num(out, tod / 60 % 60, 2);
+    out.push(b':');
+    put_num(out, tod % 60, 2);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
