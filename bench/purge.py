@@ -19,14 +19,13 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from benchlib import free_port, pct, stop_all, wait_up
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/ringcache"
 URL_PURGES = int(os.environ.get("URL_PURGES", "2000"))
@@ -39,29 +38,10 @@ procs = []
 work = tempfile.mkdtemp(prefix="ringcache-purge-")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def spawn(args, log):
     p = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     procs.append(p)
     return p
-
-
-def wait_up(url, within=30):
-    end = time.time() + within
-    while time.time() < end:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    sys.exit(f"purge.py: {url} did not come up")
 
 
 def admin(port, body):
@@ -85,11 +65,6 @@ def fill(port, ids):
     c.close()
 
 
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def main():
     if not shutil.which("redis-server"):
         sys.exit("purge.py: redis-server is not installed")
@@ -98,7 +73,7 @@ def main():
            "--appendonly", "no", "--dir", work], f"{work}/redis.log")
     origin_port = free_port()
     spawn([BIN, "origin", "--listen", f"127.0.0.1:{origin_port}"], f"{work}/origin.log")
-    wait_up(f"http://127.0.0.1:{origin_port}/api/items/1")
+    wait_up(f"http://127.0.0.1:{origin_port}/api/items/1", "purge.py")
     cfg = f"{work}/ringcache.toml"
     with open(cfg, "w") as f:
         f.write(f'[admin]\ntoken = "{TOKEN}"\n')
@@ -114,7 +89,7 @@ def main():
             stdout=open(f"{work}/node{n}.log", "w"), stderr=subprocess.STDOUT, env=env))
         nodes.append((port, adm))
     for port, adm in nodes:
-        wait_up(f"http://127.0.0.1:{adm}/healthz")
+        wait_up(f"http://127.0.0.1:{adm}/healthz", "purge.py")
         fill(port, range(OBJECTS))
     time.sleep(1)  # heartbeats: every node is live before acks are awaited
 
@@ -148,11 +123,5 @@ def main():
 try:
     main()
 finally:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_all(procs, within=15)
     shutil.rmtree(work, ignore_errors=True)

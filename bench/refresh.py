@@ -26,14 +26,16 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+
+from benchlib import free_port, pct, stop_all, wait_up
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/ringcache"
 OBJECTS = int(os.environ.get("OBJECTS", "2000"))
@@ -47,25 +49,6 @@ TOKEN = "bench-token-0123456789abcdef"
 
 procs = []
 work = tempfile.mkdtemp(prefix="ringcache-refresh-")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_up(url, within=30):
-    end = time.time() + within
-    while time.time() < end:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    sys.exit(f"refresh.py: {url} did not come up")
 
 
 def path(i):
@@ -101,11 +84,6 @@ def run_clients(port, ids, deadline, latencies, seed):
     c.close()
 
 
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def scenario(mode, origin_port):
     port, adm = free_port(), free_port()
     cfg = f"{work}/{mode}.toml"
@@ -119,7 +97,7 @@ def scenario(mode, origin_port):
         stdout=open(f"{work}/{mode}.log", "w"), stderr=subprocess.STDOUT,
         env=dict(os.environ, RINGCACHE_LOG="warn"))
     procs.append(p)
-    wait_up(f"http://127.0.0.1:{adm}/healthz")
+    wait_up(f"http://127.0.0.1:{adm}/healthz", "refresh.py")
     ids = list(range(OBJECTS))
     # Fill in parallel: every miss waits ORIGIN_DELAY_MS.
     fillers = [threading.Thread(target=lambda part=ids[k::16]: fill(port, part)) for k in range(16)]
@@ -188,7 +166,7 @@ def main():
     procs.append(subprocess.Popen([BIN, "origin", "--listen", f"127.0.0.1:{origin_port}"],
                                   stdout=open(f"{work}/origin.log", "w"),
                                   stderr=subprocess.STDOUT))
-    wait_up(f"http://127.0.0.1:{origin_port}/api/items/1")
+    wait_up(f"http://127.0.0.1:{origin_port}/api/items/1", "refresh.py")
     rows = [scenario(mode, origin_port) for mode in ("soft", "refresh")]
     print(f"objects={OBJECTS} clients={CLIENTS} client_secs={CLIENT_SECS} "
           f"origin_delay_ms={ORIGIN_DELAY_MS} refresh_rate={REFRESH_RATE} "
@@ -204,11 +182,5 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
+        shutil.rmtree(work, ignore_errors=True)
