@@ -19,7 +19,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,19 +31,6 @@ use ringcache::metrics::Metrics as NodeMetrics;
 
 /// Bound of every wait in this suite.
 const WAIT: Duration = Duration::from_secs(15);
-
-fn installed(program: &str) -> bool {
-    let ok = Command::new(program)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: {program} is not installed");
-    }
-    ok
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

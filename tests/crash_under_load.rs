@@ -12,7 +12,6 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -56,19 +55,6 @@ end
     )
 }
 
-fn wrk_installed() -> bool {
-    let ok = Command::new("wrk")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: wrk is not installed");
-    }
-    ok
-}
-
 #[track_caller]
 fn assert_no_panic(server: &Server, when: &str) {
     let lines = server.stderr_lines();
@@ -80,7 +66,7 @@ fn assert_no_panic(server: &Server, when: &str) {
 }
 
 fn kill9_under_wrk_load(io: &str) {
-    if !wrk_installed() {
+    if !installed("wrk") {
         return;
     }
     let origin = DemoOrigin::start();

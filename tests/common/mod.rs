@@ -448,6 +448,20 @@ pub struct Server {
     pub ready_line: String,
 }
 
+/// Is `program` on PATH (it answers `-v`)? Prints the skip reason when not.
+pub fn installed(program: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg("-v")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: {program} is not installed");
+    }
+    ok
+}
+
 impl Server {
     /// Spawn `ringcache ARGS...` (args include the `serve` subcommand) and wait
     /// for its ready line; panics with the captured stderr when it fails.
