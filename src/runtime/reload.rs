@@ -186,6 +186,14 @@ mod tests {
         .unwrap()
     }
 
+    /// A reload summary split at "needs a restart": what was applied, and
+    /// what waits for a restart.
+    #[track_caller]
+    fn applied_and_restart(line: &str) -> (&str, &str) {
+        let split = line.find("needs a restart").expect(line);
+        line.split_at(split)
+    }
+
     #[test]
     fn reloadable_values_apply_and_others_wait_for_a_restart() {
         let running = config();
@@ -219,7 +227,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("log_level"), "{line}");
-        let restart = &line[line.find("needs a restart").expect(&line)..];
+        let (_, restart) = applied_and_restart(&line);
         assert!(restart.contains("workers 2 → 7"), "{line}");
         assert!(restart.contains("limits.connections_max"), "{line}");
         assert!(!restart.contains("cache."), "{line}");
@@ -261,8 +269,7 @@ mod tests {
         assert_eq!(plan.config.limits.bans_max, running.limits.bans_max);
         let line = plan.summary();
         assert!(!line.contains("a-secret-token"), "{line}");
-        let restart = &line[line.find("needs a restart").expect(&line)..];
-        let applied = &line[..line.find("needs a restart").expect(&line)];
+        let (applied, restart) = applied_and_restart(&line);
         assert!(
             applied.contains("admin.token (unset → set, changed)"),
             "{line}"
@@ -281,7 +288,7 @@ mod tests {
         let plan = plan(&running, &new);
         assert_eq!(plan.config.access_log, running.access_log);
         let line = plan.summary();
-        let restart = &line[line.find("needs a restart").expect(&line)..];
+        let (_, restart) = applied_and_restart(&line);
         assert!(restart.contains("access_log.mode off → full"), "{line}");
         assert!(restart.contains("access_log.path"), "{line}");
     }
@@ -309,16 +316,13 @@ mod tests {
         );
         let line = plan.summary();
         assert!(!line.contains("a-signing-key"), "{line}");
-        let split = line.find("needs a restart").expect(&line);
+        let (applied, restart) = applied_and_restart(&line);
         assert!(
-            line[..split].contains("admin.hmac_key (unset → set, changed)"),
+            applied.contains("admin.hmac_key (unset → set, changed)"),
             "{line}"
         );
-        assert!(line[..split].contains("admin.hmac_window"), "{line}");
-        assert!(
-            line[split..].contains("invalidation.refresh_rate"),
-            "{line}"
-        );
+        assert!(applied.contains("admin.hmac_window"), "{line}");
+        assert!(restart.contains("invalidation.refresh_rate"), "{line}");
     }
 
     #[test]
