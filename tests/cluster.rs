@@ -841,10 +841,7 @@ fn node_down_during_purges(io: &str, signal: i32) {
             .iter()
             .any(|l| l.contains("before serving") || l.contains("ready: listen="))
     });
-    let ready_while_paused = proc
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("ready: listen="));
+    let ready_while_paused = proc.logged("ready: listen=");
     c.redis.pause(false);
     assert!(said, "node3 said nothing:\n{}", proc.transcript());
     assert!(

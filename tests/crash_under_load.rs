@@ -132,10 +132,7 @@ fn kill9_under_wrk_load(io: &str) {
         .expect("ringcache_store_dropped_items is reported");
     assert!(recovered > 0.0, "nothing recovered: {}", m.text);
     assert!(
-        server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("unclean stop")),
+        server.logged("unclean stop"),
         "the restart must see an unclean stop:\n{}",
         server.proc.transcript()
     );

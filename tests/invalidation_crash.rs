@@ -358,10 +358,7 @@ fn clean_restart_keeps_bans(io: &str) {
     assert!(server.stop().success(), "a clean stop");
     let server = f.serve(io).expect("restart");
     assert!(
-        server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("invalidation journal: 1 ban(s) replayed, 0 record(s) dropped")),
+        server.logged("invalidation journal: 1 ban(s) replayed, 0 record(s) dropped"),
         "{:?}",
         server.stderr_lines()
     );
@@ -437,10 +434,7 @@ fn damaged_acknowledged_record_invalidates_everything(io: &str) {
         return;
     };
     assert!(
-        server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("every stored object is invalidated")),
+        server.logged("every stored object is invalidated"),
         "{:?}",
         server.stderr_lines()
     );

@@ -143,10 +143,7 @@ fn drain_answers_open_connections(io: &str) {
 
     server.sigterm();
     assert!(
-        wait_until(IO_TIMEOUT, || server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("worker 0: stopped accepting"))),
+        wait_until(IO_TIMEOUT, || server.logged("worker 0: stopped accepting")),
         "no drain line"
     );
     let r = idle.get("/after-sigterm");
@@ -547,9 +544,7 @@ fn watchdog_stops_when_a_worker_stalls(io: &str) {
     n.until("READY=1");
     if !n
         .server
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("fault injection (RINGCACHE_FAULT_STALL_WORKER=0"))
+        .logged("fault injection (RINGCACHE_FAULT_STALL_WORKER=0")
     {
         println!("SKIPPED: this build ignores RINGCACHE_FAULT_STALL_WORKER (release build)");
         return;

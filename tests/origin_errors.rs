@@ -400,10 +400,7 @@ fn origin_queue_timeout_503(io: &str) {
         QUEUED as f64
     );
     assert!(
-        server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("for an origin connection; answered 503")),
+        server.logged("for an origin connection; answered 503"),
         "a log line says so"
     );
     // The queue is empty again: a new miss goes through.

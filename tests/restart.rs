@@ -218,19 +218,13 @@ fn restarts_drop_nothing_and_stay_warm(io: &str) {
             .expect("the old process is still running 20 s after SIGTERM");
         assert!(status.success(), "restart {round}: old process {status:?}");
         assert!(
-            server
-                .stderr_lines()
-                .iter()
-                .any(|l| l.contains("flushed and marked clean")),
+            server.logged("flushed and marked clean"),
             "restart {round}: the store was not closed clean"
         );
         server =
             Server::serve_inheriting(io, &listener, "http", &args).expect("the new process starts");
         assert!(
-            server
-                .stderr_lines()
-                .iter()
-                .any(|l| l.contains("reopened after a clean stop")),
+            server.logged("reopened after a clean stop"),
             "restart {round}: the store was not reopened warm"
         );
         for k in 0..KEYS {

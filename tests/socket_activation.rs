@@ -92,10 +92,7 @@ fn inherited_traffic_socket(io: &str) {
     };
     assert_eq!(server.addr, addr, "{}", server.ready_line);
     assert!(
-        server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("passed by the service manager (fd 3, name \"http\")")),
+        server.logged("passed by the service manager (fd 3, name \"http\")"),
         "the inherited socket is reported"
     );
     // Many connections, each answered, whichever worker takes it.

@@ -331,10 +331,7 @@ fn inspect_and_reset(io: &str) {
         .serve(io, &["--store-reset"])
         .expect("start with --store-reset");
     assert!(
-        server
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("rebuilt empty (--store-reset)")),
+        server.logged("rebuilt empty (--store-reset)"),
         "{:?}",
         server.stderr_lines()
     );

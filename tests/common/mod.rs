@@ -234,6 +234,11 @@ impl Proc {
         self.lines(Some(Stream::Stderr))
     }
 
+    /// Has a stderr line so far contained `needle`?
+    pub fn logged(&self, needle: &str) -> bool {
+        self.stderr_lines().iter().any(|l| l.contains(needle))
+    }
+
     /// Every stdout line so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.lines(Some(Stream::Stdout))
@@ -652,6 +657,11 @@ impl Server {
 
     pub fn stderr_lines(&self) -> Vec<String> {
         self.proc.stderr_lines()
+    }
+
+    /// Has a stderr line so far contained `needle`?
+    pub fn logged(&self, needle: &str) -> bool {
+        self.proc.logged(needle)
     }
 
     /// Send SIGTERM without waiting.
