@@ -1276,11 +1276,12 @@ impl<P: Policy> Store<P> {
             // A new key in a shard at its item limit: the policy's victim (or
             // an expired item) leaves first, so the index keeps free slots and
             // the hands, not a bucket's coldest, choose what goes.
-            if same.is_none()
-            && room_made < ROOM_PER_INSERT_MAX
             // Relaxed: under the shard lock.
-            && self.shards[shard].items.load(Ordering::Relaxed) >= self.shard_items_max
-            && self.evict_one(shard, &mut st, now_secs, true)
+            let at_limit = self.shards[shard].items.load(Ordering::Relaxed) >= self.shard_items_max;
+            if same.is_none()
+                && at_limit
+                && room_made < ROOM_PER_INSERT_MAX
+                && self.evict_one(shard, &mut st, now_secs, true)
             {
                 room_made += 1;
                 continue;
